@@ -1,0 +1,57 @@
+"""`llm-chaos`: the harness's command line. Every subcommand has --help."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import HarnessError
+
+__all__ = ["main"]
+
+
+def _worker(argv: list[str]) -> int:
+    # The worker belongs to the target (targets/ never imports the harness): hand the process
+    # over to it, so the PID a caller started is the worker's own.
+    os.execv(sys.executable, [sys.executable, "-m", "targets.reference", "worker", *argv])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser; subcommands register themselves here."""
+    parser = argparse.ArgumentParser(
+        prog="llm-chaos",
+        description="Chaos and load testing for LLM deployments.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("worker", add_help=False,
+                   help="run one reference worker (see `llm-chaos worker --help`)")
+    from .bench import add_parser as add_bench
+    from .demo import add_parser as add_demo
+
+    add_bench(sub)
+    add_demo(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `llm-chaos` console script."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "worker":
+        return _worker(args_list[1:])
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    try:
+        code: int = args.run(args)
+    except HarnessError as exc:
+        print(f"llm-chaos: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("llm-chaos: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

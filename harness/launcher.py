@@ -1,0 +1,112 @@
+"""Start and stop server processes (reference workers, baselines) on loopback, by PID."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import psutil
+
+from .errors import TargetError
+
+__all__ = ["ServerProcess", "free_port", "start_worker"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A server we started: its process, its URL and its log; stopped with its children."""
+
+    def __init__(self, cmd: Sequence[str], url: str, log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.cmd = list(cmd)
+        self.url = url
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.started_at = time.monotonic()
+        self.popen = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, env=env,
+                                      start_new_session=True)
+        self.pid = self.popen.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float = 120.0, path: str = "/health") -> float:
+        """Poll until `path` answers 200; return seconds since start. Raises TargetError."""
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.popen.poll() is not None:
+                    raise TargetError(f"{self.cmd[0]} exited with status {self.popen.returncode}"
+                                      f" before it was ready:\n{self.log_tail()}")
+                try:
+                    if client.get(self.url + path).status_code == 200:
+                        return time.monotonic() - self.started_at
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.02)
+        self.stop()
+        raise TargetError(f"server not ready after {timeout:.0f} s: {' '.join(self.cmd)}\n"
+                          f"{self.log_tail()}")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM the process and its children, SIGKILL what is left; return its status."""
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        try:
+            code = self.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        self._log.close()
+        return code
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def start_worker(model: str, *, port: int | None = None, host: str = "127.0.0.1",
+                 args: Sequence[str] = (), log_dir: Path | None = None,
+                 env: dict[str, str] | None = None) -> ServerProcess:
+    """Start `python -m targets.reference worker` as its own process (not yet ready)."""
+    port = port or free_port(host)
+    log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "targets.reference", "worker", "--model", model,
+           "--host", host, "--port", str(port), *args]
+    return ServerProcess(cmd, f"http://{host}:{port}", log_dir / f"worker-{model}-{port}.log",
+                         env=env)

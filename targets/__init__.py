@@ -1,0 +1,1 @@
+"""Serving targets the harness tests. Standalone: nothing here imports `harness`."""

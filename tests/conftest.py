@@ -1,0 +1,87 @@
+"""Shared fixtures: real worker processes on loopback ports chosen at run time, always stopped."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness.launcher import ServerProcess, start_worker
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (make test-all)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+WorkerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Start reference workers for one test; every one is stopped (by PID) at teardown."""
+    started: list[ServerProcess] = []
+
+    def factory(model: str = "sim", *args: str, timeout: float = 180.0) -> ServerProcess:
+        proc = start_worker(model, args=args, log_dir=tmp_path)
+        started.append(proc)
+        proc.wait_ready(timeout=timeout)
+        return proc
+
+    yield factory
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def session_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+def _session_worker(model: str, logs: Path, *args: str) -> Iterator[ServerProcess]:
+    proc = start_worker(model, args=args, log_dir=logs)
+    try:
+        proc.wait_ready(timeout=300)
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm2_worker(session_logs: Path) -> Iterator[ServerProcess]:
+    """One SmolLM2 worker shared by the session (loading it costs seconds)."""
+    yield from _session_worker("smollm2", session_logs)
+
+
+@pytest.fixture(scope="session")
+def tiny_worker(session_logs: Path) -> Iterator[ServerProcess]:
+    """One tiny random-Llama worker shared by the session."""
+    yield from _session_worker("tiny", session_logs)
+
+
+@pytest.fixture(scope="session")
+def sim_worker(session_logs: Path) -> Iterator[ServerProcess]:
+    """One simulated-engine worker (TTFT 50 ms, ITL 10 ms) shared by the session."""
+    yield from _session_worker("sim", session_logs, "--sim-ttft", "0.05", "--sim-itl", "0.01")
+
+
+def sse_events(resp: httpx.Response) -> list[Any]:
+    """The `data:` payloads of an SSE response, JSON-decoded except the `[DONE]` marker."""
+    events: list[Any] = []
+    for line in resp.iter_lines():
+        if line.startswith("data: "):
+            data = line[len("data: "):]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events

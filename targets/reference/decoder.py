@@ -8,8 +8,10 @@ are ours, because transformers' caches assume one shared position per batch.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
 
@@ -20,6 +22,20 @@ _SUPPORTED = {"llama", "mistral", "qwen2"}
 
 class UnsupportedModel(Exception):
     """The model's architecture is not one the batched decoder implements."""
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed cache that costs memory only where it is written.
+
+    Zeros, not torch.empty: a masked attention weight is exactly 0, but 0 * NaN from recycled
+    memory is NaN. On the CPU, calloc (numpy.zeros) maps fresh zero pages lazily, so the RSS
+    grows with the tokens actually cached, not with max_slots * max_len.
+    """
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    raw = np.zeros(math.prod(shape) * itemsize, dtype=np.uint8)
+    return torch.from_numpy(raw).view(dtype).view(shape)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -50,10 +66,9 @@ class BatchDecoder:
         weight = self.embed.weight
         self.device = weight.device
         self.dtype = weight.dtype
-        # torch.empty: pages are only backed by memory once a sequence writes to them.
         shape = (max_slots, self.n_kv, max_len, self.head_dim)
-        self.k_cache = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        self.v_cache = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.k_cache = [_lazy_zeros(shape, self.dtype, self.device) for _ in self.layers]
+        self.v_cache = [_lazy_zeros(shape, self.dtype, self.device) for _ in self.layers]
         with torch.inference_mode():
             positions = torch.arange(max_len, device=self.device)[None, :]
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)

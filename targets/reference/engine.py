@@ -207,7 +207,8 @@ class BatchEngine:
                 while self._inbox:
                     self._waiting.append(_Seq(self._inbox.popleft(), self.eos_ids))
             try:
-                self._step()
+                with torch.inference_mode():
+                    self._step()
             except Exception as exc:  # one bad step must not kill the worker: fail its requests
                 self._fail_all(f"{type(exc).__name__}: {exc}")
                 traceback.print_exc()

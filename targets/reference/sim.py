@@ -13,6 +13,7 @@ import hashlib
 import heapq
 import itertools
 import random
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -129,6 +130,9 @@ class SimEngine:
         return len(text.split())
 
     def start(self) -> None:
+        # The scheduler thread must get the GIL back within a fraction of a millisecond when a
+        # token is due; CPython's default switch interval (5 ms) would make it late.
+        sys.setswitchinterval(0.0005)
         self._thread = threading.Thread(target=self._loop, name="sim-engine", daemon=True)
         self._thread.start()
 
@@ -222,21 +226,27 @@ class SimEngine:
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            # Every token that is due now is stamped before any is handed over: a hand-off
+            # may give the GIL to the server's event loop for a while.
             with self._cond:
-                heapq.heappop(self._heap)
-                self._emit(stream, index)
+                now = time.monotonic()
+                batch = []
+                while self._heap and self._heap[0][0] <= now:
+                    _, _, stream, index = heapq.heappop(self._heap)
+                    batch.append((stream.request, self._emit(stream, index)))
+            for request, output in batch:
+                request.sink(output)
 
-    def _emit(self, stream: _Stream, index: int) -> None:
+    def _emit(self, stream: _Stream, index: int) -> Output:
         req = stream.request
         now = time.monotonic()
         self.step += 1
         self.last_progress = now
         if req.cancelled.is_set():
             self._close(stream)
-            req.sink(Output(req.request_id, finished=True, finish_reason="cancelled",
-                            prompt_tokens=len(req.prompt_ids),
-                            completion_tokens=len(stream.emitted), emitted_at=now))
-            return
+            return Output(req.request_id, finished=True, finish_reason="cancelled",
+                          prompt_tokens=len(req.prompt_ids),
+                          completion_tokens=len(stream.emitted), emitted_at=now)
         stream.emitted.append(now)
         self.generated_tokens += 1
         last = index + 1 == len(stream.schedule)
@@ -245,7 +255,7 @@ class SimEngine:
         else:
             heapq.heappush(self._heap, (stream.schedule[index + 1], next(self._tiebreak), stream,
                                         index + 1))
-        req.sink(Output(
+        return Output(
             request_id=req.request_id,
             text=stream.words[index],
             token_ids=(index,),
@@ -254,7 +264,7 @@ class SimEngine:
             prompt_tokens=len(req.prompt_ids),
             completion_tokens=len(stream.emitted),
             emitted_at=now,
-        ))
+        )
 
     def _close(self, stream: _Stream) -> None:
         stream.done = True

@@ -12,10 +12,13 @@ from .errors import HarnessError
 __all__ = ["main"]
 
 
-def _worker(argv: list[str]) -> int:
-    # The worker belongs to the target (targets/ never imports the harness): hand the process
-    # over to it, so the PID a caller started is the worker's own.
-    os.execv(sys.executable, [sys.executable, "-m", "targets.reference", "worker", *argv])
+_TARGET_COMMANDS = ("worker", "serve")
+
+
+def _target(command: str, argv: list[str]) -> int:
+    # These belong to the reference target (targets/ never imports the harness): hand the
+    # process over to it, so the PID a caller started is the server's own.
+    os.execv(sys.executable, [sys.executable, "-m", "targets.reference", command, *argv])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.add_parser("worker", add_help=False,
                    help="run one reference worker (see `llm-chaos worker --help`)")
+    sub.add_parser("serve", add_help=False,
+                   help="run the reference target: a router and its workers "
+                        "(see `llm-chaos serve --help`)")
     from .bench import add_parser as add_bench
     from .demo import add_parser as add_demo
 
@@ -38,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `llm-chaos` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] == "worker":
-        return _worker(args_list[1:])
+    if args_list and args_list[0] in _TARGET_COMMANDS:
+        return _target(args_list[0], args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = ["build_parser", "main"]
@@ -48,6 +49,47 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--sim-itl", default="0.01", help="simulated inter-token latency (same forms)")
     w.add_argument("--sim-seed", type=int, default=0)
     w.add_argument("--log-level", default="warning")
+    f = sub.add_parser("serve", help="a router and N workers, started and stopped together",
+                       description="Serve models through a router in front of worker "
+                                   "processes: failover, backpressure, liveness, restarts, "
+                                   "autoscaling, memory recycling and a token-protected admin "
+                                   "API. SIGTERM/Ctrl-C drains and exits 0.")
+    f.add_argument("--model", action="append", default=None,
+                   help="model to serve (repeat to serve several side by side; default "
+                        "smollm2); requests are routed by their `model`")
+    f.add_argument("--workers", type=int, default=1, help="workers per model at start")
+    f.add_argument("--min-workers", type=int, default=None,
+                   help="autoscaler floor (setting min or max turns autoscaling on)")
+    f.add_argument("--max-workers", type=int, default=None, help="autoscaler ceiling")
+    f.add_argument("--target-ongoing", type=float, default=2.0,
+                   help="autoscaler: ongoing requests per worker to aim for (Ray Serve's rule)")
+    f.add_argument("--upscale-delay", type=float, default=1.0,
+                   help="seconds the load must call for more workers before adding them")
+    f.add_argument("--downscale-delay", type=float, default=5.0,
+                   help="seconds the load must call for fewer workers before removing them")
+    f.add_argument("--host", default="127.0.0.1")
+    f.add_argument("--port", type=int, default=8000)
+    f.add_argument("--request-timeout", type=float, default=120.0,
+                   help="deadline of one request in seconds, retries included")
+    f.add_argument("--max-attempts", type=int, default=3, help="attempts per request (failover)")
+    f.add_argument("--worker-capacity", type=int, default=16,
+                   help="requests the router sends to one worker at once")
+    f.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting in the router beyond which new ones get 429")
+    f.add_argument("--worker-memory-limit", type=float, default=None, metavar="MIB",
+                   help="recycle (drain, restart) a worker whose RSS exceeds this")
+    f.add_argument("--stall-timeout", type=float, default=3.0,
+                   help="a busy worker whose engine makes no progress this long is unlive")
+    f.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on SIGTERM, seconds to let in-flight requests finish")
+    f.add_argument("--admin-token", default=None,
+                   help="bearer token of /admin (default: generated, written to a 0600 file)")
+    f.add_argument("--admin-token-file", type=Path, default=None)
+    f.add_argument("--audit-log", type=Path, default=None, help="(audit log: issue 4)")
+    f.add_argument("--log-dir", default=None, help="where worker logs go (default: a temp dir)")
+    f.add_argument("--worker-arg", action="append", default=None,
+                   help="extra argument passed to every worker, e.g. --worker-arg=--sim-itl=0.02")
+    f.add_argument("--log-level", default="warning")
     p = sub.add_parser("prepare", help="convert/cache a model now (done on first use otherwise)")
     p.add_argument("--model", default="smollm2")
     return parser
@@ -85,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelError, resolve_model
 
     try:
+        if args.command == "serve":
+            from .fleet import serve
+
+            return serve(args)
         if args.command == "prepare":
             spec = resolve_model(args.model)
             print(spec.path or spec.name)

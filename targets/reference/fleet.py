@@ -1,0 +1,230 @@
+"""`serve`: a router and its workers, started, watched and stopped together.
+
+SIGTERM or Ctrl-C drains: new requests get 503, in-flight ones finish (up to
+`--drain-timeout`), workers are stopped, and the process exits 0 with no child left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import Counter, Gauge, generate_latest
+
+from .api import error_body
+from .registry import EventBus, Registry, WorkerState
+from .router import Router, RouterSettings
+from .supervisor import FleetSettings, Supervisor
+
+__all__ = ["Fleet", "create_fleet_app", "serve"]
+
+
+class Fleet:
+    """Everything of one `serve` process: registry, supervisor, router, admin token."""
+
+    def __init__(self, fleet: FleetSettings, router: RouterSettings, admin_token: str,
+                 drain_timeout: float = 30.0) -> None:
+        self.events = EventBus()
+        self.registry = Registry(self.events)
+        self.router = Router(self.registry, router)
+        self.supervisor = Supervisor(fleet, self.registry, self.events,
+                                     queued=lambda m: self.router.queued.get(m, 0))
+        self.supervisor.on_lost = self.router.worker_lost
+        self.admin_token = admin_token
+        self.drain_timeout = drain_timeout
+        self.server: uvicorn.Server | None = None
+        r = self.router.metrics_registry
+        states = Gauge("llm_chaos_workers", "Workers by state", ["state"], registry=r)
+        for state in (WorkerState.STARTING, WorkerState.LIVE, WorkerState.UNLIVE,
+                      WorkerState.DRAINING, WorkerState.DEAD):
+            states.labels(state).set_function(
+                lambda s=state: sum(w.state == s for w in self.registry.workers.values()))
+        restarts = Gauge("llm_chaos_worker_restarts", "Worker restarts so far", registry=r)
+        restarts.set_function(lambda: sum(w.restarts for w in self.registry.workers.values()))
+        self.m_events = Counter("llm_chaos_fleet_events", "Fleet events by type", ["type"],
+                                registry=r)
+
+    async def drain_and_exit(self) -> None:
+        """Stop accepting, let in-flight requests finish, then let the server exit."""
+        if self.router.draining:
+            return
+        self.router.draining = True
+        self.events.emit("draining", in_flight=self.router.in_flight)
+        deadline = time.monotonic() + self.drain_timeout
+        while self.router.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.events.emit("drained", in_flight=self.router.in_flight)
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+def _check_token(fleet: Fleet, request: Request) -> JSONResponse | None:
+    header = request.headers.get("authorization", "")
+    if not header:
+        return JSONResponse(error_body("admin API needs `Authorization: Bearer <token>`",
+                                       "authentication_error", code=401), status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(),
+                                                                fleet.admin_token):
+        return JSONResponse(error_body("admin token is wrong", "permission_error", code=403),
+                            status_code=403)
+    return None
+
+
+def create_fleet_app(fleet: Fleet) -> FastAPI:
+    """The router's ASGI app: OpenAI API, /health, /metrics and the token-protected /admin."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await fleet.supervisor.start()
+        except Exception:
+            await fleet.supervisor.stop()
+            raise
+        try:
+            yield
+        finally:
+            await fleet.supervisor.stop()
+            await fleet.router.aclose()
+
+    app = FastAPI(title="llm-chaos reference router", lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
+
+    @app.middleware("http")
+    async def admin_auth(request: Request, call_next: Any) -> Response:
+        if request.url.path.startswith("/admin"):
+            denied = _check_token(fleet, request)
+            if denied is not None:
+                return denied
+        response: Response = await call_next(request)
+        return response
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await fleet.router.handle(request, "/v1/chat/completions")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await fleet.router.handle(request, "/v1/completions")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": m, "object": "model", "created": 0, "owned_by": "llm-chaos"}
+            for m in fleet.registry.models()]}
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        live = {m: sum(w.state == WorkerState.LIVE for w in fleet.registry.of_model(m))
+                for m in fleet.registry.models()}
+        ok = bool(live) and all(live.values()) and not fleet.router.draining
+        return JSONResponse({"status": "ok" if ok else "degraded", "live_workers": live,
+                             "draining": fleet.router.draining},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(fleet.router.metrics_registry),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/admin/workers")
+    async def workers() -> dict[str, Any]:
+        return {"workers": [w.public() for w in fleet.registry.workers.values()]}
+
+    @app.get("/admin/events")
+    async def events(request: Request, since: int = 0, follow: bool = True) -> Response:
+        backlog = [e for e in fleet.events.events if e["seq"] > since]
+
+        async def stream() -> AsyncIterator[bytes]:
+            queue = fleet.events.subscribe()
+            try:
+                for event in backlog:
+                    yield f"data: {json.dumps(event)}\n\n".encode()
+                last = backlog[-1]["seq"] if backlog else since
+                while follow:
+                    event = await queue.get()
+                    if event["seq"] > last:
+                        yield f"data: {json.dumps(event)}\n\n".encode()
+            finally:
+                fleet.events.unsubscribe(queue)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    return app
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, but SIGTERM/SIGINT start a drain instead of an immediate stop, and the
+    process then exits 0 (uvicorn would re-raise the signal)."""
+
+    fleet: Fleet
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.fleet.router.draining:
+            self.force_exit = sig == signal.SIGINT
+            self.should_exit = True
+            return
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.fleet.drain_and_exit()))
+
+
+def _admin_token(given: str | None, token_file: Path | None, port: int) -> tuple[str, Path | None]:
+    if given:
+        return given, None
+    token = secrets.token_urlsafe(24)
+    path = token_file or Path(tempfile.gettempdir()) / f"llm-chaos-admin-{port}.token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    os.chmod(path, 0o600)
+    return token, path
+
+
+def serve(args: Any) -> int:
+    """Run a fleet until SIGTERM/SIGINT; exit 0 after a clean drain."""
+    token, token_path = _admin_token(args.admin_token, args.admin_token_file, args.port)
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="llm-chaos-fleet-"))
+    worker_args = list(args.worker_arg or [])
+    fleet_settings = FleetSettings(
+        models=args.model or ["smollm2"], workers=args.workers, min_workers=args.min_workers,
+        max_workers=args.max_workers, worker_args=worker_args, log_dir=log_dir,
+        memory_limit_bytes=int(args.worker_memory_limit * 2**20)
+        if args.worker_memory_limit else None,
+        stall_timeout=args.stall_timeout, target_ongoing=args.target_ongoing,
+        upscale_delay=args.upscale_delay, downscale_delay=args.downscale_delay,
+        autoscale=args.max_workers is not None or args.min_workers is not None)
+    router_settings = RouterSettings(request_timeout=args.request_timeout,
+                                     max_attempts=args.max_attempts,
+                                     worker_capacity=args.worker_capacity,
+                                     max_queue=args.max_queue)
+    fleet = Fleet(fleet_settings, router_settings, token, drain_timeout=args.drain_timeout)
+    app = create_fleet_app(fleet)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=5)
+    server = _DrainingServer(config)
+    server.fleet = fleet
+    fleet.server = server
+    where = f" (token in {token_path})" if token_path else ""
+    print(f"llm-chaos serve: router pid={os.getpid()} on http://{args.host}:{args.port}, "
+          f"models={','.join(fleet_settings.models)}, admin token given{where}, worker logs "
+          f"in {log_dir}", file=sys.stderr, flush=True)
+    try:
+        server.run()
+    finally:
+        fleet.supervisor.kill_all_now()
+    return 0 if server.started else 1

@@ -1,0 +1,443 @@
+"""The router: one OpenAI-compatible front for a fleet of workers.
+
+Per request: admission (a bounded queue; 429 with Retry-After beyond it), least-outstanding
+routing among live workers of the requested model, a deadline, and failover. A request is
+retried on another worker while nothing has been sent to the client; the role-only first
+chunk of a stream is held back until the first content-bearing event, so a worker that dies
+during prefill is still invisible to the client. Once a stream has started, losing its worker
+ends it with an error frame and `data: [DONE]`, never with a silent cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .api import error_body
+from .registry import Registry, WorkerInfo, WorkerState
+
+__all__ = ["Router", "RouterSettings"]
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+            10.0, 20.0, 40.0, 80.0)
+
+
+@dataclass
+class RouterSettings:
+    """Request handling limits of the router."""
+
+    request_timeout: float = 120.0
+    max_attempts: int = 3
+    worker_capacity: int = 16
+    max_queue: int = 64
+    retry_after_s: int = 1
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param = status, message, type_, param
+        self.headers = headers or {}
+
+    def response(self, request_id: str) -> JSONResponse:
+        return JSONResponse(error_body(self.message, self.type, self.param, self.status),
+                            status_code=self.status,
+                            headers={"X-Request-Id": request_id, **self.headers})
+
+
+class _WorkerLost(Exception):
+    pass
+
+
+class _Flight:
+    """One attempt on one worker: a pump task copies the upstream body into a queue, so the
+    supervisor (worker lost) or the deadline can end the attempt from outside."""
+
+    def __init__(self, worker: WorkerInfo) -> None:
+        self.worker = worker
+        self.queue: asyncio.Queue[tuple[str, bytes | str]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.response: httpx.Response | None = None
+
+    def fail(self, why: str) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.queue.put_nowait(("error", why))
+
+
+def _sse_events(buffer: bytearray) -> list[bytes]:
+    """Split complete SSE events off the front of `buffer` (only the first few events of a
+    stream are parsed, to find the first content-bearing one; the rest is relayed raw)."""
+    events = []
+    while True:
+        end = buffer.find(b"\n\n")
+        if end < 0:
+            return events
+        events.append(bytes(buffer[:end]))
+        del buffer[: end + 2]
+
+
+def _commits(event: bytes) -> bool:
+    """Whether an SSE event is worth sending (content, a finish, an error or the end)."""
+    for line in event.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return True
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return True
+        if "error" in payload:
+            return True
+        for choice in payload.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content") or choice.get("text") or choice.get("finish_reason"):
+                return True
+    return False
+
+
+class Router:
+    """Routes OpenAI requests to the fleet's workers."""
+
+    def __init__(self, registry: Registry, settings: RouterSettings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=2.0),
+                                        limits=httpx.Limits(max_connections=4096,
+                                                            max_keepalive_connections=256))
+        self.queued: dict[str, int] = {}
+        self.in_flight = 0
+        self.draining = False
+        self._flights: dict[str, set[_Flight]] = {}
+        r = self.metrics_registry = CollectorRegistry()
+        self.m_requests = Counter("llm_chaos_router_requests", "Requests by final HTTP status",
+                                  ["status"], registry=r)
+        self.m_retries = Counter("llm_chaos_router_retries", "Attempts retried on another worker",
+                                 registry=r)
+        self.m_cut = Counter("llm_chaos_router_stream_failures",
+                             "Started streams ended with an error frame (worker lost)",
+                             registry=r)
+        self.m_rejected = Counter("llm_chaos_router_rejections", "Requests refused",
+                                  ["reason"], registry=r)
+        self.m_ttft = Histogram("vllm:time_to_first_token_seconds", "Router-observed TTFT",
+                                ["model_name"], buckets=_BUCKETS, registry=r)
+        self.m_e2e = Histogram("vllm:e2e_request_latency_seconds", "Router-observed latency",
+                               ["model_name"], buckets=_BUCKETS, registry=r)
+        self.m_success = Counter("vllm:request_success", "Finished requests",
+                                 ["model_name", "finished_reason"], registry=r)
+        running = Gauge("vllm:num_requests_running", "Requests on workers", registry=r)
+        running.set_function(lambda: sum(w.ongoing for w in registry.workers.values()))
+        waiting = Gauge("vllm:num_requests_waiting", "Requests queued in the router", registry=r)
+        waiting.set_function(lambda: sum(self.queued.values()))
+
+    # -- worker loss (called by the supervisor) -----------------------------------------------
+
+    def worker_lost(self, worker: WorkerInfo, why: str) -> None:
+        for flight in list(self._flights.get(worker.id, ())):
+            flight.fail(f"worker {worker.id} lost: {why}")
+
+    # -- admission ----------------------------------------------------------------------------
+
+    async def _acquire(self, model: str, deadline: float, exclude: set[str]) -> WorkerInfo:
+        worker = self.registry.pick(model, self.settings.worker_capacity, exclude)
+        if worker is None and exclude:
+            # every other worker was tried: a restarted one may be back
+            worker = self.registry.pick(model, self.settings.worker_capacity)
+        if worker is not None:
+            worker.ongoing += 1
+            return worker
+        if sum(self.queued.values()) >= self.settings.max_queue:
+            self.m_rejected.labels("queue_full").inc()
+            raise _Reject(429, f"all workers are busy and {self.settings.max_queue} requests "
+                          "are queued; retry later", "rate_limit_error",
+                          headers={"Retry-After": str(self.settings.retry_after_s)})
+        self.queued[model] = self.queued.get(model, 0) + 1
+        try:
+            while True:
+                changed = self.registry.changed
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _Reject(504, "no worker became available before the request's "
+                                  "deadline", "timeout_error")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(remaining, 0.25))
+                worker = self.registry.pick(model, self.settings.worker_capacity, exclude) or \
+                    self.registry.pick(model, self.settings.worker_capacity)
+                if worker is not None:
+                    worker.ongoing += 1
+                    return worker
+        finally:
+            self.queued[model] -= 1
+
+    def _release(self, worker: WorkerInfo) -> None:
+        worker.ongoing = max(0, worker.ongoing - 1)
+        self.registry.release()
+
+    # -- one attempt --------------------------------------------------------------------------
+
+    async def _start(self, worker: WorkerInfo, path: str, body: bytes, request_id: str
+                     ) -> tuple[_Flight, httpx.Response]:
+        flight = _Flight(worker)
+        self._flights.setdefault(worker.id, set()).add(flight)
+        request = self.client.build_request(
+            "POST", worker.url + path, content=body,
+            headers={"Content-Type": "application/json", "X-Request-Id": request_id})
+
+        async def send() -> httpx.Response:
+            return await self.client.send(request, stream=True)
+
+        sender = asyncio.ensure_future(send())
+        waiter = asyncio.ensure_future(flight.queue.get())
+        done, _ = await asyncio.wait({sender, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if sender not in done:
+            sender.cancel()
+            self._end(flight)
+            _, why = waiter.result()
+            raise _WorkerLost(str(why))
+        waiter.cancel()
+        try:
+            response = sender.result()
+        except httpx.HTTPError as exc:
+            self._end(flight)
+            raise _WorkerLost(f"worker {worker.id}: {type(exc).__name__}: {exc}") from exc
+        flight.response = response
+
+        async def pump() -> None:
+            try:
+                async for chunk in response.aiter_raw():
+                    flight.queue.put_nowait(("data", chunk))
+                flight.queue.put_nowait(("end", b""))
+            except httpx.HTTPError as exc:
+                flight.queue.put_nowait(("error", f"worker {worker.id} connection lost: "
+                                                  f"{type(exc).__name__}"))
+
+        flight.task = asyncio.create_task(pump())
+        return flight, response
+
+    def _end(self, flight: _Flight) -> None:
+        self._flights.get(flight.worker.id, set()).discard(flight)
+        if flight.task is not None:
+            flight.task.cancel()
+
+    async def _close(self, flight: _Flight) -> None:
+        self._end(flight)
+        if flight.response is not None:
+            with contextlib.suppress(Exception):
+                await flight.response.aclose()
+        self._release(flight.worker)
+
+    # -- the request --------------------------------------------------------------------------
+
+    async def handle(self, request: Request, path: str) -> Response:
+        """Admit, route and relay one OpenAI request."""
+        request_id = request.headers.get("x-request-id", "").strip()[:200] or str(uuid.uuid4())
+        started = time.monotonic()
+        try:
+            response = await self._handle(request, path, request_id, started)
+        except _Reject as exc:
+            self.m_requests.labels(str(exc.status)).inc()
+            return exc.response(request_id)
+        return response
+
+    async def _handle(self, request: Request, path: str, request_id: str, started: float
+                      ) -> Response:
+        if self.draining:
+            self.m_rejected.labels("draining").inc()
+            raise _Reject(503, "the server is shutting down; retry on another instance",
+                          "service_unavailable", headers={"Retry-After": "1"})
+        body = await request.body()
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _Reject(400, f"request body is not valid JSON: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise _Reject(400, "request body must be a JSON object")
+        model = payload.get("model")
+        if not isinstance(model, str) or model not in self.registry.models():
+            raise _Reject(404, f"The model `{model}` does not exist; this server serves "
+                          f"{', '.join(self.registry.models())}", "not_found_error", "model")
+        stream = payload.get("stream") is True
+        deadline = started + self.settings.request_timeout
+        tried: set[str] = set()
+        last_error = "no attempt"
+        self.in_flight += 1
+        handed_off = False
+        try:
+            for attempt in range(1, self.settings.max_attempts + 1):
+                if attempt > 1:
+                    self.m_retries.inc()
+                worker = await self._acquire(model, deadline, tried)
+                tried.add(worker.id)
+                try:
+                    flight, upstream = await self._start(worker, path, body, request_id)
+                except _WorkerLost as exc:
+                    last_error = str(exc)
+                    self._release(worker)
+                    continue
+                timer = asyncio.get_running_loop().call_at(
+                    asyncio.get_running_loop().time() + (deadline - time.monotonic()),
+                    flight.fail, "deadline exceeded")
+                if upstream.status_code >= 500 or upstream.status_code == 429:
+                    last_error = f"worker {worker.id} answered {upstream.status_code}"
+                    timer.cancel()
+                    await self._close(flight)
+                    continue
+                if upstream.status_code != 200:
+                    timer.cancel()
+                    data = await self._collect(flight)
+                    await self._close(flight)
+                    self.m_requests.labels(str(upstream.status_code)).inc()
+                    return Response(data if isinstance(data, bytes) else b"",
+                                    status_code=upstream.status_code,
+                                    media_type="application/json",
+                                    headers={"X-Request-Id": request_id})
+                if stream:
+                    head = await self._head(flight)
+                    if isinstance(head, str):
+                        last_error = head
+                        timer.cancel()
+                        await self._close(flight)
+                        continue
+                    self.m_requests.labels("200").inc()
+                    handed_off = True
+                    return StreamingResponse(
+                        self._relay(flight, head, timer, model, started),
+                        media_type="text/event-stream",
+                        headers={**SSE_HEADERS, "X-Request-Id": request_id})
+                data = await self._collect(flight, request)
+                timer.cancel()
+                await self._close(flight)
+                if isinstance(data, str):
+                    last_error = data
+                    if data == "client disconnected":
+                        return Response(status_code=499)
+                    continue
+                self.m_requests.labels("200").inc()
+                self.m_e2e.labels(model).observe(time.monotonic() - started)
+                return Response(data, media_type="application/json",
+                                headers={"X-Request-Id": request_id})
+            raise _Reject(502 if "deadline" not in last_error else 504,
+                          f"request failed after {len(tried)} attempt(s): {last_error}",
+                          "server_error")
+        finally:
+            if not handed_off:
+                self.in_flight -= 1
+
+    async def _collect(self, flight: _Flight, request: Request | None = None) -> bytes | str:
+        """The whole upstream body, or a string saying why there is none."""
+        parts: list[bytes] = []
+        watcher = asyncio.ensure_future(_disconnected(request)) if request else None
+        try:
+            while True:
+                getter = asyncio.ensure_future(flight.queue.get())
+                waits: set[asyncio.Future[Any]] = {getter}
+                if watcher is not None:
+                    waits.add(watcher)
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    return "client disconnected"
+                kind, value = getter.result()
+                if kind == "data":
+                    parts.append(value if isinstance(value, bytes) else b"")
+                elif kind == "end":
+                    return b"".join(parts)
+                else:
+                    return str(value)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _head(self, flight: _Flight) -> bytes | str:
+        """Read a stream until its first content-bearing event; bytes to send, or why not."""
+        buffer = bytearray()
+        sent = bytearray()
+        while True:
+            kind, value = await flight.queue.get()
+            if kind == "data":
+                assert isinstance(value, bytes)
+                buffer += value
+                for event in _sse_events(buffer):
+                    sent += event + b"\n\n"
+                    if _commits(event):
+                        return bytes(sent + buffer)
+            elif kind == "end":
+                return "worker closed the stream before any content"
+            else:
+                return str(value)
+
+    async def _relay(self, flight: _Flight, head: bytes, timer: asyncio.TimerHandle,
+                     model: str, started: float) -> AsyncIterator[bytes]:
+        self.m_ttft.labels(model).observe(time.monotonic() - started)
+        ended = False
+        tail = b""
+        try:
+            yield head
+            tail = head[-64:]
+            while True:
+                kind, value = await flight.queue.get()
+                if kind == "data":
+                    assert isinstance(value, bytes)
+                    tail = (tail + value)[-64:]
+                    yield value
+                elif kind == "end":
+                    ended = True
+                    if b"[DONE]" not in tail:
+                        # the worker closed without its end marker: never a silent cut
+                        self.m_cut.inc()
+                        yield _error_frame("stream ended without [DONE]")
+                    else:
+                        self.m_success.labels(model, "stop").inc()
+                    return
+                else:
+                    ended = True
+                    self.m_cut.inc()
+                    if not tail.endswith(b"\n\n"):
+                        yield b"\n\n"  # close a half-sent event before the error frame
+                    yield _error_frame(str(value))
+                    return
+        finally:
+            del ended
+            timer.cancel()
+            self.in_flight -= 1
+            self.m_e2e.labels(model).observe(time.monotonic() - started)
+            await self._close(flight)
+
+    def live_summary(self) -> dict[str, int]:
+        states: dict[str, int] = {}
+        for w in self.registry.workers.values():
+            states[w.state] = states.get(w.state, 0) + 1
+        return states
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _error_frame(message: str) -> bytes:
+    body = error_body(message, "server_error", code=502)
+    return (f"data: {json.dumps(body, separators=(',', ':'))}\n\n" "data: [DONE]\n\n").encode()
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+_ = WorkerState

@@ -1,0 +1,333 @@
+"""The supervisor: starts the fleet's workers, judges their liveness, restarts the dead,
+recycles the bloated and scales the fleet on load.
+
+Liveness is pulled: every `probe_interval` the supervisor asks each worker for its engine's
+step counter (GET /debug/engine). A worker is live while it answers within
+`liveness_timeout` and, when it has work, its step counter moved within `stall_timeout`.
+A paused (SIGSTOP) worker stops answering; a hung engine answers but stops stepping: both
+leave the routing set, and come back when they recover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from .registry import EventBus, Registry, WorkerInfo, WorkerState
+
+__all__ = ["FleetSettings", "Supervisor"]
+
+
+@dataclass
+class FleetSettings:
+    """How the fleet is run; defaults are short enough for tests (documented in the README)."""
+
+    models: list[str]
+    workers: int = 1
+    min_workers: int | None = None
+    max_workers: int | None = None
+    worker_args: list[str] = field(default_factory=list)
+    log_dir: Path = Path("/tmp")
+    probe_interval: float = 0.2
+    probe_timeout: float = 0.5
+    liveness_timeout: float = 1.0
+    stall_timeout: float = 3.0
+    start_timeout: float = 300.0
+    memory_limit_bytes: int | None = None
+    drain_timeout: float = 2.0
+    restart_backoff: float = 0.5
+    restart_backoff_max: float = 10.0
+    target_ongoing: float = 2.0
+    upscale_delay: float = 1.0
+    downscale_delay: float = 5.0
+    autoscale: bool = True
+
+    @property
+    def floor(self) -> int:
+        return self.min_workers if self.min_workers is not None else self.workers
+
+    @property
+    def ceiling(self) -> int:
+        return self.max_workers if self.max_workers is not None else self.workers
+
+
+def _die_with_parent() -> None:
+    # Linux: the worker gets SIGKILL if the router dies, even by SIGKILL: nothing outlives it.
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Supervisor:
+    """Owns the worker processes of a fleet; runs inside the router's event loop."""
+
+    def __init__(self, settings: FleetSettings, registry: Registry, events: EventBus,
+                 queued: Callable[[str], int] | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.events = events
+        self.queued = queued or (lambda model: 0)
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._counter = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client = httpx.AsyncClient(timeout=settings.probe_timeout)
+        self._scale_since: dict[str, tuple[int, float]] = {}
+        self._restarting: set[str] = set()
+        self.stopping = False
+        self.on_lost: Callable[[WorkerInfo, str], None] = lambda worker, why: None
+
+    # -- processes ----------------------------------------------------------------------------
+
+    def _spawn(self, worker: WorkerInfo) -> None:
+        worker.port = _free_port()
+        log = open(self.settings.log_dir / f"{worker.id}.log", "ab")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "targets.reference", "worker", "--model", worker.model,
+               "--host", "127.0.0.1", "--port", str(worker.port),
+               "--stall-timeout", str(self.settings.stall_timeout), *self.settings.worker_args]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        log.close()
+        self._procs[worker.id] = proc
+        worker.pid = proc.pid
+        worker.started_at = time.time()
+        worker.last_seen = 0.0
+        worker.last_step = -1
+        worker.last_progress = time.monotonic()
+        worker.ongoing = 0
+        self.registry.set_state(worker, WorkerState.STARTING, "spawned")
+        self.events.emit("spawned", worker=worker.id, model=worker.model, pid=proc.pid,
+                         port=worker.port)
+
+    def add_worker(self, model: str) -> WorkerInfo:
+        self._counter += 1
+        worker = WorkerInfo(id=f"{model}-{self._counter}", model=model, port=0)
+        self._spawn(worker)
+        self.registry.add(worker)
+        return worker
+
+    def process(self, worker_id: str) -> subprocess.Popen[bytes] | None:
+        return self._procs.get(worker_id)
+
+    async def _terminate(self, worker: WorkerInfo, timeout: float = 5.0) -> None:
+        proc = self._procs.get(worker.id)
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGCONT)  # a paused worker cannot act on SIGTERM
+            proc.terminate()
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            while proc.poll() is None:
+                await asyncio.sleep(0.02)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the initial workers and wait until each model has one live worker."""
+        self.settings.log_dir.mkdir(parents=True, exist_ok=True)
+        for model in self.settings.models:
+            for _ in range(self.settings.workers):
+                self.add_worker(model)
+        self._tasks.append(asyncio.create_task(self._monitor(), name="supervisor"))
+        deadline = time.monotonic() + self.settings.start_timeout
+        while time.monotonic() < deadline:
+            if all(any(w.state == WorkerState.LIVE for w in self.registry.of_model(m))
+                   for m in self.settings.models):
+                return
+            for worker in self.registry.workers.values():
+                proc = self._procs.get(worker.id)
+                if proc is not None and proc.poll() is not None and worker.restarts >= 3:
+                    raise RuntimeError(f"worker {worker.id} keeps exiting (status "
+                                       f"{proc.returncode}); see {self.settings.log_dir}")
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"no live worker after {self.settings.start_timeout:.0f} s; see "
+                           f"{self.settings.log_dir}")
+
+    async def stop(self) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL) and the monitor."""
+        self.stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(self._terminate(w) for w in list(self.registry.workers.values())))
+        await self._client.aclose()
+
+    # -- monitoring ---------------------------------------------------------------------------
+
+    async def _monitor(self) -> None:
+        last_scale = time.monotonic()
+        while True:
+            await asyncio.gather(*(self._check(w) for w in list(self.registry.workers.values())))
+            if self.settings.autoscale and time.monotonic() - last_scale >= 0.25:
+                last_scale = time.monotonic()
+                for model in self.settings.models:
+                    self._autoscale(model)
+            await asyncio.sleep(self.settings.probe_interval)
+
+    async def _check(self, worker: WorkerInfo) -> None:
+        if worker.id in self._restarting or worker.state == WorkerState.DRAINING:
+            return
+        proc = self._procs.get(worker.id)
+        if proc is None:
+            return
+        if proc.poll() is not None:
+            await self._on_exit(worker, proc.returncode)
+            return
+        now = time.monotonic()
+        try:
+            resp = await self._client.get(worker.url + "/debug/engine")
+            stats: dict[str, Any] = resp.json() if resp.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            stats = {}
+        if stats:
+            worker.last_seen = now
+            step = int(stats.get("step", 0))
+            worker.engine_busy = bool(stats.get("running", 0) or stats.get("waiting", 0))
+            if step != worker.last_step:
+                worker.last_step = step
+                worker.last_progress = now
+        with contextlib.suppress(psutil.Error):
+            worker.rss_bytes = psutil.Process(proc.pid).memory_info().rss
+        limit = self.settings.memory_limit_bytes
+        if limit and worker.rss_bytes > limit and worker.state == WorkerState.LIVE:
+            self._restarting.add(worker.id)
+            asyncio.create_task(self._recycle(worker))
+            return
+        answered = worker.last_seen > 0 and now - worker.last_seen < self.settings.liveness_timeout
+        stalled = worker.engine_busy and now - worker.last_progress > self.settings.stall_timeout
+        if worker.state == WorkerState.STARTING:
+            if answered:
+                self.registry.set_state(worker, WorkerState.LIVE, "ready")
+            return
+        if answered and not stalled:
+            self.registry.set_state(worker, WorkerState.LIVE, "progressing")
+        elif worker.state == WorkerState.LIVE:
+            why = "engine made no progress" if answered else "not answering"
+            self.registry.set_state(worker, WorkerState.UNLIVE, why)
+            self.on_lost(worker, why)
+
+    async def _on_exit(self, worker: WorkerInfo, status: int | None) -> None:
+        self.registry.set_state(worker, WorkerState.DEAD, f"exited with status {status}")
+        self.on_lost(worker, f"worker process exited (status {status})")
+        if self.stopping:
+            return
+        now = time.monotonic()
+        worker.crash_times = [t for t in worker.crash_times if now - t < 30.0] + [now]
+        crashes = len(worker.crash_times)
+        delay = 0.0 if crashes <= 1 else min(self.settings.restart_backoff * 2 ** (crashes - 2),
+                                             self.settings.restart_backoff_max)
+        self._restarting.add(worker.id)
+        try:
+            if delay:
+                self.events.emit("backoff", worker=worker.id, delay=delay, crashes=crashes)
+                await asyncio.sleep(delay)
+            worker.restarts += 1
+            self._spawn(worker)
+            self.events.emit("restarted", worker=worker.id, model=worker.model, pid=worker.pid,
+                             restarts=worker.restarts)
+        finally:
+            self._restarting.discard(worker.id)
+
+    async def drain(self, worker: WorkerInfo, reason: str) -> None:
+        """Stop routing to a worker and wait (bounded) for its in-flight requests."""
+        self.registry.set_state(worker, WorkerState.DRAINING, reason)
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while worker.ongoing > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if worker.ongoing > 0:
+            self.on_lost(worker, f"{reason}: drain timed out")
+
+    async def _recycle(self, worker: WorkerInfo) -> None:
+        try:
+            rss = worker.rss_bytes
+            self.events.emit("recycle", worker=worker.id, rss_bytes=rss,
+                             limit_bytes=self.settings.memory_limit_bytes)
+            await self.drain(worker, f"over memory limit ({rss // 2**20} MiB)")
+            await self._terminate(worker)
+            worker.restarts += 1
+            self._spawn(worker)
+            self.events.emit("restarted", worker=worker.id, model=worker.model, pid=worker.pid,
+                             restarts=worker.restarts, reason="memory limit")
+        finally:
+            self._restarting.discard(worker.id)
+
+    # -- autoscaling (Ray Serve's rule) -------------------------------------------------------
+
+    def desired(self, model: str) -> tuple[int, int]:
+        """(current, desired) worker count for `model` from ongoing requests per worker."""
+        workers = [w for w in self.registry.of_model(model) if w.state != WorkerState.DRAINING]
+        ongoing = sum(w.ongoing for w in workers) + self.queued(model)
+        want = math.ceil(ongoing / self.settings.target_ongoing) if ongoing else 0
+        return len(workers), max(self.settings.floor, min(self.settings.ceiling, want))
+
+    def _autoscale(self, model: str) -> None:
+        current, want = self.desired(model)
+        if want == current:
+            self._scale_since.pop(model, None)
+            return
+        direction = 1 if want > current else -1
+        since = self._scale_since.get(model)
+        now = time.monotonic()
+        if since is None or since[0] != direction:
+            self._scale_since[model] = (direction, now)
+            return
+        delay = self.settings.upscale_delay if direction > 0 else self.settings.downscale_delay
+        if now - since[1] < delay:
+            return
+        self._scale_since.pop(model, None)
+        if direction > 0:
+            for _ in range(want - current):
+                worker = self.add_worker(model)
+                self.events.emit("scale_up", model=model, worker=worker.id, current=current,
+                                 desired=want)
+        else:
+            victims = sorted((w for w in self.registry.of_model(model)
+                              if w.state != WorkerState.DRAINING),
+                             key=lambda w: (w.state == WorkerState.LIVE, w.ongoing))
+            for worker in victims[: current - want]:
+                self.events.emit("scale_down", model=model, worker=worker.id, current=current,
+                                 desired=want)
+                asyncio.create_task(self._retire(worker))
+
+    async def _retire(self, worker: WorkerInfo) -> None:
+        self._restarting.add(worker.id)
+        await self.drain(worker, "scale down")
+        await self._terminate(worker)
+        self._procs.pop(worker.id, None)
+        self.registry.remove(worker.id)
+        self._restarting.discard(worker.id)
+
+    def kill_all_now(self) -> None:
+        """Last resort (the router is exiting): SIGKILL every worker."""
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)

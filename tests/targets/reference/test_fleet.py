@@ -1,0 +1,258 @@
+"""The fleet (router + workers) as real processes: failover, liveness, autoscaling,
+backpressure, admin API and graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from harness.launcher import ServerProcess, free_port
+
+TOKEN = "test-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+FleetFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def start_fleet(tmp_path: Path) -> Iterator[FleetFactory]:
+    started: list[ServerProcess] = []
+
+    def factory(*args: str) -> ServerProcess:
+        port = free_port()
+        cmd = [sys.executable, "-m", "targets.reference", "serve", "--port", str(port),
+               "--admin-token", TOKEN, "--log-dir", str(tmp_path / f"fleet-{port}"), *args]
+        proc = ServerProcess(cmd, f"http://127.0.0.1:{port}", tmp_path / f"fleet-{port}.log")
+        started.append(proc)
+        proc.wait_ready(timeout=120)
+        return proc
+
+    yield factory
+    for proc in started:
+        proc.stop()
+
+
+def workers(fleet: ServerProcess) -> list[dict[str, Any]]:
+    resp = httpx.get(fleet.url + "/admin/workers", headers=AUTH, timeout=5)
+    return resp.json()["workers"]  # type: ignore[no-any-return]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class StreamResult:
+    started_at: float
+    first_content_at: float | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    done: bool = False
+    status: int = 0
+    events: list[Any] = field(default_factory=list)
+
+
+async def stream_chat(client: httpx.AsyncClient, url: str, tokens: int,
+                      model: str = "sim") -> StreamResult:
+    result = StreamResult(started_at=time.monotonic())
+    body = {"model": model, "max_tokens": tokens, "stream": True,
+            "messages": [{"role": "user", "content": f"hello {time.monotonic()}"}]}
+    async with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
+        result.status = resp.status_code
+        if resp.status_code != 200:
+            await resp.aread()
+            return result
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data == "[DONE]":
+                result.done = True
+                continue
+            event = json.loads(data)
+            result.events.append(event)
+            if "error" in event:
+                result.error = event["error"]["message"]
+                continue
+            for choice in event.get("choices", []):
+                if choice.get("delta", {}).get("content") and result.first_content_at is None:
+                    result.first_content_at = time.monotonic()
+                if choice.get("finish_reason"):
+                    result.finish_reason = choice["finish_reason"]
+    return result
+
+
+def test_worker_sigkill_failover_and_restart(start_fleet: FleetFactory) -> None:
+    fleet = start_fleet("--model", "sim", "--workers", "2",
+                        "--worker-arg=--sim-ttft=0.6", "--worker-arg=--sim-itl=0.03")
+    before = {w["id"]: w["pid"] for w in workers(fleet)}
+
+    async def scenario() -> tuple[list[StreamResult], float, str]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            early = [asyncio.create_task(stream_chat(client, fleet.url, 60)) for _ in range(4)]
+            await asyncio.sleep(1.0)  # these four are streaming now
+            late = [asyncio.create_task(stream_chat(client, fleet.url, 60)) for _ in range(4)]
+            await asyncio.sleep(0.2)  # these four are in their time to first token
+            busiest = max(workers(fleet), key=lambda w: w["ongoing"])
+            kill_at = time.monotonic()
+            os.kill(busiest["pid"], signal.SIGKILL)
+            results = await asyncio.gather(*early, *late)
+            return list(results), kill_at, busiest["id"]
+
+    results, kill_at, victim = asyncio.run(scenario())
+    not_started = [r for r in results if r.first_content_at is None or r.first_content_at > kill_at]
+    started = [r for r in results if r not in not_started]
+    assert len(not_started) >= 4 and started
+    for r in not_started:  # failed over before anything was sent: no client error
+        assert r.status == 200 and r.error is None and r.done and r.finish_reason == "length"
+    cut = [r for r in started if r.error is not None]
+    assert cut, "the killed worker had started streams"
+    for r in started:  # never a silent cut: complete, or an error frame then [DONE]
+        assert r.done
+        assert r.finish_reason == "length" or r.error is not None
+    elapsed = wait_for(lambda: any(w["id"] == victim and w["state"] == "live" and
+                                   w["pid"] != before[victim] for w in workers(fleet)),
+                       10, "a live replacement")
+    assert elapsed + (time.monotonic() - kill_at - elapsed) < 15
+    replacement = next(w for w in workers(fleet) if w["id"] == victim)
+    assert replacement["restarts"] == 1 and replacement["pid"] != before[victim]
+    metrics = httpx.get(fleet.url + "/metrics", timeout=5).text
+    assert "llm_chaos_router_retries_total" in metrics
+    assert "llm_chaos_router_stream_failures_total" in metrics
+
+
+def test_replacement_live_within_5s(start_fleet: FleetFactory) -> None:
+    fleet = start_fleet("--model", "sim", "--workers", "1")
+    (victim,) = workers(fleet)
+    kill_at = time.monotonic()
+    os.kill(victim["pid"], signal.SIGKILL)
+    wait_for(lambda: any(w["state"] == "live" and w["pid"] != victim["pid"]
+                         for w in workers(fleet)), 5, "a live replacement within 5 s")
+    print(f"replacement live after {time.monotonic() - kill_at:.2f} s")
+    ok = httpx.post(fleet.url + "/v1/completions",
+                    json={"model": "sim", "prompt": "x", "max_tokens": 2}, timeout=10)
+    assert ok.status_code == 200
+
+
+def test_sigstop_leaves_routing_set_and_sigcont_returns(start_fleet: FleetFactory) -> None:
+    fleet = start_fleet("--model", "sim", "--workers", "2")
+    paused = workers(fleet)[0]
+    os.kill(paused["pid"], signal.SIGSTOP)
+    try:
+        wait_for(lambda: any(w["id"] == paused["id"] and w["state"] == "unlive"
+                             for w in workers(fleet)), 5, "the paused worker to be unlive")
+        for _ in range(6):  # all traffic goes to the other worker
+            r = httpx.post(fleet.url + "/v1/completions",
+                           json={"model": "sim", "prompt": "x", "max_tokens": 2}, timeout=10)
+            assert r.status_code == 200
+    finally:
+        os.kill(paused["pid"], signal.SIGCONT)
+    wait_for(lambda: any(w["id"] == paused["id"] and w["state"] == "live"
+                         for w in workers(fleet)), 5, "the resumed worker to be live again")
+    assert next(w for w in workers(fleet) if w["id"] == paused["id"])["pid"] == paused["pid"]
+
+
+def test_autoscaling_up_and_down(start_fleet: FleetFactory) -> None:
+    fleet = start_fleet("--model", "sim", "--min-workers", "1", "--max-workers", "3",
+                        "--target-ongoing", "2", "--upscale-delay", "0.5",
+                        "--downscale-delay", "2", "--worker-arg=--sim-itl=0.05")
+    assert len(workers(fleet)) == 1
+    stop = threading.Event()
+
+    def load() -> None:
+        async def run() -> None:
+            async with httpx.AsyncClient(timeout=60) as client:
+                async def user() -> None:
+                    while not stop.is_set():
+                        await stream_chat(client, fleet.url, 20)
+                await asyncio.gather(*(user() for _ in range(6)))
+        asyncio.run(run())
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        up = wait_for(lambda: sum(w["state"] == "live" for w in workers(fleet)) >= 2, 15,
+                      "scale up to 2 live workers")
+    finally:
+        stop.set()
+        thread.join(30)
+    print(f"scaled up after {up:.1f} s")
+    down = wait_for(lambda: len(workers(fleet)) == 1, 15, "scale down to the minimum")
+    print(f"scaled down {down:.1f} s after the load stopped")
+    with httpx.Client(timeout=5, headers=AUTH) as client:
+        text = client.get(fleet.url + "/admin/events?follow=false").text
+    kinds = [json.loads(line[6:])["type"] for line in text.splitlines() if line.startswith("data: ")]
+    assert "scale_up" in kinds and "scale_down" in kinds
+
+
+def test_overload_gets_429_with_retry_after(start_fleet: FleetFactory) -> None:
+    fleet = start_fleet("--model", "sim", "--workers", "1", "--worker-capacity", "2",
+                        "--max-queue", "3", "--request-timeout", "8",
+                        "--worker-arg=--sim-itl=0.02")
+
+    async def burst() -> list[tuple[int, str | None, float]]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            async def one() -> tuple[int, str | None, float]:
+                start = time.monotonic()
+                r = await client.post(fleet.url + "/v1/chat/completions", json={
+                    "model": "sim", "max_tokens": 30,
+                    "messages": [{"role": "user", "content": "x"}]})
+                return r.status_code, r.headers.get("retry-after"), time.monotonic() - start
+            return list(await asyncio.gather(*(one() for _ in range(30))))
+
+    results = asyncio.run(burst())
+    codes = [c for c, _, _ in results]
+    assert codes.count(200) >= 5 and codes.count(429) >= 20
+    assert set(codes) <= {200, 429}
+    assert all(ra == "1" for c, ra, _ in results if c == 429)
+    assert max(t for _, _, t in results) < 8.5  # none hangs past its deadline
+
+
+def test_admin_requires_token(start_fleet: FleetFactory) -> None:
+    fleet = start_fleet("--model", "sim")
+    assert httpx.get(fleet.url + "/admin/workers", timeout=5).status_code == 401
+    wrong = httpx.get(fleet.url + "/admin/workers", timeout=5,
+                      headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403
+    assert httpx.get(fleet.url + "/admin/workers", headers=AUTH, timeout=5).status_code == 200
+
+
+def test_sigterm_drains_and_exits_zero(start_fleet: FleetFactory) -> None:
+    fleet = start_fleet("--model", "sim", "--workers", "2", "--worker-arg=--sim-itl=0.05")
+    worker_pids = [w["pid"] for w in workers(fleet)]
+
+    async def scenario() -> tuple[list[StreamResult], int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            inflight = [asyncio.create_task(stream_chat(client, fleet.url, 30)) for _ in range(3)]
+            await asyncio.sleep(0.3)
+            fleet.popen.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            late = await client.post(fleet.url + "/v1/completions",
+                                     json={"model": "sim", "prompt": "x", "max_tokens": 2})
+            return list(await asyncio.gather(*inflight)), late.status_code
+
+    results, late_status = asyncio.run(scenario())
+    assert late_status == 503
+    for r in results:
+        assert r.done and r.finish_reason == "length" and r.error is None
+    assert fleet.popen.wait(timeout=20) == 0
+    for pid in worker_pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

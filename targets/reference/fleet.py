@@ -20,12 +20,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter, Gauge, generate_latest
+from pydantic import ValidationError
 
-from .api import error_body
+from .api import error_body, validation_message
+from .faults import FaultSpec
 from .registry import EventBus, Registry, WorkerState
 from .router import Router, RouterSettings
 from .supervisor import FleetSettings, Supervisor
@@ -45,6 +48,10 @@ class Fleet:
                                      queued=lambda m: self.router.queued.get(m, 0))
         self.supervisor.on_lost = self.router.worker_lost
         self.admin_token = admin_token
+        # workers serve their own /admin/faults to the router only, with the same token
+        fleet.worker_env["LLM_CHAOS_ADMIN_TOKEN"] = admin_token
+        self.worker_auth = {"Authorization": f"Bearer {admin_token}"}
+        self.admin_client = httpx.AsyncClient(timeout=5.0)
         self.drain_timeout = drain_timeout
         self.server: uvicorn.Server | None = None
         r = self.router.metrics_registry
@@ -99,8 +106,10 @@ def create_fleet_app(fleet: Fleet) -> FastAPI:
         try:
             yield
         finally:
+            fleet.router.faults.clear()
             await fleet.supervisor.stop()
             await fleet.router.aclose()
+            await fleet.admin_client.aclose()
 
     app = FastAPI(title="llm-chaos reference router", lifespan=lifespan, docs_url=None,
                   redoc_url=None)
@@ -165,6 +174,79 @@ def create_fleet_app(fleet: Fleet) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    @app.get("/admin/faults")
+    async def list_faults() -> dict[str, Any]:
+        found = [{**f, "target": "router"} for f in fleet.router.faults.public()]
+        for worker in list(fleet.registry.workers.values()):
+            try:
+                resp = await fleet.admin_client.get(worker.url + "/admin/faults",
+                                                    headers=fleet.worker_auth)
+                found += [{**f, "target": worker.id} for f in resp.json().get("faults", [])]
+            except (httpx.HTTPError, ValueError):
+                continue
+        return {"faults": found}
+
+    @app.post("/admin/faults")
+    async def add_fault(request: Request) -> JSONResponse:
+        try:
+            spec = FaultSpec.model_validate_json(await request.body())
+        except ValidationError as exc:
+            message, param = validation_message(exc)
+            return JSONResponse(error_body(message, "invalid_request_error", param),
+                                status_code=400)
+        if spec.target == "router":
+            fault = fleet.router.faults.add(spec)
+            fleet.events.emit("fault_added", fault=fault.id, fault_kind=spec.kind, target="router",
+                              ttl=spec.ttl)
+            return JSONResponse({**fault.public(), "target": "router"}, status_code=201)
+        worker = fleet.registry.workers.get(spec.target)
+        if worker is None:
+            return JSONResponse(error_body(
+                f"target: no worker {spec.target!r}; use `router` or one of "
+                f"{', '.join(fleet.registry.workers)}", "invalid_request_error", "target"),
+                status_code=400)
+        try:
+            resp = await fleet.admin_client.post(worker.url + "/admin/faults",
+                                                 content=spec.model_dump_json(),
+                                                 headers=fleet.worker_auth)
+        except httpx.HTTPError as exc:
+            return JSONResponse(error_body(f"worker {worker.id} did not answer: {exc}",
+                                           "server_error"), status_code=502)
+        if resp.status_code == 201:
+            fleet.events.emit("fault_added", fault=resp.json()["id"], fault_kind=spec.kind,
+                              target=worker.id, ttl=spec.ttl)
+        return JSONResponse({**resp.json(), "target": worker.id}, status_code=resp.status_code)
+
+    @app.delete("/admin/faults/{fault_id}")
+    async def remove_fault(fault_id: str) -> JSONResponse:
+        if fleet.router.faults.remove(fault_id) is not None:
+            fleet.events.emit("fault_removed", fault=fault_id, target="router")
+            return JSONResponse({"removed": fault_id, "target": "router"})
+        for worker in list(fleet.registry.workers.values()):
+            try:
+                resp = await fleet.admin_client.delete(worker.url + f"/admin/faults/{fault_id}",
+                                                       headers=fleet.worker_auth)
+            except httpx.HTTPError:
+                continue
+            if resp.status_code == 200:
+                fleet.events.emit("fault_removed", fault=fault_id, target=worker.id)
+                return JSONResponse({"removed": fault_id, "target": worker.id})
+        return JSONResponse(error_body(f"no active fault {fault_id!r} (it may have expired)",
+                                       "not_found_error"), status_code=404)
+
+    @app.delete("/admin/faults")
+    async def clear_faults() -> dict[str, Any]:
+        removed = fleet.router.faults.clear()
+        for worker in list(fleet.registry.workers.values()):
+            try:
+                resp = await fleet.admin_client.delete(worker.url + "/admin/faults",
+                                                       headers=fleet.worker_auth)
+                removed += int(resp.json().get("removed", 0))
+            except (httpx.HTTPError, ValueError):
+                continue
+        fleet.events.emit("faults_cleared", removed=removed)
+        return {"removed": removed}
+
     return app
 
 
@@ -219,10 +301,10 @@ def serve(args: Any) -> int:
     server = _DrainingServer(config)
     server.fleet = fleet
     fleet.server = server
-    where = f" (token in {token_path})" if token_path else ""
     print(f"llm-chaos serve: router pid={os.getpid()} on http://{args.host}:{args.port}, "
-          f"models={','.join(fleet_settings.models)}, admin token given{where}, worker logs "
-          f"in {log_dir}", file=sys.stderr, flush=True)
+          f"models={','.join(fleet_settings.models)}, admin token "
+          f"{'in ' + str(token_path) if token_path else 'given'}, worker logs in {log_dir}",
+          file=sys.stderr, flush=True)
     try:
         server.run()
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .api import error_body
+from .faults import FaultSet
 from .registry import Registry, WorkerInfo, WorkerState
 
 __all__ = ["Router", "RouterSettings"]
@@ -60,6 +62,12 @@ class _Reject(Exception):
 
 class _WorkerLost(Exception):
     pass
+
+
+class _Truncated(Exception):
+    def __init__(self, error_frame: bool) -> None:
+        super().__init__("truncated by an injected fault")
+        self.error_frame = error_frame
 
 
 class _Flight:
@@ -123,6 +131,7 @@ class Router:
         self.queued: dict[str, int] = {}
         self.in_flight = 0
         self.draining = False
+        self.faults = FaultSet()
         self._flights: dict[str, set[_Flight]] = {}
         r = self.metrics_registry = CollectorRegistry()
         self.m_requests = Counter("llm_chaos_router_requests", "Requests by final HTTP status",
@@ -273,6 +282,7 @@ class Router:
                           f"{', '.join(self.registry.models())}", "not_found_error", "model")
         stream = payload.get("stream") is True
         deadline = started + self.settings.request_timeout
+        await self._router_faults(deadline)
         tried: set[str] = set()
         last_error = "no attempt"
         self.in_flight += 1
@@ -338,6 +348,37 @@ class Router:
             if not handed_off:
                 self.in_flight -= 1
 
+    async def _router_faults(self, deadline: float) -> None:
+        """Faults injected into the router itself (admin API, target `router`)."""
+        injected = self.faults.error()
+        if injected is not None:
+            raise _Reject(injected[0], injected[1], "server_error")
+        if self.faults.active("hang"):
+            try:
+                await asyncio.wait_for(self.faults.hang(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError as exc:
+                raise _Reject(504, "deadline exceeded (router hang fault)",
+                              "timeout_error") from exc
+        delay = self.faults.latency()
+        if delay:
+            await asyncio.sleep(delay)
+
+    async def _faulty(self, chunks: bytes, state: dict[str, int]) -> AsyncIterator[bytes]:
+        """Relay a piece of stream event by event under slow_tokens / truncate faults."""
+        buffer = bytearray(chunks)
+        for event in _sse_events(buffer):
+            if _commits(event) and b"[DONE]" not in event:
+                delay = self.faults.token_delay()
+                if delay:
+                    await asyncio.sleep(delay)
+                state["tokens"] += 1
+            cut = self.faults.truncate()
+            if cut is not None and state["tokens"] > cut[0]:
+                raise _Truncated(cut[1])
+            yield event + b"\n\n"
+        if buffer:
+            yield bytes(buffer)
+
     async def _collect(self, flight: _Flight, request: Request | None = None) -> bytes | str:
         """The whole upstream body, or a string saying why there is none."""
         parts: list[bytes] = []
@@ -384,35 +425,43 @@ class Router:
     async def _relay(self, flight: _Flight, head: bytes, timer: asyncio.TimerHandle,
                      model: str, started: float) -> AsyncIterator[bytes]:
         self.m_ttft.labels(model).observe(time.monotonic() - started)
-        ended = False
         tail = b""
+        state = {"tokens": 0}
         try:
-            yield head
-            tail = head[-64:]
+            pending: bytes | str = head
             while True:
-                kind, value = await flight.queue.get()
+                if isinstance(pending, bytes):
+                    value = pending
+                    tail = (tail + value)[-512:]
+                    if self.faults.faults and (self.faults.token_delay()
+                                               or self.faults.truncate()):
+                        async for piece in self._faulty(value, state):
+                            yield piece
+                    else:
+                        yield value
+                kind, pending = await flight.queue.get()
                 if kind == "data":
-                    assert isinstance(value, bytes)
-                    tail = (tail + value)[-64:]
-                    yield value
-                elif kind == "end":
-                    ended = True
+                    continue
+                if kind == "end":
                     if b"[DONE]" not in tail:
                         # the worker closed without its end marker: never a silent cut
                         self.m_cut.inc()
                         yield _error_frame("stream ended without [DONE]")
                     else:
-                        self.m_success.labels(model, "stop").inc()
+                        self.m_success.labels(model, _finish_reason(tail)).inc()
                     return
-                else:
-                    ended = True
+                if kind == "error":
                     self.m_cut.inc()
                     if not tail.endswith(b"\n\n"):
                         yield b"\n\n"  # close a half-sent event before the error frame
-                    yield _error_frame(str(value))
+                    yield _error_frame(str(pending))
                     return
+        except _Truncated as cut:
+            self.m_cut.inc()
+            if cut.error_frame:
+                yield _error_frame("stream truncated by an injected fault")
+            # without an error frame the connection just ends: the silent cut a checker must catch
         finally:
-            del ended
             timer.cancel()
             self.in_flight -= 1
             self.m_e2e.labels(model).observe(time.monotonic() - started)
@@ -426,6 +475,11 @@ class Router:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _finish_reason(tail: bytes) -> str:
+    found = re.findall(rb'"finish_reason":"(\w+)"', tail)
+    return found[-1].decode() if found else "unknown"
 
 
 def _error_frame(message: str) -> bytes:

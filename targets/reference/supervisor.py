@@ -55,6 +55,7 @@ class FleetSettings:
     upscale_delay: float = 1.0
     downscale_delay: float = 5.0
     autoscale: bool = True
+    worker_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def floor(self) -> int:
@@ -106,7 +107,8 @@ class Supervisor:
         cmd = [sys.executable, "-m", "targets.reference", "worker", "--model", worker.model,
                "--host", "127.0.0.1", "--port", str(worker.port),
                "--stall-timeout", str(self.settings.stall_timeout), *self.settings.worker_args]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+        env = {**os.environ, **self.settings.worker_env}
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         log.close()
         self._procs[worker.id] = proc

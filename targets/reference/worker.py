@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import os
+import secrets
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,9 +33,10 @@ from .api import (
     error_body,
     validation_message,
 )
-from .protocol import Engine, EngineFull, Prompt
+from .faults import FaultSet, FaultSpec
 from .metrics import WorkerMetrics
 from .params import GenerationRequest, Output, SamplingParams
+from .protocol import Engine, EngineFull, Prompt
 
 __all__ = ["create_app"]
 
@@ -58,11 +63,38 @@ def _error_response(exc: ApiError, request_id: str | None = None) -> JSONRespons
                         status_code=exc.status, headers=headers)
 
 
+class _Delivery:
+    """Hands engine outputs from the engine's thread to the event loop, one wake-up per burst.
+
+    A wake-up is a write to the loop's self-pipe, which releases the GIL; one per token would
+    let the loop run between the tokens of a single engine step and delay the rest.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue[Output], Output]] = []
+
+    def put(self, queue: asyncio.Queue[Output], output: Output) -> None:
+        with self._lock:
+            self._pending.append((queue, output))
+            wake = len(self._pending) == 1
+        if wake:
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for queue, output in pending:
+            queue.put_nowait(output)
+
+
 class _Call:
     """One generation request in flight: its engine request and the queue of its outputs."""
 
-    def __init__(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
-        self.loop = asyncio.get_running_loop()
+    def __init__(self, request_id: str, prompt: Prompt, params: SamplingParams,
+                 delivery: _Delivery) -> None:
+        self.delivery = delivery
         self.queue: asyncio.Queue[Output] = asyncio.Queue()
         self.started = time.monotonic()
         self.engine_request = GenerationRequest(
@@ -76,7 +108,7 @@ class _Call:
         self.finished = False
 
     def _sink(self, output: Output) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, output)
+        self.delivery.put(self.queue, output)
 
 
 def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI:
@@ -84,6 +116,9 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
     names = served_names or [engine.model_name]
     metrics = WorkerMetrics(names[0], engine.stats)
     created = int(time.time())
+    # OpenAI's system_fingerprint names the backend configuration that produced an answer.
+    fingerprint = "fp_" + hashlib.sha256(
+        f"{engine.model_name}/{engine.max_model_len}".encode()).hexdigest()[:10]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,6 +132,52 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
                   redoc_url=None)
     app.state.engine = engine
     app.state.metrics = metrics
+    app.state.delivery = None
+    faults = FaultSet()
+    app.state.faults = faults
+    admin_token = os.environ.get("LLM_CHAOS_ADMIN_TOKEN", "")
+
+    def admin_denied(request: Request) -> JSONResponse | None:
+        if not admin_token:
+            return JSONResponse(error_body("this worker's admin API is off: start it with "
+                                           "LLM_CHAOS_ADMIN_TOKEN set", "permission_error",
+                                           code=403), status_code=403)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), admin_token):
+            return JSONResponse(error_body("admin token missing or wrong", "permission_error",
+                                           code=403), status_code=403)
+        return None
+
+    @app.get("/admin/faults")
+    async def list_faults(request: Request) -> JSONResponse:
+        return admin_denied(request) or JSONResponse({"faults": faults.public()})
+
+    @app.post("/admin/faults")
+    async def add_fault(request: Request) -> JSONResponse:
+        denied = admin_denied(request)
+        if denied is not None:
+            return denied
+        try:
+            spec = FaultSpec.model_validate_json(await request.body())
+        except ValidationError as exc:
+            message, param = validation_message(exc)
+            return JSONResponse(error_body(message, "invalid_request_error", param),
+                                status_code=400)
+        return JSONResponse(faults.add(spec).public(), status_code=201)
+
+    @app.delete("/admin/faults/{fault_id}")
+    async def remove_fault(request: Request, fault_id: str) -> JSONResponse:
+        denied = admin_denied(request)
+        if denied is not None:
+            return denied
+        if faults.remove(fault_id) is None:
+            return JSONResponse(error_body(f"no active fault {fault_id!r}", "not_found_error"),
+                                status_code=404)
+        return JSONResponse({"removed": fault_id})
+
+    @app.delete("/admin/faults")
+    async def clear_faults(request: Request) -> JSONResponse:
+        return admin_denied(request) or JSONResponse({"removed": faults.clear()})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -144,7 +225,11 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
             raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            # A `\ud800` escape decodes to a lone surrogate, which no tokenizer or UTF-8 writer
+            # takes; refuse it here rather than fail later with a 500.
+            json.dumps(data, ensure_ascii=False).encode()
+        # RecursionError: nesting deeper than the interpreter's stack (`[[[[...`).
+        except (json.JSONDecodeError, UnicodeError, RecursionError) as exc:
             raise ApiError(400, f"request body is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise ApiError(400, "request body must be a JSON object")
@@ -163,15 +248,18 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
 
     def sampling(body: Any, prompt: Prompt, limit: int | None) -> SamplingParams:
         room = engine.max_model_len - len(prompt.token_ids)
+        chat = isinstance(body, ChatCompletionRequest)
         if room < 1:
             raise ApiError(400, f"This model's maximum context length is {engine.max_model_len} "
                            f"tokens, and the prompt has {len(prompt.token_ids)}; shorten the "
-                           "prompt", param="messages")
+                           "prompt", param="messages" if chat else "prompt")
         if limit is not None and limit > room:
+            field = ("max_completion_tokens" if chat and body.max_completion_tokens is not None
+                     else "max_tokens")
             raise ApiError(400, f"This model's maximum context length is {engine.max_model_len} "
                            f"tokens. However, you requested {limit + len(prompt.token_ids)} "
                            f"tokens ({len(prompt.token_ids)} in the prompt, {limit} in the "
-                           "completion); reduce max_tokens", param="max_tokens")
+                           f"completion); reduce {field}", param=field)
         return SamplingParams(
             max_tokens=limit if limit is not None else room,
             temperature=body.temperature,
@@ -188,6 +276,16 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
             raise ApiError(400, f"{field}: prompt is far longer than the model's maximum "
                            f"context length of {engine.max_model_len} tokens", param=field)
 
+    async def injected_faults() -> None:
+        """Admin-API faults on the way in: an error, a hang, added latency."""
+        error = faults.error()
+        if error is not None:
+            raise ApiError(error[0], error[1], type_="server_error")
+        await faults.hang()
+        delay = faults.latency()
+        if delay:
+            await asyncio.sleep(delay)
+
     async def generate(request: Request, chat: bool) -> Response:
         request_id = _request_id(request)
         try:
@@ -203,7 +301,10 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
                 guard_size(body.text(), "prompt")
                 prompt = engine.encode_text(body.text())
             params = sampling(body, prompt, body.limit())
-            call = _Call(request_id, prompt, params)
+            await injected_faults()
+            if app.state.delivery is None:
+                app.state.delivery = _Delivery(asyncio.get_running_loop())
+            call = _Call(request_id, prompt, params, app.state.delivery)
             try:
                 engine.submit(call.engine_request)
             except EngineFull as exc:
@@ -245,7 +346,8 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
             choice["logprobs"] = None
             choice["finish_reason"] = finish
             out = {"id": cid, "object": "chat.completion.chunk" if chat else "text_completion",
-                   "created": created_at, "model": body.model, "choices": [choice]}
+                   "created": created_at, "model": body.model,
+                   "system_fingerprint": fingerprint, "choices": [choice]}
             if usage_requested:
                 out["usage"] = None
             return out
@@ -263,6 +365,18 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
                     yield _sse("[DONE]")
                     return
                 if out.text:
+                    if faults.faults:
+                        delay = faults.token_delay()
+                        if delay:
+                            await asyncio.sleep(delay)
+                        cut = faults.truncate()
+                        if cut is not None and out.completion_tokens > cut[0]:
+                            if cut[1]:
+                                call.finished = True
+                                yield _sse(error_body("stream truncated by an injected fault",
+                                                      "server_error", code=500))
+                                yield _sse("[DONE]")
+                            return  # without an error frame: a silent cut
                     yield _sse(chunk({"content": out.text} if chat else out.text, None))
                 if out.finished:
                     call.finished = True
@@ -270,7 +384,8 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
                     if usage_requested:
                         yield _sse({"id": cid, "object": "chat.completion.chunk" if chat else
                                     "text_completion", "created": created_at,
-                                    "model": body.model, "choices": [],
+                                    "model": body.model, "system_fingerprint": fingerprint,
+                                    "choices": [],
                                     "usage": _usage(out)})
                     yield _sse("[DONE]")
                     return
@@ -317,14 +432,14 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
         if chat:
             payload: dict[str, Any] = {
                 "id": "chatcmpl-" + uuid.uuid4().hex, "object": "chat.completion",
-                "created": created_at, "model": body.model,
+                "created": created_at, "model": body.model, "system_fingerprint": fingerprint,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "logprobs": None, "finish_reason": out.finish_reason}],
                 "usage": _usage(out)}
         else:
             payload = {
                 "id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion",
-                "created": created_at, "model": body.model,
+                "created": created_at, "model": body.model, "system_fingerprint": fingerprint,
                 "choices": [{"index": 0, "text": (body.text() if body.echo else "") + text,
                              "logprobs": None, "finish_reason": out.finish_reason}],
                 "usage": _usage(out)}

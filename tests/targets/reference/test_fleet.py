@@ -256,3 +256,146 @@ def test_sigterm_drains_and_exits_zero(start_fleet: FleetFactory) -> None:
     assert fleet.popen.wait(timeout=20) == 0
     for pid in worker_pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def add_fault(fleet: ServerProcess, **spec: Any) -> dict[str, Any]:
+    resp = httpx.post(fleet.url + "/admin/faults", json=spec, headers=AUTH, timeout=10)
+    assert resp.status_code == 201, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def remove_fault(fleet: ServerProcess, fault_id: str) -> None:
+    resp = httpx.delete(fleet.url + f"/admin/faults/{fault_id}", headers=AUTH, timeout=10)
+    assert resp.status_code == 200, resp.text
+
+
+def timed_stream(url: str, tokens: int = 5) -> StreamResult:
+    async def run() -> StreamResult:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await stream_chat(client, url, tokens)
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("target", ["router", "worker"])
+def test_latency_slow_tokens_and_errors_inject_and_revert(start_fleet: FleetFactory,
+                                                          target: str) -> None:
+    fleet = start_fleet("--model", "sim", "--workers", "1", "--worker-arg=--sim-ttft=0.02",
+                        "--worker-arg=--sim-itl=0.01", "--max-attempts", "1")
+    where = "router" if target == "router" else workers(fleet)[0]["id"]
+    base = timed_stream(fleet.url)
+    assert base.first_content_at is not None
+    base_ttft = base.first_content_at - base.started_at
+
+    lat = add_fault(fleet, kind="latency", target=where, latency_s=0.3, ttl=30)
+    slow = timed_stream(fleet.url)
+    assert slow.first_content_at is not None
+    assert slow.first_content_at - slow.started_at >= base_ttft + 0.28
+    remove_fault(fleet, lat["id"])
+    after = timed_stream(fleet.url)
+    assert after.first_content_at is not None
+    assert after.first_content_at - after.started_at < base_ttft + 0.15
+
+    tok = add_fault(fleet, kind="slow_tokens", target=where, delay_s=0.1, ttl=30)
+    start = time.monotonic()
+    r = timed_stream(fleet.url, tokens=5)
+    assert r.finish_reason == "length" and time.monotonic() - start >= 0.45
+    remove_fault(fleet, tok["id"])
+
+    err = add_fault(fleet, kind="error_rate", target=where, probability=1.0, status=500, ttl=30)
+    failed = httpx.post(fleet.url + "/v1/completions", timeout=10,
+                        json={"model": "sim", "prompt": "x", "max_tokens": 2})
+    assert failed.status_code in (500, 502)
+    listed = httpx.get(fleet.url + "/admin/faults", headers=AUTH, timeout=10).json()["faults"]
+    assert [f["id"] for f in listed] == [err["id"]] and listed[0]["target"] == where
+    remove_fault(fleet, err["id"])
+    ok = httpx.post(fleet.url + "/v1/completions", timeout=10,
+                    json={"model": "sim", "prompt": "x", "max_tokens": 2})
+    assert ok.status_code == 200
+
+
+def test_hang_truncate_and_ttl_expiry(start_fleet: FleetFactory) -> None:
+    fleet = start_fleet("--model", "sim", "--workers", "1", "--worker-arg=--sim-ttft=0.02",
+                        "--worker-arg=--sim-itl=0.01", "--max-attempts", "1")
+    worker = workers(fleet)[0]["id"]
+    hang = add_fault(fleet, kind="hang", target=worker, ttl=30)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(fleet.url + "/v1/completions", timeout=1.0,
+                   json={"model": "sim", "prompt": "x", "max_tokens": 2})
+    remove_fault(fleet, hang["id"])
+    assert httpx.post(fleet.url + "/v1/completions", timeout=10,
+                      json={"model": "sim", "prompt": "x", "max_tokens": 2}).status_code == 200
+
+    cut = add_fault(fleet, kind="truncate", target=worker, after_tokens=3, error_frame=True,
+                    ttl=30)
+    r = timed_stream(fleet.url, tokens=10)
+    content = [e for e in r.events if e.get("choices") and e["choices"][0]["delta"].get("content")]
+    assert len(content) == 3 and r.error is not None and r.done
+    remove_fault(fleet, cut["id"])
+
+    silent = add_fault(fleet, kind="truncate", target=worker, after_tokens=3,
+                       error_frame=False, ttl=30)
+    r = timed_stream(fleet.url, tokens=10)
+    # the worker cut silently; the router never passes a silent cut on
+    assert r.error is not None and r.done
+    remove_fault(fleet, silent["id"])
+
+    add_fault(fleet, kind="error_rate", target="router", ttl=1.0)
+    assert httpx.post(fleet.url + "/v1/completions", timeout=10,
+                      json={"model": "sim", "prompt": "x", "max_tokens": 2}).status_code == 503
+    time.sleep(1.3)
+    assert httpx.get(fleet.url + "/admin/faults", headers=AUTH, timeout=10).json()["faults"] == []
+    assert httpx.post(fleet.url + "/v1/completions", timeout=10,
+                      json={"model": "sim", "prompt": "x", "max_tokens": 2}).status_code == 200
+
+
+def test_cpu_burn_raises_worker_cpu_and_stops(start_fleet: FleetFactory) -> None:
+    fleet = start_fleet("--model", "sim", "--workers", "1")
+    w = workers(fleet)[0]
+    proc = psutil.Process(w["pid"])
+    proc.cpu_percent(None)
+    time.sleep(0.5)
+    idle = proc.cpu_percent(None)
+    burn = add_fault(fleet, kind="cpu_burn", target=w["id"], threads=1, ttl=30)
+    time.sleep(1.0)
+    busy = proc.cpu_percent(None)
+    remove_fault(fleet, burn["id"])
+    time.sleep(0.5)
+    proc.cpu_percent(None)
+    time.sleep(0.5)
+    after = proc.cpu_percent(None)
+    assert busy > 50 and busy > idle + 40 and after < 30
+
+
+def test_memory_leak_recycles_worker(start_fleet: FleetFactory) -> None:
+    fleet = start_fleet("--model", "sim", "--workers", "2", "--worker-memory-limit", "400",
+                        "--worker-arg=--sim-itl=0.02")
+    victim = workers(fleet)[0]
+    add_fault(fleet, kind="memory_leak", target=victim["id"], mb_per_s=50, cap_mb=2000, ttl=120)
+    stop = threading.Event()
+    results: list[StreamResult] = []
+
+    def load() -> None:
+        async def run() -> None:
+            async with httpx.AsyncClient(timeout=60) as client:
+                async def user() -> None:
+                    while not stop.is_set():
+                        results.append(await stream_chat(client, fleet.url, 20))
+                await asyncio.gather(*(user() for _ in range(4)))
+        asyncio.run(run())
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        wait_for(lambda: any(w["id"] == victim["id"] and w["pid"] != victim["pid"] and
+                             w["state"] == "live" for w in workers(fleet)), 30,
+                 "the leaking worker to be recycled")
+    finally:
+        stop.set()
+        thread.join(60)
+    text = httpx.get(fleet.url + "/admin/events?follow=false", headers=AUTH, timeout=5).text
+    assert '"type": "recycle"' in text
+    assert results
+    for r in results:  # every request ended with a terminal status
+        assert r.status != 200 or (r.done and (r.finish_reason == "length" or r.error))
+    recycled = next(w for w in workers(fleet) if w["id"] == victim["id"])
+    assert recycled["rss_bytes"] < 400 * 2**20

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter, Gauge, generate_latest
 from pydantic import ValidationError
@@ -62,8 +62,20 @@ class Fleet:
                 lambda s=state: sum(w.state == s for w in self.registry.workers.values()))
         restarts = Gauge("llm_chaos_worker_restarts", "Worker restarts so far", registry=r)
         restarts.set_function(lambda: sum(w.restarts for w in self.registry.workers.values()))
-        self.m_events = Counter("llm_chaos_fleet_events", "Fleet events by type", ["type"],
-                                registry=r)
+        # token counts come from the workers' engines, summed over restarts (probed)
+        prompt = Counter("vllm:prompt_tokens", "Prefill tokens processed", ["model_name"],
+                         registry=r)
+        generated = Counter("vllm:generation_tokens", "Generation tokens", ["model_name"],
+                            registry=r)
+
+        def count_tokens(model: str, p: int, g: int) -> None:
+            prompt.labels(model).inc(p)
+            generated.labels(model).inc(g)
+
+        self.supervisor.on_tokens = count_tokens
+        scale = Counter("llm_chaos_fleet_events", "Fleet events (scale, restart, recycle...)",
+                        ["type"], registry=r)
+        self.events.on_emit = lambda event: scale.labels(event["type"]).inc()
 
     async def drain_and_exit(self) -> None:
         """Stop accepting, let in-flight requests finish, then let the server exit."""
@@ -77,6 +89,12 @@ class Fleet:
         self.events.emit("drained", in_flight=self.router.in_flight)
         if self.server is not None:
             self.server.should_exit = True
+
+
+class _Denied(Exception):
+    def __init__(self, response: JSONResponse) -> None:
+        super().__init__("admin access denied")
+        self.response = response
 
 
 def _check_token(fleet: Fleet, request: Request) -> JSONResponse | None:
@@ -114,14 +132,18 @@ def create_fleet_app(fleet: Fleet) -> FastAPI:
     app = FastAPI(title="llm-chaos reference router", lifespan=lifespan, docs_url=None,
                   redoc_url=None)
 
-    @app.middleware("http")
-    async def admin_auth(request: Request, call_next: Any) -> Response:
-        if request.url.path.startswith("/admin"):
-            denied = _check_token(fleet, request)
-            if denied is not None:
-                return denied
-        response: Response = await call_next(request)
-        return response
+    # A dependency, not an HTTP middleware: Starlette's BaseHTTPMiddleware would wrap every
+    # streamed response of the OpenAI routes too, adding latency to each chunk.
+    async def admin_only(request: Request) -> None:
+        denied = _check_token(fleet, request)
+        if denied is not None:
+            raise _Denied(denied)
+
+    @app.exception_handler(_Denied)
+    async def denied(request: Request, exc: _Denied) -> Response:
+        return exc.response
+
+    admin = [Depends(admin_only)]
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -151,11 +173,11 @@ def create_fleet_app(fleet: Fleet) -> FastAPI:
         return Response(generate_latest(fleet.router.metrics_registry),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/admin/workers")
+    @app.get("/admin/workers", dependencies=admin)
     async def workers() -> dict[str, Any]:
         return {"workers": [w.public() for w in fleet.registry.workers.values()]}
 
-    @app.get("/admin/events")
+    @app.get("/admin/events", dependencies=admin)
     async def events(request: Request, since: int = 0, follow: bool = True) -> Response:
         backlog = [e for e in fleet.events.events if e["seq"] > since]
 
@@ -174,7 +196,7 @@ def create_fleet_app(fleet: Fleet) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
-    @app.get("/admin/faults")
+    @app.get("/admin/faults", dependencies=admin)
     async def list_faults() -> dict[str, Any]:
         found = [{**f, "target": "router"} for f in fleet.router.faults.public()]
         for worker in list(fleet.registry.workers.values()):
@@ -186,7 +208,7 @@ def create_fleet_app(fleet: Fleet) -> FastAPI:
                 continue
         return {"faults": found}
 
-    @app.post("/admin/faults")
+    @app.post("/admin/faults", dependencies=admin)
     async def add_fault(request: Request) -> JSONResponse:
         try:
             spec = FaultSpec.model_validate_json(await request.body())
@@ -217,7 +239,7 @@ def create_fleet_app(fleet: Fleet) -> FastAPI:
                               target=worker.id, ttl=spec.ttl)
         return JSONResponse({**resp.json(), "target": worker.id}, status_code=resp.status_code)
 
-    @app.delete("/admin/faults/{fault_id}")
+    @app.delete("/admin/faults/{fault_id}", dependencies=admin)
     async def remove_fault(fault_id: str) -> JSONResponse:
         if fleet.router.faults.remove(fault_id) is not None:
             fleet.events.emit("fault_removed", fault=fault_id, target="router")
@@ -234,7 +256,7 @@ def create_fleet_app(fleet: Fleet) -> FastAPI:
         return JSONResponse(error_body(f"no active fault {fault_id!r} (it may have expired)",
                                        "not_found_error"), status_code=404)
 
-    @app.delete("/admin/faults")
+    @app.delete("/admin/faults", dependencies=admin)
     async def clear_faults() -> dict[str, Any]:
         removed = fleet.router.faults.clear()
         for worker in list(fleet.registry.workers.values()):

@@ -215,7 +215,14 @@ def load_model(
     hf_logging.disable_progress_bar()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder))
+        if (folder / "tokenizer.json").is_file():
+            # the fast tokenizer directly: AutoTokenizer's class resolution costs ~1 s of the
+            # worker's cold start
+            from transformers import PreTrainedTokenizerFast
+
+            tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
+        else:
+            tok = AutoTokenizer.from_pretrained(str(folder))
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), dtype=_torch_dtype(dtype, device)
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,8 @@ class WorkerInfo:
     last_step: int = -1
     last_progress: float = 0.0  # monotonic time the engine's step counter last moved
     engine_busy: bool = False
+    prompt_tokens: int = 0  # the engine's counters, as last probed (reset by a restart)
+    generated_tokens: int = 0
     crash_times: list[float] = field(default_factory=list)
 
     @property
@@ -62,11 +65,13 @@ class EventBus:
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._seq = 0
+        self.on_emit: Callable[[dict[str, Any]], None] = lambda event: None
 
     def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
         self._seq += 1
         event = {"seq": self._seq, "time": time.time(), "type": kind, **fields}
         self.events.append(event)
+        self.on_emit(event)
         for queue in list(self._subscribers):
             queue.put_nowait(event)
         return event

@@ -339,6 +339,7 @@ class Router:
                     continue
                 self.m_requests.labels("200").inc()
                 self.m_e2e.labels(model).observe(time.monotonic() - started)
+                self.m_success.labels(model, _finish_reason(data[-512:])).inc()
                 return Response(data, media_type="application/json",
                                 headers={"X-Request-Id": request_id})
             raise _Reject(502 if "deadline" not in last_error else 504,

@@ -98,6 +98,7 @@ class Supervisor:
         self._restarting: set[str] = set()
         self.stopping = False
         self.on_lost: Callable[[WorkerInfo, str], None] = lambda worker, why: None
+        self.on_tokens: Callable[[str, int, int], None] = lambda model, prompt, generated: None
 
     # -- processes ----------------------------------------------------------------------------
 
@@ -118,6 +119,7 @@ class Supervisor:
         worker.last_step = -1
         worker.last_progress = time.monotonic()
         worker.ongoing = 0
+        worker.prompt_tokens = worker.generated_tokens = 0
         self.registry.set_state(worker, WorkerState.STARTING, "spawned")
         self.events.emit("spawned", worker=worker.id, model=worker.model, pid=proc.pid,
                          port=worker.port)
@@ -213,6 +215,11 @@ class Supervisor:
             worker.last_seen = now
             step = int(stats.get("step", 0))
             worker.engine_busy = bool(stats.get("running", 0) or stats.get("waiting", 0))
+            prompt, generated = int(stats.get("prompt_tokens", 0)), int(
+                stats.get("generated_tokens", 0))
+            self.on_tokens(worker.model, max(0, prompt - worker.prompt_tokens),
+                           max(0, generated - worker.generated_tokens))
+            worker.prompt_tokens, worker.generated_tokens = prompt, generated
             if step != worker.last_step:
                 worker.last_step = step
                 worker.last_progress = now

@@ -399,3 +399,44 @@ def test_memory_leak_recycles_worker(start_fleet: FleetFactory) -> None:
         assert r.status != 200 or (r.done and (r.finish_reason == "length" or r.error))
     recycled = next(w for w in workers(fleet) if w["id"] == victim["id"])
     assert recycled["rss_bytes"] < 400 * 2**20
+
+
+def test_models_side_by_side_request_id_and_disconnect(start_fleet: FleetFactory) -> None:
+    fleet = start_fleet("--model", "sim", "--model", "tiny", "--workers", "1",
+                        "--worker-arg=--sim-itl=0.05")
+    ids = sorted(m["id"] for m in httpx.get(fleet.url + "/v1/models", timeout=5).json()["data"])
+    assert ids == ["sim", "tiny"]
+    by_model = {w["model"]: w for w in workers(fleet)}
+    rid = "d0000000-0000-4000-8000-00000000000d"
+    for model in ("sim", "tiny"):
+        r = httpx.post(fleet.url + "/v1/chat/completions", timeout=30,
+                       headers={"X-Request-Id": rid},
+                       json={"model": model, "max_tokens": 3, "ignore_eos": True,
+                             "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200 and r.json()["model"] == model
+        assert r.headers["x-request-id"] == rid
+    generated = httpx.post(fleet.url + "/v1/completions", timeout=30,
+                           json={"model": "sim", "prompt": "x", "max_tokens": 1})
+    assert generated.headers["x-request-id"] != rid  # one is made when the client sent none
+    unknown = httpx.post(fleet.url + "/v1/completions", timeout=30,
+                         json={"model": "gpt-9", "prompt": "x"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "model"
+
+    # a client that goes away cancels its request on the worker
+    sim_url = f"http://127.0.0.1:{by_model['sim']['port']}"
+    cancel_id = "e0000000-0000-4000-8000-00000000000e"
+    with httpx.Client(timeout=30) as client, client.stream(
+        "POST", fleet.url + "/v1/chat/completions", headers={"X-Request-Id": cancel_id},
+        json={"model": "sim", "max_tokens": 400, "stream": True,
+              "messages": [{"role": "user", "content": "long"}]},
+    ) as resp:
+        for i, _ in enumerate(resp.iter_lines()):
+            if i > 6:
+                break
+
+    def cancelled() -> bool:
+        trace = httpx.get(f"{sim_url}/debug/sim/trace/{cancel_id}", timeout=5)
+        return trace.status_code == 200 and trace.json()["tokens"] < 400
+
+    wait_for(cancelled, 5, "the worker to cancel the abandoned stream")
+    assert next(w for w in workers(fleet) if w["model"] == "sim")["ongoing"] == 0

@@ -71,8 +71,8 @@ class StreamResult:
 
 
 async def stream_chat(client: httpx.AsyncClient, url: str, tokens: int,
-                      model: str = "sim") -> StreamResult:
-    result = StreamResult(started_at=time.monotonic())
+                      model: str = "sim", result: StreamResult | None = None) -> StreamResult:
+    result = result or StreamResult(started_at=time.monotonic())
     body = {"model": model, "max_tokens": tokens, "stream": True,
             "messages": [{"role": "user", "content": f"hello {time.monotonic()}"}]}
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
@@ -107,8 +107,11 @@ def test_worker_sigkill_failover_and_restart(start_fleet: FleetFactory) -> None:
 
     async def scenario() -> tuple[list[StreamResult], float, str]:
         async with httpx.AsyncClient(timeout=60) as client:
-            early = [asyncio.create_task(stream_chat(client, fleet.url, 60)) for _ in range(4)]
-            await asyncio.sleep(1.0)  # these four are streaming now
+            firsts = [StreamResult(started_at=time.monotonic()) for _ in range(4)]
+            early = [asyncio.create_task(stream_chat(client, fleet.url, 60, result=r))
+                     for r in firsts]
+            while not all(r.first_content_at for r in firsts):  # these four are streaming
+                await asyncio.sleep(0.02)
             late = [asyncio.create_task(stream_chat(client, fleet.url, 60)) for _ in range(4)]
             await asyncio.sleep(0.2)  # these four are in their time to first token
             busiest = max(workers(fleet), key=lambda w: w["ongoing"])

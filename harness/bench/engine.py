@@ -1,0 +1,395 @@
+"""`llm-chaos bench engine`: the reference worker's throughput against transformers itself.
+
+One run, one heavy process at a time, on the CPU:
+1. cold start: spawn a worker (model already converted in the cache) and time it to the first
+   200 of /health, several times;
+2. the fp32 worker over HTTP: batches of 1, 4 and 16 concurrent streaming chats (greedy,
+   `ignore_eos`, 64 output tokens): aggregate output tokens/s and median TTFT per level;
+3. the same at the highest level with `--quantize int8`, and whether the greedy text changed;
+4. transformers in its own process on the same prompts: `generate_batch` (continuous
+   batching, paged attention) and `generate` on one padded static batch.
+The harness reaches the worker only over HTTP and process control.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from ..errors import TargetError, UsageError
+from ..launcher import start_worker
+from .baseline import BaselineRun, run_baseline
+from .result import BenchResult, Cell, Figure, Goal, Table
+from .runner import Benchmark, Progress
+from .streams import BatchTiming, measure_batch
+
+__all__ = ["BENCHMARK", "PROMPTS"]
+
+PROMPTS = (
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "Write one sentence about the sea.",
+    "Explain photosynthesis in simple words.",
+    "Give me a tip for learning to cook.",
+    "What does a compiler do?",
+    "Suggest a name for a small grey cat.",
+    "Why is the sky blue?",
+    "List two benefits of regular exercise.",
+    "Describe a rainy afternoon in a city.",
+    "How do bees make honey?",
+    "What is the difference between weather and climate?",
+    "Write a short greeting for a birthday card.",
+    "What should I pack for a day hike?",
+    "Explain what a prime number is.",
+    "Tell me a fun fact about octopuses.",
+)
+
+PARTS = ("cold-start", "int8", "baseline")
+SCALING_GOAL = 6.0
+VS_GENERATE_BATCH_GOAL = 3.0
+COLD_START_GOAL_S = 3.0
+
+
+def _levels(text: str) -> list[int]:
+    try:
+        levels = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text!r}") \
+            from exc
+    if not levels or levels[0] < 1:
+        raise argparse.ArgumentTypeError("concurrency levels must be 1 or more")
+    return levels
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `bench engine`."""
+    p.add_argument("--model", default="smollm2",
+                   help="worker model: smollm2 (default), tiny or a local Hugging Face folder")
+    p.add_argument("--streams", type=_levels, default=[1, 4, 16], metavar="N,N,...",
+                   help="concurrent streams to measure (default 1,4,16); goals compare the "
+                        "highest with the lowest, and the baselines get the highest")
+    p.add_argument("--max-tokens", type=int, default=64,
+                   help="output tokens per request (default 64)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="timed batches per level and per baseline (default 3, 1 with --quick)")
+    p.add_argument("--cold-starts", type=int, default=None,
+                   help="worker spawns to time (default 3, 1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    p.add_argument("--skip", action="append", default=[], choices=PARTS,
+                   help="leave a part out (its figures are reported as not measured)")
+    p.add_argument("--ready-timeout", type=float, default=300.0,
+                   help="seconds a worker may take to become ready (default 300)")
+
+
+@dataclass(frozen=True)
+class _WorkerRun:
+    """What one worker measured: the timed batches per concurrency level, and the texts of
+    the first batch at the highest level (one per prompt)."""
+
+    ready_s: float
+    batches: dict[int, list[BatchTiming]]
+    texts: tuple[str, ...]
+
+    def details(self) -> dict[str, object]:
+        return {"ready_s": self.ready_s, "texts": list(self.texts), "rounds": {
+            str(level): [{"tokens_per_s": b.tokens_per_s, "output_tokens": b.output_tokens,
+                          "wall_s": b.wall, "ttft_s": [s.ttft for s in b.streams]}
+                         for b in batches] for level, batches in self.batches.items()}}
+
+
+def _streams(n: int) -> str:
+    return f"{n} stream" if n == 1 else f"{n} streams"
+
+
+def _prompts(n: int) -> list[str]:
+    return [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+
+
+def _model_folder(model: str) -> Path | None:
+    """The model's local folder as the target resolves it (converting once), by process
+    control: the harness does not import the target."""
+    cmd = [sys.executable, "-m", "targets.reference", "prepare", "--model", model]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        message = (done.stderr.strip() or done.stdout.strip()).removeprefix("error: ")
+        raise UsageError(message or f"--model {model}: the target could not resolve it")
+    lines = done.stdout.strip().splitlines()
+    folder = Path(lines[-1]) if lines else None
+    return folder if folder is not None and (folder / "config.json").is_file() else None
+
+
+def _cold_starts(model: str, n: int, logs: Path, timeout: float,
+                 progress: Progress) -> list[float]:
+    times = []
+    for i in range(n):
+        worker = start_worker(model, args=["--device", "cpu"], log_dir=logs)
+        try:
+            times.append(worker.wait_ready(timeout=timeout))
+        finally:
+            worker.stop()
+        progress(f"cold start {i + 1}/{n}: ready in {times[-1]:.2f} s")
+    return times
+
+
+def _served_name(url: str) -> str:
+    try:
+        data = httpx.get(url + "/v1/models", timeout=10).json()["data"]
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        raise TargetError(f"{url}/v1/models did not list a model: {exc!r}") from exc
+    return str(data[0]["id"])
+
+
+def _worker_run(model: str, extra: Sequence[str], levels: Sequence[int], rounds: int,
+                max_tokens: int, logs: Path, timeout: float, label: str,
+                progress: Progress) -> _WorkerRun:
+    top = max(levels)
+    args = ["--device", "cpu", *extra]
+    if top > 32:
+        args += ["--max-num-seqs", str(top)]
+    with start_worker(model, args=args, log_dir=logs) as worker:
+        ready = worker.wait_ready(timeout=timeout)
+        progress(f"{label} worker ready in {ready:.1f} s (pid {worker.pid})")
+        name = _served_name(worker.url)
+        # the first steps of a fresh process are slow (allocation, kernel selection)
+        measure_batch(worker.url, name, _prompts(top), min(8, max_tokens))
+        batches: dict[int, list[BatchTiming]] = {}
+        texts: tuple[str, ...] = ()
+        for level in levels:
+            batches[level] = []
+            for r in range(rounds):
+                batch = measure_batch(worker.url, name, _prompts(level), max_tokens)
+                batches[level].append(batch)
+                if level == top and not texts:
+                    texts = tuple(s.text for s in batch.streams)
+                progress(f"{label} {_streams(level)}, round {r + 1}/{rounds}: "
+                         f"{batch.tokens_per_s:.1f} tokens/s, {batch.output_tokens} tokens "
+                         f"in {batch.wall:.2f} s")
+    return _WorkerRun(ready, batches, texts)
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _identical(a: Sequence[str], b: Sequence[str]) -> float | None:
+    pairs = list(zip(a, b, strict=False))
+    return sum(x == y for x, y in pairs) / len(pairs) if pairs else None
+
+
+def _matching_tokens(a: Sequence[str], b: Sequence[str], folder: Path | None) -> float | None:
+    """Mean share of tokens before the first difference (greedy outputs diverge for good once
+    they differ), both texts tokenized with the model's tokenizer."""
+    if folder is None or not (folder / "tokenizer.json").is_file() or not a or not b:
+        return None
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    shares = []
+    for x, y in zip(a, b, strict=False):
+        ix = tok.encode(x, add_special_tokens=False).ids
+        iy = tok.encode(y, add_special_tokens=False).ids
+        same = next((i for i, (p, q) in enumerate(zip(ix, iy, strict=False)) if p != q),
+                    min(len(ix), len(iy)))
+        longest = max(len(ix), len(iy))
+        shares.append(same / longest if longest else 1.0)
+    return statistics.fmean(shares)
+
+
+def _level_figures(prefix: str, label: str, level: int,
+                   batches: Sequence[BatchTiming]) -> list[Figure]:
+    tps = _median([b.tokens_per_s for b in batches])
+    ttft = _median([s.ttft for b in batches for s in b.streams])
+    wall = _median([b.wall for b in batches])
+    return [
+        Figure(f"{prefix}.streams_{level}.output_tokens_per_s", tps, "tokens/s",
+               f"{label}: aggregate output tokens/s of {level} concurrent streams "
+               "(median over rounds)"),
+        Figure(f"{prefix}.streams_{level}.ttft_median_s", ttft, "s",
+               f"{label}: median time to first token at {level} streams"),
+        Figure(f"{prefix}.streams_{level}.wall_s", wall, "s",
+               f"{label}: wall time of a batch of {level} requests (median over rounds)"),
+    ]
+
+
+def _baseline_figures(mode: str, label: str, run: BaselineRun | None,
+                      requests: int) -> list[Figure]:
+    wall = _median(list(run.walls)) if run else None
+    tps = run.output_tokens / wall if run and wall else None
+    return [
+        Figure(f"{mode}.output_tokens_per_s", tps, "tokens/s",
+               f"{label}: output tokens/s, {requests} requests (median over rounds)"),
+        Figure(f"{mode}.wall_s", wall, "s", f"{label}: wall time of {requests} requests"),
+    ]
+
+
+def _result(args: argparse.Namespace, levels: list[int], rounds: int, cold: list[float],
+            fp32: _WorkerRun, int8: _WorkerRun | None, base: dict[str, BaselineRun],
+            folder: Path | None, notes: list[str]) -> BenchResult:
+    low, top = levels[0], levels[-1]
+    figures: list[Figure] = []
+    for level in levels:
+        figures += _level_figures("ours", "reference worker (fp32)", level, fp32.batches[level])
+    figures += _baseline_figures("generate_batch", "transformers generate_batch",
+                                 base.get("generate_batch"), top)
+    figures += _baseline_figures("static_generate", "transformers generate, padded batch",
+                                 base.get("static_generate"), top)
+
+    def value(name: str) -> float | None:
+        return next(f.value for f in figures if f.name == name)
+
+    ours_low = value(f"ours.streams_{low}.output_tokens_per_s")
+    ours_top = value(f"ours.streams_{top}.output_tokens_per_s")
+    static = base.get("static_generate")
+    figures += [
+        Figure("ours.scaling", _ratio(ours_top, ours_low), "x",
+               f"tokens/s at {_streams(top)} / at {_streams(low)}"),
+        Figure("ours.vs_generate_batch",
+               _ratio(ours_top, value("generate_batch.output_tokens_per_s")), "x",
+               f"tokens/s at {top} streams / transformers generate_batch"),
+        Figure("ours.vs_static_generate",
+               _ratio(ours_top, value("static_generate.output_tokens_per_s")), "x",
+               f"tokens/s at {top} streams / transformers generate on a padded batch"),
+        Figure("ours.identical_to_static_generate",
+               _identical(fp32.texts, static.texts) if static else None, "fraction",
+               "greedy outputs of the fp32 worker identical to transformers generate"),
+        Figure("cold_start.median_s", _median(cold), "s",
+               f"worker spawn to first 200 of /health, median of {len(cold)}"),
+        Figure("cold_start.best_s", min(cold) if cold else None, "s",
+               f"worker spawn to first 200 of /health, best of {len(cold)}"),
+    ]
+    int8_batches = int8.batches[top] if int8 else []
+    figures += _level_figures("int8", "reference worker (int8)", top, int8_batches)
+    int8_top = value(f"int8.streams_{top}.output_tokens_per_s")
+    figures += [
+        Figure("int8.ready_s", int8.ready_s if int8 else None, "s",
+               "int8 worker spawn to ready (quantizes at load; not the cold-start goal)"),
+        Figure("int8.speedup_vs_fp32", _ratio(int8_top, ours_top), "x",
+               f"int8 / fp32 tokens/s at {top} streams"),
+        Figure("int8.identical_outputs", _identical(fp32.texts, int8.texts) if int8 else None,
+               "fraction", "greedy outputs identical between int8 and fp32"),
+        Figure("int8.matching_tokens",
+               _matching_tokens(fp32.texts, int8.texts, folder) if int8 else None, "fraction",
+               "mean share of output tokens before int8 and fp32 first differ"),
+    ]
+    goals = (
+        Goal("scaling", "ours.scaling", ">=", SCALING_GOAL,
+             f"{_streams(top)} >= {SCALING_GOAL:g}x {_streams(low)}"),
+        Goal("vs_generate_batch", "ours.vs_generate_batch", ">=", VS_GENERATE_BATCH_GOAL,
+             f"{_streams(top)} >= {VS_GENERATE_BATCH_GOAL:g}x generate_batch"),
+        Goal("cold_start", "cold_start.median_s", "<=", COLD_START_GOAL_S,
+             f"cold start <= {COLD_START_GOAL_S:g} s"),
+    )
+    return BenchResult(
+        bench="engine",
+        config={"model": args.model, "device": "cpu", "streams": levels,
+                "max_tokens": args.max_tokens, "rounds": rounds, "cold_starts": len(cold),
+                "quick": args.quick, "skip": sorted(set(args.skip)),
+                "prompts": list(PROMPTS)},
+        figures=tuple(figures), goals=goals, tables=_tables(figures, levels, rounds, args),
+        notes=tuple(notes),
+        details={"cold_start_s": cold, "fp32": fp32.details(),
+                 "int8": int8.details() if int8 else None,
+                 "baselines": {mode: {"wall_s": list(r.walls), "output_tokens": r.output_tokens,
+                                      "detail": r.detail, "texts": list(r.texts)}
+                               for mode, r in base.items()}})
+
+
+def _tables(figures: list[Figure], levels: list[int], rounds: int,
+            args: argparse.Namespace) -> tuple[Table, ...]:
+    by_name = {f.name: f.value for f in figures}
+    top, low = levels[-1], levels[0]
+    base_tps = by_name[f"ours.streams_{low}.output_tokens_per_s"]
+
+    def row(label: str, prefix: str, level: int) -> tuple[Cell, ...]:
+        tps = by_name.get(f"{prefix}.streams_{level}.output_tokens_per_s")
+        return (label, level, tps, by_name.get(f"{prefix}.streams_{level}.ttft_median_s"),
+                by_name.get(f"{prefix}.streams_{level}.wall_s"), _ratio(tps, base_tps))
+
+    def base_row(label: str, mode: str) -> tuple[Cell, ...]:
+        tps = by_name[f"{mode}.output_tokens_per_s"]
+        return (label, top, tps, None, by_name[f"{mode}.wall_s"], _ratio(tps, base_tps))
+
+    rows = [row("reference worker fp32", "ours", level) for level in levels]
+    rows += [row("reference worker int8", "int8", top),
+             base_row("transformers generate_batch", "generate_batch"),
+             base_row("transformers generate, padded batch", "static_generate")]
+    throughput = Table(
+        f"output tokens/s: {args.model}, CPU, {args.max_tokens} output tokens per request, "
+        f"median of {rounds} round(s)",
+        ("engine", "streams", "tokens/s", "median TTFT s", "wall s", f"x {_streams(low)}"),
+        tuple(rows))
+    other = Table("cold start, int8 and output agreement", ("figure", "value"), (
+        ("worker cold start from the cache, median (s)",
+         by_name["cold_start.median_s"]),
+        ("worker cold start from the cache, best (s)", by_name["cold_start.best_s"]),
+        (f"int8 / fp32 tokens/s at {top} streams", by_name["int8.speedup_vs_fp32"]),
+        ("int8 worker ready (s, quantizes at load)", by_name["int8.ready_s"]),
+        ("int8 outputs identical to fp32 (fraction)", by_name["int8.identical_outputs"]),
+        ("int8 tokens matching fp32 before the first difference (fraction)",
+         by_name["int8.matching_tokens"]),
+        ("fp32 outputs identical to transformers generate (fraction)",
+         by_name["ours.identical_to_static_generate"]),
+    ))
+    return throughput, other
+
+
+def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
+    """Run every part of the engine benchmark, one process at a time."""
+    levels: list[int] = args.streams
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    n_cold = args.cold_starts if args.cold_starts is not None else (1 if args.quick else 3)
+    if rounds < 1 or n_cold < 0 or args.max_tokens < 1:
+        raise UsageError("--rounds and --max-tokens must be 1 or more, --cold-starts 0 or more")
+    if args.model == "sim":
+        raise UsageError("--model sim has no weights to compare; use smollm2, tiny or a folder")
+    skip = set(args.skip)
+    notes: list[str] = []
+    progress(f"resolving --model {args.model}")
+    folder = _model_folder(args.model)
+    top = levels[-1]
+    with tempfile.TemporaryDirectory(prefix="llm-chaos-bench-") as tmp:
+        logs = Path(tmp)
+        cold: list[float] = []
+        if "cold-start" not in skip and n_cold > 0:
+            cold = _cold_starts(args.model, n_cold, logs, args.ready_timeout, progress)
+        fp32 = _worker_run(args.model, [], levels, rounds, args.max_tokens, logs,
+                           args.ready_timeout, "fp32", progress)
+        int8 = None
+        if "int8" not in skip:
+            int8 = _worker_run(args.model, ["--quantize", "int8"], [top], rounds,
+                               args.max_tokens, logs, args.ready_timeout, "int8", progress)
+    base: dict[str, BaselineRun] = {}
+    if "baseline" not in skip:
+        if folder is None:
+            notes.append(f"no local folder for --model {args.model}: baselines not run")
+        else:
+            progress(f"transformers baselines on {top} requests (own process)")
+            base = run_baseline(folder, _prompts(top), args.max_tokens, rounds=rounds,
+                                progress=progress)
+    for part in sorted(skip):
+        notes.append(f"--skip {part}: its figures are not measured")
+    return _result(args, levels, rounds, cold, fp32, int8, base, folder, notes)
+
+
+BENCHMARK = Benchmark(
+    name="engine",
+    help="worker tokens/s at 1..16 streams vs transformers, cold start, int8",
+    description="Measure the reference worker over HTTP (streaming chats, greedy, ignore_eos) "
+                "at several concurrency levels, transformers' generate_batch and a padded "
+                "static batch on the same prompts in their own process, worker cold start "
+                "from the model cache, and int8 against fp32. One heavy process at a time.",
+    add_arguments=add_arguments,
+    measure=measure,
+)

@@ -1,0 +1,404 @@
+"""Hypothesis strategies for OpenAI request bodies: valid ones, and ones invalid by construction.
+
+`chat_bodies` and `completion_bodies` draw bodies that any OpenAI-compatible server accepts.
+`bad_requests` draws raw request bodies that any such server must refuse with a 4xx: a valid
+body with one to three of its fields broken (wrong type, out of range, missing, unknown model,
+prompt over the context length), or a body that is not a JSON object at all. Each case says
+what was broken, so a failure reads as a reproducer.
+
+Only the OpenAI API's own rules make a body invalid here (no server's extensions or limits),
+so the same strategies can fuzz the reference worker, the router or another server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeAlias, TypeVar
+
+from hypothesis import strategies as st
+
+__all__ = [
+    "CHAT_PATH",
+    "COMPLETION_PATH",
+    "BadRequest",
+    "Json",
+    "JsonObject",
+    "bad_requests",
+    "chat_bodies",
+    "chat_messages",
+    "completion_bodies",
+    "json_values",
+]
+
+Json: TypeAlias = bool | int | float | str | list["Json"] | dict[str, "Json"] | None
+JsonObject = dict[str, Json]
+
+_T = TypeVar("_T")
+
+CHAT_PATH = "/v1/chat/completions"
+COMPLETION_PATH = "/v1/completions"
+
+_ROLES = ("system", "user", "assistant", "developer", "tool")
+_WORDS = ("the", "river", "model", "token", "blue", "server", "of", "and", "fault", "light")
+
+
+@dataclass(frozen=True)
+class BadRequest:
+    """A request body a server must refuse with a 4xx, and what makes it invalid."""
+
+    path: str
+    content: bytes
+    reason: str
+    fields: frozenset[str]
+    """Top-level fields that were broken; empty when the body as a whole is invalid."""
+
+    def __repr__(self) -> str:
+        shown = self.content if len(self.content) <= 300 else self.content[:300] + b"..."
+        return f"BadRequest({self.path}, {self.reason}, {shown!r})"
+
+
+def json_values(max_leaves: int = 8) -> st.SearchStrategy[Json]:
+    """Any JSON value (no NaN or infinities), nested a few levels."""
+    leaves: st.SearchStrategy[Json] = (
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=20)
+    )
+    return st.recursive(
+        leaves,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                     max_size=4),
+        max_leaves=max_leaves,
+    )
+
+
+def chat_messages() -> st.SearchStrategy[list[Json]]:
+    """A valid `messages` list: optional system message, then user/assistant turns."""
+    content = st.text(max_size=60)
+    turn = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]),
+                                  "content": content})
+    system = st.fixed_dictionaries({"role": st.just("system"), "content": content})
+    last = st.fixed_dictionaries({"role": st.just("user"), "content": content})
+    return st.builds(lambda s, t, u: [*s, *t, u], st.lists(system, max_size=1),
+                     st.lists(turn, max_size=2), last)
+
+
+def _sampling_fields(max_tokens: int) -> dict[str, st.SearchStrategy[Json]]:
+    # Every value valid in OpenAI's API reference.
+    return {
+        "max_tokens": st.integers(1, max_tokens),
+        "temperature": st.floats(0.0, 2.0),
+        "top_p": st.floats(0.01, 1.0),
+        "n": st.just(1),
+        "stream": st.booleans(),
+        "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+        "stop": st.text(min_size=1, max_size=5)
+        | st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=4),
+        "seed": st.integers(0, 2**31 - 1),
+        "user": st.text(max_size=10),
+    }
+
+
+def chat_bodies(model: str, max_tokens: int = 16) -> st.SearchStrategy[JsonObject]:
+    """Valid `/v1/chat/completions` bodies for `model`."""
+    optional = {**_sampling_fields(max_tokens),
+                "max_completion_tokens": st.integers(1, max_tokens)}
+    return st.fixed_dictionaries({"model": st.just(model), "messages": chat_messages()},
+                                 optional=optional)
+
+
+def completion_bodies(model: str, max_tokens: int = 16) -> st.SearchStrategy[JsonObject]:
+    """Valid `/v1/completions` bodies for `model`."""
+    prompt: st.SearchStrategy[Json] = (
+        st.text(max_size=60) | st.lists(st.text(max_size=60), min_size=1, max_size=1))
+    return st.fixed_dictionaries({"model": st.just(model), "prompt": prompt},
+                                 optional=_sampling_fields(max_tokens))
+
+
+# -- breaking a body ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Break:
+    """One way to make a valid body invalid: the field it touches, why, and the change."""
+
+    field: str
+    reason: str
+    apply: Callable[[JsonObject], None]
+
+
+def _set(field: str, reason: str, value: Json) -> _Break:
+    def apply(body: JsonObject) -> None:
+        body[field] = value
+
+    return _Break(field, reason, apply)
+
+
+def _wrong_type(field: str, *kinds: str) -> st.SearchStrategy[_Break]:
+    """A value of none of the JSON types `kinds` (names as in `json_type`)."""
+    pool: dict[str, st.SearchStrategy[Json]] = {
+        "null": st.none(),
+        "boolean": st.booleans(),
+        "integer": st.integers(-(2**70), 2**70),
+        "fraction": st.builds(lambda i, f: i + f, st.integers(-(10**6), 10**6),
+                              st.sampled_from([0.5, 0.25, 0.001])),
+        "string": st.text(max_size=10),
+        "array": st.lists(json_values(3), max_size=3),
+        "object": st.dictionaries(st.text(max_size=5), json_values(3), max_size=3),
+    }
+    if "number" in kinds:
+        kinds = (*kinds, "integer", "fraction")
+    wrong = [strategy for name, strategy in pool.items() if name not in kinds]
+    return st.one_of(wrong).map(
+        lambda v: _set(field, f"{field}: wrong type {type(v).__name__} {_short(v)}", v))
+
+
+def _short(value: Json) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _value(field: str, reason: str, values: st.SearchStrategy[Json]) -> st.SearchStrategy[_Break]:
+    return values.map(lambda v: _set(field, f"{field}: {reason} {_short(v)}", v))
+
+
+def _missing(field: str) -> st.SearchStrategy[_Break]:
+    def apply(body: JsonObject) -> None:
+        body.pop(field, None)
+
+    return st.just(_Break(field, f"{field}: missing", apply))
+
+
+def _limit_breaks(field: str, max_model_len: int) -> st.SearchStrategy[_Break]:
+    over = st.integers(max_model_len + 1, 10**30)
+
+    def too_many(value: int) -> _Break:
+        def apply(body: JsonObject) -> None:
+            body[field] = value
+            other = body.get("max_completion_tokens")
+            if field == "max_tokens" and isinstance(other, int) and 1 <= other <= max_model_len:
+                # A valid max_completion_tokens takes precedence over max_tokens in chat: drop
+                # it so that the huge value is the one that counts.
+                del body["max_completion_tokens"]
+
+        return _Break(field, f"{field}: {value} is more than the context length", apply)
+
+    return st.one_of(
+        _wrong_type(field, "integer", "null"),
+        _value(field, "not positive", st.integers(-(2**70), 0)),
+        over.map(too_many),
+    )
+
+
+def _model_breaks(model: str) -> st.SearchStrategy[_Break]:
+    return st.one_of(
+        _value("model", "unknown model", st.text(max_size=30).filter(lambda m: m != model)),
+        _wrong_type("model", "string"),
+        _missing("model"),
+    )
+
+
+def _sampling_breaks() -> st.SearchStrategy[_Break]:
+    return st.one_of(
+        _wrong_type("temperature", "number", "null"),
+        _value("temperature", "out of [0, 2]",
+               st.floats(max_value=-1e-9) | st.floats(min_value=2.000001) | st.just(float("nan"))),
+        _wrong_type("top_p", "number", "null"),
+        _value("top_p", "out of [0, 1]",
+               st.floats(max_value=-1e-9) | st.floats(min_value=1.000001)),
+        _wrong_type("n", "integer", "null"),
+        _value("n", "not positive", st.integers(-(2**70), 0)),
+        _wrong_type("stream", "boolean", "null"),
+        _wrong_type("stream_options", "object", "null"),
+        _value("stream_options", "include_usage not a boolean",
+               st.fixed_dictionaries({"include_usage": st.integers() | st.text(max_size=5)})),
+        _wrong_type("seed", "integer", "null"),
+        _value("seed", "outside 64 bits",
+               st.integers(2**64, 2**80) | st.integers(-(2**80), -(2**63) - 1)),
+    )
+
+
+def _stop_breaks() -> st.SearchStrategy[_Break]:
+    bad_item: st.SearchStrategy[Json] = (
+        st.none() | st.booleans() | st.integers() | st.lists(st.text(max_size=3), max_size=2)
+    )
+    return st.one_of(
+        _wrong_type("stop", "string", "array", "null"),
+        _value("stop", "more than 4 sequences",
+               st.lists(st.text(min_size=1, max_size=3), min_size=5, max_size=12)),
+        _value("stop", "an entry that is not a string",
+               st.builds(lambda good, bad, at: [*good[:at], bad, *good[at:]],
+                         st.lists(st.text(min_size=1, max_size=3), max_size=2), bad_item,
+                         st.integers(0, 2))),
+    )
+
+
+def _oversized(field: str, max_model_len: int,
+               wrap: Callable[[str], Json]) -> st.SearchStrategy[_Break]:
+    """A prompt of at least `max_model_len` words: over the context in any tokenizer."""
+    # Sizes: just over the context, far over it, and a body over 9 MiB (past any size limit).
+    words = st.one_of(st.integers(max_model_len, 2 * max_model_len),
+                      st.just(64 * max_model_len), st.just(9 * 2**20 // 5))
+
+    def build(count: int, start: int) -> _Break:
+        text = " ".join(itertools.islice(itertools.cycle(_WORDS), start, start + count))
+        return _set(field, f"{field}: prompt of {count} words, context is {max_model_len} tokens",
+                    wrap(text))
+
+    return st.builds(build, words, st.integers(0, len(_WORDS) - 1))
+
+
+def _message_breaks() -> st.SearchStrategy[_Break]:
+    def into_messages(reason: str, bad: st.SearchStrategy[Json]) -> st.SearchStrategy[_Break]:
+        # The bad message replaces one of a valid list's messages, or is added to it.
+        def build(good: list[Json], item: Json, at: int, replace: bool) -> _Break:
+            at = at % (len(good) + 1)
+            messages = [*good[:at], item, *good[at + int(replace):]]
+            return _set("messages", f"messages[{at}]: {reason} {_short(item)}", messages)
+
+        return st.builds(build, chat_messages(), bad, st.integers(0, 3), st.booleans())
+
+    content = st.text(max_size=20)
+    known_part_types = {"text", "image_url", "input_audio", "file", "refusal"}
+    bad_part: st.SearchStrategy[Json] = st.one_of(
+        st.just({"type": "text"}),
+        st.fixed_dictionaries({"type": st.just("text"), "text": st.none() | st.integers()
+                               | st.lists(st.text(max_size=3), max_size=2)}),
+        st.fixed_dictionaries({"type": st.text(max_size=8).filter(
+            lambda t: t not in known_part_types), "text": st.text(max_size=5)}),
+        st.none() | st.integers() | st.text(max_size=5),
+    )
+    return st.one_of(
+        _missing("messages"),
+        _wrong_type("messages", "array"),
+        st.just(_set("messages", "messages: empty list", [])),
+        into_messages("not an object", st.none() | st.integers() | st.text(max_size=5)
+                      | st.lists(st.text(max_size=3), max_size=2)),
+        into_messages("no role", st.fixed_dictionaries({"content": content})),
+        into_messages("unknown role", st.fixed_dictionaries({
+            "role": st.text(max_size=10).filter(lambda r: r not in _ROLES), "content": content})),
+        into_messages("role not a string", st.fixed_dictionaries({
+            "role": st.none() | st.integers() | st.lists(st.just("user"), max_size=1),
+            "content": content})),
+        into_messages("user message without content", st.just({"role": "user"})),
+        into_messages("content of the wrong type", st.fixed_dictionaries({
+            "role": st.sampled_from(["user", "system"]),
+            "content": st.booleans() | st.integers() | st.floats(allow_nan=False)
+            | st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)})),
+        into_messages("bad content part", st.fixed_dictionaries({
+            "role": st.just("user"),
+            "content": st.lists(bad_part, min_size=1, max_size=2)})),
+    )
+
+
+def _prompt_breaks() -> st.SearchStrategy[_Break]:
+    short: st.SearchStrategy[Json] = st.text(max_size=3)
+    not_text: st.SearchStrategy[Json] = (
+        st.none() | st.dictionaries(st.text(max_size=3), short, max_size=2)
+        | st.lists(st.text(max_size=3), min_size=1, max_size=1)
+    )
+    return st.one_of(
+        _missing("prompt"),
+        _wrong_type("prompt", "string", "array"),
+        _value("prompt", "a list with an entry that is neither text nor a token",
+               st.builds(lambda good, bad: [*good, bad], st.lists(st.text(max_size=5), max_size=2),
+                         not_text)),
+    )
+
+
+def _broken_body(path: str, valid: st.SearchStrategy[JsonObject],
+                 breaks: st.SearchStrategy[_Break]) -> st.SearchStrategy[BadRequest]:
+    # One to three breaks of distinct fields: any one of them makes the body invalid.
+    chosen = st.lists(breaks, min_size=1, max_size=3, unique_by=lambda b: b.field)
+
+    def build(body: JsonObject, changes: list[_Break]) -> BadRequest:
+        for change in changes:
+            change.apply(body)
+        return BadRequest(path, json.dumps(body).encode(), "; ".join(c.reason for c in changes),
+                          frozenset(c.field for c in changes))
+
+    return st.builds(build, valid, chosen)
+
+
+def _not_an_object(path: str,
+                   valid: st.SearchStrategy[JsonObject]) -> st.SearchStrategy[BadRequest]:
+    """Bodies that are not one JSON object: bad bytes, other JSON values, cut or nested bodies."""
+
+    def raw(reason: str, content: bytes) -> BadRequest:
+        return BadRequest(path, content, reason, frozenset())
+
+    def not_json(data: bytes) -> bool:
+        try:
+            json.loads(data)
+        except (ValueError, RecursionError):
+            return True
+        return False
+
+    def truncated(body: JsonObject, cut: int) -> BadRequest:
+        text = json.dumps(body).encode()
+        return raw(f"body cut after {cut % len(text)} bytes", text[: cut % len(text)])
+
+    def lone_surrogate(body: JsonObject, at: int) -> BadRequest:
+        # `\ud800` alone is not a Unicode character (RFC 8259 section 8.2; I-JSON forbids it).
+        text = "hi"[: at % 3] + "\ud800"
+        if "messages" in body:
+            body["messages"] = [{"role": "user", "content": text}]
+        else:
+            body["prompt"] = text
+        return raw("a lone surrogate escape in a string", json.dumps(body).encode())
+
+    return st.one_of(
+        st.binary(max_size=64).filter(not_json).map(lambda b: raw("bytes that are not JSON", b)),
+        st.builds(truncated, valid, st.integers(0, 10**6)),
+        valid.map(lambda b: raw("trailing bytes after the object", json.dumps(b).encode() + b"}x")),
+        valid.map(lambda b: raw("invalid UTF-8 in the body",
+                                json.dumps(b).encode().replace(b'"model"', b'"mod\xffel"', 1))),
+        json_values().filter(lambda v: not isinstance(v, dict)).map(
+            lambda v: raw(f"JSON {type(v).__name__}, not an object", json.dumps(v).encode())),
+        valid.map(lambda b: raw("a list holding a valid body", json.dumps([b]).encode())),
+        st.integers(2_000, 200_000).map(
+            lambda depth: raw(f"arrays nested {depth} deep", b"[" * depth + b"]" * depth)),
+        st.builds(lone_surrogate, valid, st.integers(0, 3)),
+    )
+
+
+def bad_requests(model: str, max_model_len: int) -> st.SearchStrategy[BadRequest]:
+    """Requests to both endpoints that an OpenAI-compatible server serving `model` must refuse."""
+    chat = chat_bodies(model)
+    completion = completion_bodies(model)
+    # The first group is drawn most often (Hypothesis favours the first choice), so it is the
+    # one with the most variants.
+    chat_breaks = _groups(
+        _sampling_breaks(),
+        st.one_of(_limit_breaks("max_tokens", max_model_len),
+                  _limit_breaks("max_completion_tokens", max_model_len)),
+        _model_breaks(model),
+        _stop_breaks(),
+        _message_breaks(),
+        _oversized("messages", max_model_len, lambda text: [{"role": "user", "content": text}]),
+    )
+    completion_breaks = _groups(
+        _sampling_breaks(),
+        _limit_breaks("max_tokens", max_model_len),
+        _model_breaks(model),
+        _stop_breaks(),
+        _prompt_breaks(),
+        _oversized("prompt", max_model_len, lambda text: text),
+    )
+    return _groups(
+        _broken_body(CHAT_PATH, chat, chat_breaks),
+        _broken_body(COMPLETION_PATH, completion, completion_breaks),
+        _groups(_not_an_object(CHAT_PATH, chat), _not_an_object(COMPLETION_PATH, completion)),
+    )
+
+
+def _groups(*groups: st.SearchStrategy[_T]) -> st.SearchStrategy[_T]:
+    """One of `groups`, each as likely as the others however many variants it holds."""
+    # st.one_of flattens nested one_ofs (mapped ones too) into one list of branches, where a
+    # group of twenty variants would crowd out a group of three; flatmap keeps each group whole.
+    return st.sampled_from(groups).flatmap(_same)
+
+
+def _same(strategy: st.SearchStrategy[_T]) -> st.SearchStrategy[_T]:
+    return strategy

@@ -204,28 +204,39 @@ def _torch_dtype(dtype: str, device: str) -> Any:
     return table[dtype]
 
 
+def _load_tokenizer(folder: Path) -> Any:
+    if (folder / "tokenizer.json").is_file():
+        # the fast tokenizer directly: AutoTokenizer's class resolution costs ~1 s of the
+        # worker's cold start
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
 def load_model(
     folder: Path, device: str = "cpu", dtype: str = "auto", quantize: str | None = None
 ) -> tuple[Any, Any]:
     """Load (model, tokenizer) from a local HF folder, offline."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    from .llama import NotSupported, load_llama
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch_dtype = _torch_dtype(dtype, device)
     try:
-        if (folder / "tokenizer.json").is_file():
-            # the fast tokenizer directly: AutoTokenizer's class resolution costs ~1 s of the
-            # worker's cold start
-            from transformers import PreTrainedTokenizerFast
+        tok = _load_tokenizer(folder)
+        try:
+            model: Any = load_llama(folder, torch_dtype, device)
+        except NotSupported as why:
+            _log(f"{folder.name}: {why}; loading with transformers")
+            from transformers import AutoModelForCausalLM
+            from transformers.utils import logging as hf_logging
 
-            tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
-        else:
-            tok = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=_torch_dtype(dtype, device)
-        )
+            hf_logging.disable_progress_bar()
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a model from {folder}: {exc}") from exc
     model.to(device)

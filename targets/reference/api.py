@@ -75,6 +75,20 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class Continuation(_Strict):
+    """Resume a stream: the tokens already generated and the characters already sent."""
+
+    token_ids: list[int] = Field(max_length=1_000_000)
+    text_sent: int = Field(ge=0)
+
+    @field_validator("token_ids")
+    @classmethod
+    def _ids(cls, value: list[int]) -> list[int]:
+        if any(t < 0 for t in value):
+            raise ValueError("token ids must not be negative")
+        return value
+
+
 class _Sampling(_Strict):
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -87,6 +101,9 @@ class _Sampling(_Strict):
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     ignore_eos: bool = False
     min_tokens: int = Field(default=0, ge=0)
+    # Extensions for the router's mid-stream resume (vLLM has `return_token_ids` too).
+    return_token_ids: bool = False
+    continuation: Continuation | None = None
 
     @field_validator("stop")
     @classmethod

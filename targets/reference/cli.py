@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--request-timeout", type=float, default=120.0,
                    help="deadline of one request in seconds, retries included")
     f.add_argument("--max-attempts", type=int, default=3, help="attempts per request (failover)")
+    f.add_argument("--resume-streams", action="store_true",
+                   help="continue a stream whose worker died on another worker, from the "
+                        "tokens already sent (greedy and seeded requests give the same text)")
     f.add_argument("--worker-capacity", type=int, default=16,
                    help="requests the router sends to one worker at once")
     f.add_argument("--max-queue", type=int, default=64,

@@ -288,12 +288,12 @@ class BatchEngine:
             budget -= cost
             seq.slot = len(self._running)
             seq.admitted_step = self.step
-            params = seq.request.params
-            if not params.greedy and params.seed is not None:
-                seq.generator = torch.Generator().manual_seed(params.seed)
-            logits = self.decoder.prefill(seq.slot, seq.request.prompt_ids)
+            context = seq.request.prompt_ids + seq.request.resume_ids
+            seq.generated = list(seq.request.resume_ids)
+            seq.text_sent = seq.request.resume_text_sent
+            logits = self.decoder.prefill(seq.slot, context)
             self.prompt_tokens += cost
-            seq.position = cost
+            seq.position = len(context)
             self._running.append(seq)
             token = self._sample(seq, logits[None])[0]
             self._advance(seq, token)
@@ -339,6 +339,11 @@ class BatchEngine:
         p = seq.request.params
         if p.greedy:
             return int(row.argmax())
+        if p.seed is not None:
+            # seeded per position, not per stream: a stream resumed elsewhere after k tokens
+            # draws token k+1 exactly as the undisturbed stream would
+            seq.generator = torch.Generator().manual_seed(
+                (p.seed * 1_000_003 + len(seq.generated)) % 2**63)
         probs = torch.softmax(row / p.temperature, dim=-1)
         if p.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)

@@ -315,7 +315,8 @@ def serve(args: Any) -> int:
     router_settings = RouterSettings(request_timeout=args.request_timeout,
                                      max_attempts=args.max_attempts,
                                      worker_capacity=args.worker_capacity,
-                                     max_queue=args.max_queue)
+                                     max_queue=args.max_queue,
+                                     resume_streams=args.resume_streams)
     fleet = Fleet(fleet_settings, router_settings, token, drain_timeout=args.drain_timeout)
     app = create_fleet_app(fleet)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,

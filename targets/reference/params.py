@@ -55,4 +55,8 @@ class GenerationRequest:
     sink: OutputSink
     prompt_text: str = ""
     received_at: float = 0.0
+    # a resumed stream: tokens generated before (they count against max_tokens) and the
+    # characters of their text that the client already has
+    resume_ids: list[int] = field(default_factory=list)
+    resume_text_sent: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)

@@ -45,6 +45,7 @@ class RouterSettings:
     worker_capacity: int = 16
     max_queue: int = 64
     retry_after_s: int = 1
+    resume_streams: bool = False
 
 
 class _Reject(Exception):
@@ -61,6 +62,10 @@ class _Reject(Exception):
 
 
 class _WorkerLost(Exception):
+    pass
+
+
+class _ResumeFailed(Exception):
     pass
 
 
@@ -141,6 +146,9 @@ class Router:
         self.m_cut = Counter("llm_chaos_router_stream_failures",
                              "Started streams ended with an error frame (worker lost)",
                              registry=r)
+        self.m_resumed = Counter("llm_chaos_router_stream_resumes",
+                                 "Streams continued on another worker from their checkpoint",
+                                 registry=r)
         self.m_rejected = Counter("llm_chaos_router_rejections", "Requests refused",
                                   ["reason"], registry=r)
         self.m_ttft = Histogram("vllm:time_to_first_token_seconds", "Router-observed TTFT",
@@ -283,6 +291,10 @@ class Router:
         stream = payload.get("stream") is True
         deadline = started + self.settings.request_timeout
         await self._router_faults(deadline)
+        resumable = stream and self.settings.resume_streams
+        if resumable:
+            payload["return_token_ids"] = True
+            body = json.dumps(payload).encode()
         tried: set[str] = set()
         last_error = "no attempt"
         self.in_flight += 1
@@ -325,8 +337,11 @@ class Router:
                         continue
                     self.m_requests.labels("200").inc()
                     handed_off = True
+                    relay = (self._relay_resumable(flight, head, timer, model, started, path,
+                                                   payload, request_id, deadline, tried)
+                             if resumable else self._relay(flight, head, timer, model, started))
                     return StreamingResponse(
-                        self._relay(flight, head, timer, model, started),
+                        relay,
                         media_type="text/event-stream",
                         headers={**SSE_HEADERS, "X-Request-Id": request_id})
                 data = await self._collect(flight, request)
@@ -467,6 +482,106 @@ class Router:
             self.in_flight -= 1
             self.m_e2e.labels(model).observe(time.monotonic() - started)
             await self._close(flight)
+
+    async def _relay_resumable(self, flight: _Flight, head: bytes, timer: asyncio.TimerHandle,
+                               model: str, started: float, path: str,
+                               payload: dict[str, Any], request_id: str, deadline: float,
+                               tried: set[str]) -> AsyncIterator[bytes]:
+        """Relay event by event, keeping the stream's checkpoint (token ids, characters sent);
+        when the worker is lost, continue the same stream from another worker."""
+        self.m_ttft.labels(model).observe(time.monotonic() - started)
+        checkpoint: list[int] = []
+        sent_chars = 0
+        stream_id: str | None = None
+        buffer = bytearray(head)
+        failure = ""
+        resumes = 0
+        try:
+            while True:
+                for event in _sse_events(buffer):
+                    data = event[5:].strip() if event.startswith(b"data:") else b""
+                    if data == b"[DONE]":
+                        self.m_success.labels(model, "stop").inc()
+                        yield b"data: [DONE]\n\n"
+                        return
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        continue
+                    if "error" in chunk:
+                        failure = f"worker error: {chunk['error'].get('message')}"
+                        break
+                    stream_id = stream_id or chunk.get("id")
+                    chunk["id"] = stream_id
+                    keep = bool(chunk.get("usage"))
+                    for choice in chunk.get("choices") or []:
+                        checkpoint.extend(choice.pop("token_ids", None) or [])
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content") or choice.get("text") or ""
+                        sent_chars += len(text)
+                        role_only = "role" in delta and resumes > 0
+                        if (text or choice.get("finish_reason") or "role" in delta) and \
+                                not role_only:
+                            keep = True
+                    if keep:
+                        yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() \
+                            + b"\n\n"
+                else:
+                    kind, value = await flight.queue.get()
+                    if kind == "data":
+                        assert isinstance(value, bytes)
+                        buffer += value
+                        continue
+                    failure = "stream ended without [DONE]" if kind == "end" else str(value)
+                # the worker is gone (or failed): resume from the checkpoint elsewhere
+                await self._close(flight)
+                timer.cancel()
+                self.events_resume(model, failure)
+                flight, buffer, timer = await self._resume(
+                    path, payload, request_id, deadline, tried, checkpoint, sent_chars, failure)
+                resumes += 1
+        except _ResumeFailed as exc:
+            self.m_cut.inc()
+            yield _error_frame(str(exc))
+        finally:
+            timer.cancel()
+            self.in_flight -= 1
+            self.m_e2e.labels(model).observe(time.monotonic() - started)
+            await self._close(flight)
+
+    def events_resume(self, model: str, why: str) -> None:
+        self.m_resumed.inc()
+
+    async def _resume(self, path: str, payload: dict[str, Any], request_id: str,
+                      deadline: float, tried: set[str], checkpoint: list[int],
+                      sent_chars: int, why: str
+                      ) -> tuple[_Flight, bytearray, asyncio.TimerHandle]:
+        body = json.dumps({**payload, "continuation": {"token_ids": checkpoint,
+                                                      "text_sent": sent_chars}}).encode()
+        model = str(payload["model"])
+        for _ in range(self.settings.max_attempts):
+            if time.monotonic() >= deadline:
+                break
+            try:
+                worker = await self._acquire(model, deadline, tried)
+            except _Reject as exc:
+                raise _ResumeFailed(f"{why}; could not resume: {exc.message}") from exc
+            tried.add(worker.id)
+            try:
+                flight, upstream = await self._start(worker, path, body, request_id)
+            except _WorkerLost as exc:
+                self._release(worker)
+                why = str(exc)
+                continue
+            if upstream.status_code != 200:
+                why = f"worker {worker.id} answered {upstream.status_code} to the resume"
+                await self._close(flight)
+                continue
+            loop = asyncio.get_running_loop()
+            timer = loop.call_at(loop.time() + (deadline - time.monotonic()), flight.fail,
+                                 "deadline exceeded")
+            return flight, bytearray(), timer
+        raise _ResumeFailed(f"{why}; could not resume the stream")
 
     def live_summary(self) -> dict[str, int]:
         states: dict[str, int] = {}

@@ -83,6 +83,7 @@ class _Stream:
     words: list[str]
     emitted: list[float] = field(default_factory=list)
     done: bool = False
+    offset: int = 0  # tokens generated before a resume
 
 
 class SimEngine:
@@ -148,14 +149,18 @@ class SimEngine:
         digest = hashlib.sha256(request.prompt_text.encode()).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big") ^ self.seed)
         n = max(1, request.params.max_tokens)
+        start = rng.randrange(len(WORDS))
+        words = [WORDS[(start + 7 * i) % len(WORDS)] for i in range(n)]
         due = received + self.ttft.draw(rng)
         schedule = [due]
         for _ in range(n - 1):
             due += self.itl.draw(rng)
             schedule.append(due)
-        start = rng.randrange(len(WORDS))
-        words = [WORDS[(start + 7 * i) % len(WORDS)] for i in range(n)]
-        stream = _Stream(request, schedule, words)
+        # a resumed stream continues the same text after the tokens it already has
+        first = min(len(request.resume_ids), n - 1)
+        shift = schedule[first] - schedule[0]
+        schedule = [t - shift for t in schedule[first:]]
+        stream = _Stream(request, schedule, words[first:], offset=first)
         with self._cond:
             if len(self._streams) >= self.max_num_seqs:
                 raise EngineFull(f"{self.max_num_seqs} simulated streams already running")
@@ -250,6 +255,7 @@ class SimEngine:
         stream.emitted.append(now)
         self.generated_tokens += 1
         last = index + 1 == len(stream.schedule)
+        done_tokens = stream.offset + len(stream.emitted)
         if last:
             self._close(stream)
         else:
@@ -258,11 +264,11 @@ class SimEngine:
         return Output(
             request_id=req.request_id,
             text=stream.words[index],
-            token_ids=(index,),
+            token_ids=(stream.offset + index,),
             finished=last,
             finish_reason="length" if last else None,
             prompt_tokens=len(req.prompt_ids),
-            completion_tokens=len(stream.emitted),
+            completion_tokens=done_tokens,
             emitted_at=now,
         )
 

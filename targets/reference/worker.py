@@ -248,6 +248,10 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
 
     def sampling(body: Any, prompt: Prompt, limit: int | None) -> SamplingParams:
         room = engine.max_model_len - len(prompt.token_ids)
+        resumed = len(body.continuation.token_ids) if body.continuation else 0
+        if resumed and (limit is None or resumed >= limit or resumed >= room):
+            raise ApiError(400, "continuation.token_ids: as many tokens as the request may "
+                           "generate already; nothing to resume", param="continuation")
         chat = isinstance(body, ChatCompletionRequest)
         if room < 1:
             raise ApiError(400, f"This model's maximum context length is {engine.max_model_len} "
@@ -305,6 +309,9 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
             if app.state.delivery is None:
                 app.state.delivery = _Delivery(asyncio.get_running_loop())
             call = _Call(request_id, prompt, params, app.state.delivery)
+            if body.continuation is not None:
+                call.engine_request.resume_ids = list(body.continuation.token_ids)
+                call.engine_request.resume_text_sent = body.continuation.text_sent
             try:
                 engine.submit(call.engine_request)
             except EngineFull as exc:
@@ -337,7 +344,8 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
         usage_requested = body.include_usage()
         last: list[float] = []
 
-        def chunk(delta: dict[str, Any] | str, finish: str | None) -> dict[str, Any]:
+        def chunk(delta: dict[str, Any] | str, finish: str | None,
+                  token_ids: tuple[int, ...] = ()) -> dict[str, Any]:
             choice: dict[str, Any] = {"index": 0}
             if chat:
                 choice["delta"] = delta
@@ -345,6 +353,8 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
                 choice["text"] = delta
             choice["logprobs"] = None
             choice["finish_reason"] = finish
+            if body.return_token_ids and token_ids:
+                choice["token_ids"] = list(token_ids)
             out = {"id": cid, "object": "chat.completion.chunk" if chat else "text_completion",
                    "created": created_at, "model": body.model,
                    "system_fingerprint": fingerprint, "choices": [choice]}
@@ -377,7 +387,11 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
                                                       "server_error", code=500))
                                 yield _sse("[DONE]")
                             return  # without an error frame: a silent cut
-                    yield _sse(chunk({"content": out.text} if chat else out.text, None))
+                    yield _sse(chunk({"content": out.text} if chat else out.text, None,
+                                     out.token_ids))
+                elif out.token_ids and body.return_token_ids:
+                    # a token whose text is held back still reaches the router's checkpoint
+                    yield _sse(chunk({"content": ""} if chat else "", None, out.token_ids))
                 if out.finished:
                     call.finished = True
                     yield _sse(chunk({} if chat else "", out.finish_reason))

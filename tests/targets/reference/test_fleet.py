@@ -443,3 +443,72 @@ def test_models_side_by_side_request_id_and_disconnect(start_fleet: FleetFactory
 
     wait_for(cancelled, 5, "the worker to cancel the abandoned stream")
     assert next(w for w in workers(fleet) if w["model"] == "sim")["ongoing"] == 0
+
+
+def _greedy_texts(url: str, model: str, prompts: list[str], tokens: int,
+                  kill: Callable[[], None] | None = None) -> list[StreamResult]:
+    async def one(client: httpx.AsyncClient, prompt: str, result: StreamResult) -> StreamResult:
+        body = {"model": model, "max_tokens": tokens, "stream": True, "temperature": 0,
+                "ignore_eos": True, "messages": [{"role": "user", "content": prompt}]}
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
+            result.status = resp.status_code
+            async for line in resp.aiter_lines():
+                if line == "data: [DONE]":
+                    result.done = True
+                elif line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    result.events.append(event)
+                    if "error" in event:
+                        result.error = event["error"]["message"]
+                    for choice in event.get("choices", []):
+                        if choice.get("delta", {}).get("content") and not result.first_content_at:
+                            result.first_content_at = time.monotonic()
+                        result.finish_reason = choice.get("finish_reason") or result.finish_reason
+        return result
+
+    async def run() -> list[StreamResult]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            results = [StreamResult(started_at=time.monotonic()) for _ in prompts]
+            tasks = [asyncio.create_task(one(client, p, r)) for p, r in zip(prompts, results,
+                                                                             strict=True)]
+            if kill is not None:
+                while sum(len(r.events) > 3 for r in results) < len(prompts):
+                    await asyncio.sleep(0.01)
+                kill()
+            return list(await asyncio.gather(*tasks))
+
+    return asyncio.run(run())
+
+
+def _text(result: StreamResult) -> str:
+    return "".join(c.get("delta", {}).get("content") or "" for e in result.events
+                   for c in e.get("choices", []))
+
+
+def _kill_busiest(fleet: ServerProcess) -> Callable[[], None]:
+    def kill() -> None:
+        victim = max(workers(fleet), key=lambda w: w["ongoing"])
+        assert victim["ongoing"] > 0
+        os.kill(victim["pid"], signal.SIGKILL)
+    return kill
+
+
+@pytest.mark.parametrize(("model", "tokens"), [
+    ("sim", 40), pytest.param("smollm2", 32, marks=pytest.mark.smollm2)])
+def test_resume_streams_after_sigkill_give_undisturbed_text(start_fleet: FleetFactory,
+                                                           model: str, tokens: int) -> None:
+    extra = ["--worker-arg=--sim-itl=0.03"] if model == "sim" else []
+    fleet = start_fleet("--model", model, "--workers", "2", "--resume-streams", *extra)
+    prompts = [f"Tell me about the number {i}." for i in range(4)]
+    undisturbed = _greedy_texts(fleet.url, model, prompts, tokens)
+    disturbed = _greedy_texts(fleet.url, model, prompts, tokens, kill=_kill_busiest(fleet))
+    for before, after in zip(undisturbed, disturbed, strict=True):
+        assert after.error is None and after.done and after.finish_reason == "length"
+        assert _text(after) == _text(before) and _text(before)
+        ids = {e["id"] for e in after.events}
+        assert len(ids) == 1  # one stream, as far as the client can tell
+        assert all("token_ids" not in c for e in after.events for c in e.get("choices", []))
+    metrics = httpx.get(fleet.url + "/metrics", timeout=5).text
+    resumes = [line for line in metrics.splitlines()
+               if line.startswith("llm_chaos_router_stream_resumes_total")]
+    assert resumes and float(resumes[0].split()[-1]) >= 1

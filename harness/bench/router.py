@@ -181,7 +181,8 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
         tables.append(Table(f"SIGKILL to live replacement ({args.kill_model})",
                             ("kill", "seconds"),
                             tuple((i + 1, round(t, 3)) for i, t in enumerate(restarts))))
-    return BenchResult(bench="router", config={"requests": args.requests, "kills": args.kills, "kill_model": args.kill_model},
+    return BenchResult(bench="router", config={"requests": args.requests, "kills": args.kills,
+                               "kill_model": args.kill_model},
                        figures=figures, goals=goals, tables=tuple(tables),
                        details={"routed_s": routed, "direct_s": direct,
                                 "restarts_s": restarts})

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 
 __all__ = ["BatchDecoder", "UnsupportedModel"]
 
@@ -101,7 +101,8 @@ class BatchDecoder:
             x = x + attn.o_proj(o.transpose(1, 2).reshape(1, n, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         last = self.norm(x[:, -1])
-        return self.lm_head(last)[0].float()
+        logits: torch.Tensor = self.lm_head(last)[0].float()
+        return logits
 
     @torch.inference_mode()
     def decode(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -130,7 +131,8 @@ class BatchDecoder:
             )
             x = x + attn.o_proj(o.transpose(1, 2).reshape(b, 1, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.lm_head(self.norm(x[:, 0])).float()
+        logits: torch.Tensor = self.lm_head(self.norm(x[:, 0])).float()
+        return logits
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy a sequence's cache from slot `src` to slot `dst` (compaction after a finish)."""

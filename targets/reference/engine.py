@@ -70,7 +70,7 @@ class _Detokenizer:
         return delta, False
 
     def flush(self, seq: _Seq) -> str:
-        text = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
+        text: str = self.tokenizer.decode(seq.generated, skip_special_tokens=True)
         delta = text[seq.text_sent :]
         seq.text_sent = len(text)
         return delta
@@ -134,7 +134,8 @@ class BatchEngine:
     # -- tokenization -------------------------------------------------------------------------
 
     def encode_chat(self, messages: list[dict[str, str]]) -> Prompt:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text: str = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                       tokenize=False)
         return Prompt(self.tokenizer(text, add_special_tokens=False)["input_ids"], text)
 
     def encode_text(self, text: str) -> Prompt:

@@ -169,7 +169,8 @@ class FaultSet:
             released = hangs[0].released
             assert released is not None
             try:
-                await asyncio.wait_for(released.wait(), max(0.05, hangs[0].expires_at - time.time()))
+                await asyncio.wait_for(released.wait(),
+                                       max(0.05, hangs[0].expires_at - time.time()))
             except TimeoutError:
                 pass
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -58,8 +59,7 @@ class Fleet:
         states = Gauge("llm_chaos_workers", "Workers by state", ["state"], registry=r)
         for state in (WorkerState.STARTING, WorkerState.LIVE, WorkerState.UNLIVE,
                       WorkerState.DRAINING, WorkerState.DEAD):
-            states.labels(state).set_function(
-                lambda s=state: sum(w.state == s for w in self.registry.workers.values()))
+            states.labels(state).set_function(functools.partial(self._count_state, state))
         restarts = Gauge("llm_chaos_worker_restarts", "Worker restarts so far", registry=r)
         restarts.set_function(lambda: sum(w.restarts for w in self.registry.workers.values()))
         # token counts come from the workers' engines, summed over restarts (probed)
@@ -76,6 +76,9 @@ class Fleet:
         scale = Counter("llm_chaos_fleet_events", "Fleet events (scale, restart, recycle...)",
                         ["type"], registry=r)
         self.events.on_emit = lambda event: scale.labels(event["type"]).inc()
+
+    def _count_state(self, state: str) -> int:
+        return sum(w.state == state for w in self.registry.workers.values())
 
     async def drain_and_exit(self) -> None:
         """Stop accepting, let in-flight requests finish, then let the server exit."""

@@ -40,10 +40,10 @@ class WorkerMetrics:
                                      registry=r)
         self.generation_tokens = Counter("vllm:generation_tokens", "Generation tokens",
                                          labels, registry=r)
-        self.success = Counter("vllm:request_success", "Finished requests", labels +
-                               ["finished_reason"], registry=r)
+        self.success = Counter("vllm:request_success", "Finished requests",
+                               [*labels, "finished_reason"], registry=r)
         self.rejected = Counter("llm_chaos_requests_rejected", "Requests refused (4xx/429)",
-                                labels + ["status"], registry=r)
+                                [*labels, "status"], registry=r)
 
     def finished(self, reason: str, prompt: int, generated: int, e2e: float) -> None:
         m = self.model_name

@@ -24,8 +24,8 @@ __all__ = [
     "ensure_smollm2_folder",
     "ensure_tiny_folder",
     "load_model",
-    "resolve_model",
     "resolve_device",
+    "resolve_model",
 ]
 
 SMOLLM2 = "smollm2"
@@ -235,7 +235,7 @@ def load_model(
             from transformers import AutoModelForCausalLM
             from transformers.utils import logging as hf_logging
 
-            hf_logging.disable_progress_bar()
+            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a model from {folder}: {exc}") from exc
@@ -244,7 +244,7 @@ def load_model(
     if quantize == "int8":
         if device != "cpu":
             raise ModelError("--quantize int8 is CPU-only (dynamic int8); drop it on CUDA")
-        model = torch.ao.quantization.quantize_dynamic(
+        model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
             model, {torch.nn.Linear}, dtype=torch.qint8
         )
     elif quantize not in (None, "none"):

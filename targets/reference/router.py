@@ -94,7 +94,7 @@ class _Flight:
 def _sse_events(buffer: bytearray) -> list[bytes]:
     """Split complete SSE events off the front of `buffer` (only the first few events of a
     stream are parsed, to find the first content-bearing one; the rest is relayed raw)."""
-    events = []
+    events: list[bytes] = []
     while True:
         end = buffer.find(b"\n\n")
         if end < 0:

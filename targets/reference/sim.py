@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import EngineFull, Prompt
 from .params import GenerationRequest, Output
+from .protocol import EngineFull, Prompt
 
 __all__ = ["WORDS", "Delay", "SimEngine"]
 

@@ -96,6 +96,7 @@ class Supervisor:
         self._client = httpx.AsyncClient(timeout=settings.probe_timeout)
         self._scale_since: dict[str, tuple[int, float]] = {}
         self._restarting: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self.stopping = False
         self.on_lost: Callable[[WorkerInfo, str], None] = lambda worker, why: None
         self.on_tokens: Callable[[str, int, int], None] = lambda model, prompt, generated: None
@@ -149,6 +150,12 @@ class Supervisor:
                 proc.kill()
             while proc.poll() is None:
                 await asyncio.sleep(0.02)
+
+    def _spawn_task(self, coro: Any) -> None:
+        # keep a reference: the event loop holds tasks only weakly
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -228,7 +235,7 @@ class Supervisor:
         limit = self.settings.memory_limit_bytes
         if limit and worker.rss_bytes > limit and worker.state == WorkerState.LIVE:
             self._restarting.add(worker.id)
-            asyncio.create_task(self._recycle(worker))
+            self._spawn_task(self._recycle(worker))
             return
         answered = worker.last_seen > 0 and now - worker.last_seen < self.settings.liveness_timeout
         stalled = worker.engine_busy and now - worker.last_progress > self.settings.stall_timeout
@@ -324,7 +331,7 @@ class Supervisor:
             for worker in victims[: current - want]:
                 self.events.emit("scale_down", model=model, worker=worker.id, current=current,
                                  desired=want)
-                asyncio.create_task(self._retire(worker))
+                self._spawn_task(self._retire(worker))
 
     async def _retire(self, worker: WorkerInfo) -> None:
         self._restarting.add(worker.id)

@@ -13,7 +13,8 @@ from harness.launcher import ServerProcess
 
 def test_second_request_joins_running_batch(tiny_worker: ServerProcess) -> None:
     url = tiny_worker.url
-    long_id, short_id = "a0000000-0000-4000-8000-000000000001", "b0000000-0000-4000-8000-000000000002"
+    long_id = "a0000000-0000-4000-8000-000000000001"
+    short_id = "b0000000-0000-4000-8000-000000000002"
     long_body = {"model": "tiny", "max_tokens": 1500, "ignore_eos": True, "stream": True,
                  "temperature": 0, "messages": [{"role": "user", "content": "long story"}]}
     short_body = {"model": "tiny", "max_tokens": 20, "ignore_eos": True, "temperature": 0,

@@ -47,7 +47,8 @@ def test_batched_greedy_equals_plain_forward(tiny_worker: ServerProcess) -> None
                 nxt = int(logits.argmax())
                 out.append(nxt)
                 ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
-        assert answer["choices"][0]["message"]["content"] == tok.decode(out, skip_special_tokens=True)
+        expected = tok.decode(out, skip_special_tokens=True)
+        assert answer["choices"][0]["message"]["content"] == expected
         assert answer["usage"]["completion_tokens"] == 12
 
 

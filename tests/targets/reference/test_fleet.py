@@ -202,7 +202,8 @@ def test_autoscaling_up_and_down(start_fleet: FleetFactory) -> None:
     print(f"scaled down {down:.1f} s after the load stopped")
     with httpx.Client(timeout=5, headers=AUTH) as client:
         text = client.get(fleet.url + "/admin/events?follow=false").text
-    kinds = [json.loads(line[6:])["type"] for line in text.splitlines() if line.startswith("data: ")]
+    kinds = [json.loads(line[6:])["type"] for line in text.splitlines()
+             if line.startswith("data: ")]
     assert "scale_up" in kinds and "scale_down" in kinds
 
 

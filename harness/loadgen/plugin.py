@@ -1,0 +1,338 @@
+"""The Locust side of the harness: command-line options, per-process state, and records.
+
+`install()` (idempotent; every scenario calls it) registers the options and listeners on
+Locust's event bus. Records are built and written off the event loop, in gevent's thread pool.
+In distributed mode workers send their records to the master (custom messages), and when the
+master stops a test it first asks every worker to stop its users and flush, then waits for all
+of them, so the merged history holds one line per request sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gevent
+import yaml
+from locust import events as locust_events
+from locust.runners import MasterRunner, WorkerRunner
+
+from ..errors import UsageError
+from .arrivals import KINDS, ArrivalSchedule, parse_arrival
+from .records import HistoryWriter, PendingRecord, default_run_dir
+from .shapes import SHAPES, ShapeSpec
+from .tokens import TokenCounter, load_tokenizer
+
+__all__ = ["LoadgenState", "install", "state"]
+
+log = logging.getLogger("llm_chaos.loadgen")
+
+MSG_RECORDS = "llm_chaos_records"
+MSG_DONE = "llm_chaos_records_done"
+MSG_FLUSH = "llm_chaos_flush"
+FLUSH_INTERVAL = 0.5
+FLUSH_WAIT = 30.0
+
+_installed: set[int] = set()
+
+
+@dataclass
+class LoadgenState:
+    """What the users of one Locust process share: options, seed, records, arrivals."""
+
+    environment: Any
+    role: str
+    seed: int = 0
+    run_dir: Path | None = None
+    tokenizer: TokenCounter | None = None
+    arrivals: ArrivalSchedule | None = None
+    model: str | None = None
+    phase: str = "baseline"
+    pending: list[PendingRecord] = field(default_factory=list)
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    writer: HistoryWriter | None = None
+    started: int = 0
+    recorded: int = 0
+    sent_to_master: int = 0
+    received: dict[str, int] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)
+    user_seq: int = 0
+    flusher: Any = None
+    statuses: dict[str, int] = field(default_factory=dict)
+    cpu_at_start: float | None = None
+    cpu_during_test: float | None = None
+
+    @property
+    def options(self) -> Any:
+        return self.environment.parsed_options
+
+    def process_name(self) -> str:
+        if self.role == "worker":
+            return f"w{self.environment.runner.worker_index}"
+        return "local"
+
+    def user_rng(self, user_class: str) -> tuple[random.Random, int]:
+        """A seeded RNG per user, independent of spawn order across classes."""
+        self.user_seq += 1
+        return (random.Random(f"{self.seed}:{self.process_name()}:{user_class}:{self.user_seq}"),
+                self.user_seq)
+
+    def add(self, record: PendingRecord) -> None:
+        """Queue a finished request's record (cheap; built and written later, off the loop)."""
+        self.pending.append(record)
+        self.recorded += 1
+
+    # -- flushing -------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Build pending records in a thread, then write them (or send them to the master)."""
+        batch, self.pending = self.pending, []
+        if batch:
+            lines = _in_thread(_build_lines, batch, self.tokenizer)
+            if self.role == "worker":
+                self.environment.runner.send_message(MSG_RECORDS, lines)
+                self.sent_to_master += len(lines)
+            else:
+                self.lines.extend(lines)
+        if self.lines and self.writer is not None:
+            out, self.lines = self.lines, []
+            for line in out:
+                status = line["value"]["status"]
+                self.statuses[status] = self.statuses.get(status, 0) + 1
+            _in_thread(self.writer.write, out)
+
+    def loop(self) -> None:
+        while True:
+            gevent.sleep(FLUSH_INTERVAL)
+            try:
+                self.flush()
+            except Exception:  # keep flushing; a broken batch is logged, never silent
+                log.exception("writing request records failed")
+
+    def write_summary(self) -> None:
+        if self.run_dir is None or self.writer is None:
+            return
+        summary = {
+            "history": str(self.writer.path), "records": self.writer.count,
+            "by_status": self.statuses, "seed": self.seed,
+            "records_from_workers": self.received, "workers_done": self.done,
+            "requests_started_here": self.started, "written_at": time.time(),
+            "cpu_seconds_during_test": self.cpu_during_test,
+        }
+        _in_thread(_write_json, self.run_dir / "loadgen.json", summary)
+
+
+def _build_lines(batch: list[PendingRecord], tokenizer: TokenCounter | None
+                 ) -> list[dict[str, Any]]:
+    return [r.to_line(tokenizer) for r in batch]
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _in_thread(fn: Any, *args: Any) -> Any:
+    # A real OS thread: file writes and tokenizing never stall the users' event loop.
+    return gevent.get_hub().threadpool.apply(fn, args)
+
+
+def state(environment: Any) -> LoadgenState:
+    """The loadgen state of this Locust process (created by `install`'s init listener)."""
+    found = getattr(environment, "llm_chaos", None)
+    if found is None:
+        # Used without install() (e.g. a library user's own Environment): a local default.
+        found = LoadgenState(environment, "local")
+        environment.llm_chaos = found
+    return found
+
+
+def _add_options(parser: Any) -> None:
+    g = parser.add_argument_group("llm-chaos", "LLM load generation (llm-chaos-harness)")
+    g.add_argument("--run-dir", default=None,
+                   help="run directory for history.jsonl (default reports/<time>-<pid>)")
+    g.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
+    g.add_argument("--model", default=None,
+                   help="model name to request (default: the first of GET /v1/models)")
+    g.add_argument("--tokenizer", default=None,
+                   help="folder with the target model's tokenizer.json, `whitespace` or `none` "
+                   "(default: ~/.cache/llm-chaos/smollm2-135m-instruct when present)")
+    g.add_argument("--max-tokens", type=int, default=None,
+                   help="max_tokens of every request (default: per scenario)")
+    g.add_argument("--prompt-tokens", default=None,
+                   help="synthetic prompt lengths: N, uniform:LO,HI, normal:MEAN,STD, "
+                   "lognormal:MEDIAN,SIGMA (default: per scenario)")
+    g.add_argument("--request-timeout", type=float, default=300.0,
+                   help="seconds without bytes before a request fails (300)")
+    g.add_argument("--arrival", default="closed", choices=KINDS,
+                   help="closed loop (each user sends when its last answer ended) or open "
+                   "loop at --rate: poisson or constant arrivals")
+    g.add_argument("--rate", type=float, default=None,
+                   help="open-loop requests per second, over all workers")
+    g.add_argument("--load-shape", default="steady", choices=SHAPES,
+                   help="user-count shape over -u/-r/-t: steady, ramp, step, spike, soak")
+    g.add_argument("--ramp-time", type=float, default=10.0, help="ramp: seconds to reach -u")
+    g.add_argument("--step-users", type=int, default=1, help="step: users added per step")
+    g.add_argument("--step-time", type=float, default=10.0, help="step: seconds per step")
+    g.add_argument("--spike-users", type=int, default=0, help="spike: users during the spike")
+    g.add_argument("--spike-at", type=float, default=10.0, help="spike: start (s)")
+    g.add_argument("--spike-duration", type=float, default=10.0, help="spike: length (s)")
+
+
+def shape_spec(options: Any) -> ShapeSpec:
+    """The load shape the command line asked for (validated; raises UsageError)."""
+    return ShapeSpec(
+        kind=options.load_shape, users=options.num_users or 1,
+        spawn_rate=options.spawn_rate or 1.0, run_time=options.run_time or None,
+        ramp_time=options.ramp_time, step_users=options.step_users,
+        step_time=options.step_time, spike_users=options.spike_users,
+        spike_at=options.spike_at, spike_duration=options.spike_duration,
+    ).validate()
+
+
+def install(events: Any = None) -> None:
+    """Register the harness's options and listeners on Locust's event bus (once)."""
+    events = events or locust_events
+    if id(events) in _installed:
+        return
+    _installed.add(id(events))
+    events.init_command_line_parser.add_listener(_add_options)
+    events.init.add_listener(_on_init)
+    events.test_start.add_listener(_on_test_start)
+    events.test_stopping.add_listener(_on_test_stopping)
+    events.test_stop.add_listener(_on_test_stop)
+    events.quitting.add_listener(_on_quitting)
+
+
+def _on_init(environment: Any, **_: Any) -> None:
+    # httpx logs every request at INFO: noise in Locust's output, and CPU on the hot path.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    runner = environment.runner
+    role = ("master" if isinstance(runner, MasterRunner)
+            else "worker" if isinstance(runner, WorkerRunner) else "local")
+    st = LoadgenState(environment, role)
+    environment.llm_chaos = st
+    opts = environment.parsed_options
+    if opts is None:
+        return
+    try:
+        if role != "worker":
+            shape_spec(opts)
+            if opts.arrival != "closed" and not opts.rate:
+                raise UsageError(f"--arrival {opts.arrival} needs --rate R")
+        _configure(st, opts)
+    except UsageError as exc:
+        log.error("llm-chaos: %s", exc)
+        raise SystemExit(2) from exc
+    if role == "master":
+        runner.register_message(MSG_RECORDS, _master_records(st))
+        runner.register_message(MSG_DONE, _master_done(st))
+    elif role == "worker":
+        runner.register_message(MSG_FLUSH, _worker_flush(st))
+
+
+def _configure(st: LoadgenState, opts: Any) -> None:
+    st.seed = opts.seed
+    if st.role != "master":
+        st.tokenizer = load_tokenizer(opts.tokenizer)
+    st.model = opts.model
+    if st.role != "worker":
+        st.run_dir = Path(opts.run_dir) if opts.run_dir else default_run_dir()
+        st.writer = HistoryWriter(st.run_dir)
+        experiment = st.run_dir / "experiment.yaml"
+        if experiment.exists():
+            # `llm-chaos run` wrote the resolved experiment already: keep it.
+            log.info("llm-chaos: records go to %s", st.writer.path)
+            return
+        experiment.write_text(yaml.safe_dump({
+            "generator": "locust", "seed": opts.seed, "host": opts.host,
+            "locustfile": opts.locustfile, "users": opts.num_users,
+            "spawn_rate": opts.spawn_rate, "run_time": opts.run_time,
+            "load_shape": opts.load_shape, "arrival": opts.arrival, "rate": opts.rate,
+            "model": opts.model, "max_tokens": opts.max_tokens,
+            "prompt_tokens": opts.prompt_tokens,
+        }, sort_keys=False))
+        log.info("llm-chaos: records go to %s", st.writer.path)
+
+
+def _on_test_start(environment: Any, **_: Any) -> None:
+    st = state(environment)
+    opts = environment.parsed_options
+    if st.role != "master" and opts is not None:
+        rate = opts.rate
+        if st.role == "worker" and rate:
+            rate = rate / max(1, int(getattr(opts, "expect_workers", 1) or 1))
+        st.arrivals = parse_arrival(opts.arrival, rate,
+                                    random.Random(f"{st.seed}:arrivals:{st.process_name()}"))
+        st.model = opts.model or st.model
+    if st.flusher is None:
+        st.flusher = gevent.spawn(st.loop)
+    st.cpu_at_start = time.process_time()
+
+
+def _on_test_stopping(environment: Any, **_: Any) -> None:
+    st = state(environment)
+    if st.role != "master":
+        return
+    runner = environment.runner
+    workers = [c.id for c in runner.clients.all]
+    st.done = {}
+    for worker in workers:
+        runner.send_message(MSG_FLUSH, None, client_id=worker)
+    deadline = time.monotonic() + FLUSH_WAIT
+    while time.monotonic() < deadline and not all(w in st.done for w in workers):
+        gevent.sleep(0.05)
+    missing = [w for w in workers if w not in st.done]
+    if missing:
+        log.error("llm-chaos: no final records from workers %s", ", ".join(missing))
+
+
+def _on_test_stop(environment: Any, **_: Any) -> None:
+    st = state(environment)
+    if st.cpu_at_start is not None:
+        # this process's CPU while users ran (the master's own, in distributed mode)
+        st.cpu_during_test = time.process_time() - st.cpu_at_start
+    st.flush()
+    if st.role == "worker":
+        environment.runner.send_message(MSG_DONE, {"records": st.sent_to_master,
+                                                   "started": st.started})
+    else:
+        st.write_summary()
+
+
+def _on_quitting(environment: Any, **_: Any) -> None:
+    st = state(environment)
+    st.flush()
+    if st.role != "worker":
+        st.write_summary()
+        if st.writer is not None:
+            log.info("llm-chaos: %d request records in %s", st.writer.count, st.writer.path)
+
+
+def _master_records(st: LoadgenState) -> Any:
+    def handle(environment: Any, msg: Any, **_: Any) -> None:
+        lines = msg.data or []
+        st.received[msg.node_id] = st.received.get(msg.node_id, 0) + len(lines)
+        st.lines.extend(lines)
+    return handle
+
+
+def _master_done(st: LoadgenState) -> Any:
+    def handle(environment: Any, msg: Any, **_: Any) -> None:
+        st.done[msg.node_id] = int((msg.data or {}).get("records", 0))
+    return handle
+
+
+def _worker_flush(st: LoadgenState) -> Any:
+    def handle(environment: Any, msg: Any, **_: Any) -> None:
+        # Stopping the users ends their requests (recorded as interrupted) and fires test_stop,
+        # which sends the last records and then `done`.
+        if environment.runner.state in ("spawning", "running"):
+            environment.runner.stop()
+        else:
+            _on_test_stop(environment)
+    return handle

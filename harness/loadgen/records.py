@@ -1,0 +1,117 @@
+"""History records of requests and the run directory they go to (see DESIGN.md).
+
+One line per request, written when it ends: `{"type": ok|fail|info, "f": "chat", "process",
+"time", "value"}`; `time` and every `*_at` are Unix-epoch seconds, derived from the same
+monotonic clock as the durations (`sent_monotonic` keeps the raw monotonic start).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .client import Outcome
+from .metrics import as_value, summarize
+from .tokens import TokenCounter
+
+__all__ = ["Clock", "HistoryWriter", "PendingRecord", "default_run_dir", "jepsen_type"]
+
+# Jepsen: `info` = outcome unknown (the server may or may not have done the work).
+_INFO = frozenset({"timeout", "interrupted"})
+
+
+def jepsen_type(status: str) -> str:
+    """ok / fail / info for a request status."""
+    if status == "ok":
+        return "ok"
+    return "info" if status in _INFO else "fail"
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Monotonic time for durations, mapped to Unix time by one offset taken at start."""
+
+    mono: Callable[[], float] = time.monotonic
+    offset: float = 0.0
+
+    @classmethod
+    def now(cls) -> Clock:
+        return cls(time.monotonic, time.time() - time.monotonic())
+
+    def wall(self, mono: float) -> float:
+        return mono + self.offset
+
+
+@dataclass(frozen=True)
+class PendingRecord:
+    """A finished request whose record is not yet built (token counting happens off the loop)."""
+
+    outcome: Outcome
+    scenario: str
+    api: str
+    process: str
+    phase: str
+    scheduled_mono: float | None
+    prompt_tokens_client: int | None
+    wall_offset: float
+
+    def to_line(self, tokenizer: TokenCounter | None) -> dict[str, Any]:
+        """The history line of this request (counts tokens with `tokenizer`)."""
+        out = self.outcome
+        m = summarize(out, tokenizer.count if tokenizer is not None else None)
+        wall = self.wall_offset
+        value: dict[str, Any] = {
+            "request_id": out.request_id,
+            "scenario": self.scenario,
+            "api": self.api,
+            "phase": self.phase,
+            "scheduled_at": None if self.scheduled_mono is None else self.scheduled_mono + wall,
+            "sent_at": out.sent_mono + wall,
+            "sent_monotonic": out.sent_mono,
+            "prompt_tokens": (out.usage_prompt if out.usage_prompt is not None
+                              else self.prompt_tokens_client),
+            "prompt_tokens_client": self.prompt_tokens_client,
+            **as_value(m),
+            "tokenizer": tokenizer.name if tokenizer is not None else None,
+            "status": out.status,
+            "error": out.error,
+            "http_status": out.http_status,
+            "finish_reason": out.finish_reason,
+            "deviations": list(out.deviations),
+            "retry_after": out.retry_after,
+            "events": out.events,
+            "bytes": out.bytes_received,
+        }
+        return {"type": jepsen_type(out.status), "f": "chat", "process": self.process,
+                "time": out.end_mono + wall, "value": value}
+
+
+class HistoryWriter:
+    """Appends lines to `history.jsonl`; call from a real thread, never the event loop."""
+
+    def __init__(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / "history.jsonl"
+        self.count = 0
+
+    def write(self, lines: Iterable[dict[str, Any]]) -> int:
+        text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
+        if not text:
+            return 0
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+        n = text.count("\n")
+        self.count += n
+        return n
+
+
+def default_run_dir(root: Path = Path("reports")) -> Path:
+    """`reports/<UTC time>-<pid>`: unique per Locust process start."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return root / f"{stamp}-{os.getpid()}"

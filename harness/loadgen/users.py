@@ -1,0 +1,211 @@
+"""Abstract Locust users for OpenAI chat and completions, streaming or not.
+
+Every request carries a fresh UUID in `X-Request-Id`, leaves one history record, and fires two
+Locust request events: `<name>` (end to end) and `<name>:ttft`, so Locust's table, charts, CSV
+and web UI show both. Percentiles in our own reports come from the raw records, not Locust's
+rounded histogram.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, ClassVar
+
+import gevent
+from locust import User, constant, task
+
+from .client import Outcome, Request, StreamClient
+from .plugin import LoadgenState, state
+from .prompts import (
+    BundledPrompts,
+    Conversation,
+    LengthDistribution,
+    Prompt,
+    PromptSource,
+    SyntheticPrompts,
+)
+from .records import PendingRecord
+
+__all__ = ["ChatUser", "CompletionUser", "LLMRequestError", "LLMUser", "MultiTurnChatUser"]
+
+
+class LLMRequestError(Exception):
+    """A failed LLM request, as Locust shows it: the record's status and error text."""
+
+
+class LLMUser(User):
+    """Base of the LLM users: one keep-alive connection, seeded prompts, records, events.
+
+    Subclasses set `api` (chat / completions), `stream`, `max_tokens`, `request_name`, and
+    override `prompt_source()` or `next_prompt()`.
+    """
+
+    abstract = True
+    api: ClassVar[str] = "chat"
+    stream: ClassVar[bool] = True
+    max_tokens: ClassVar[int | None] = 64
+    request_name: ClassVar[str] = "chat"
+    scenario: ClassVar[str | None] = None
+    prompt_tokens: ClassVar[str | None] = None
+    extra_body: ClassVar[dict[str, Any]] = {}
+    # In closed loop, wait as long as a 429's Retry-After asks (at most this many seconds)
+    # before the next request, as a well-behaved client would; 0 turns it off.
+    max_retry_after: ClassVar[float] = 30.0
+    wait_time = constant(0)
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        self.loadgen: LoadgenState = state(environment)
+        self.rng, self.user_index = self.loadgen.user_rng(type(self).__name__)
+        opts = environment.parsed_options
+        timeout = getattr(opts, "request_timeout", 300.0) if opts is not None else 300.0
+        self.client = StreamClient(self.host or "", timeout=timeout)
+        self.prompts: PromptSource = self.prompt_source()
+
+    # -- what to send ---------------------------------------------------------------------
+
+    def prompt_source(self) -> PromptSource:
+        """Where prompts come from: synthetic lengths when asked for, else the bundled set."""
+        spec = self._option("prompt_tokens") or self.prompt_tokens
+        if spec:
+            return SyntheticPrompts(LengthDistribution.parse(spec), self.loadgen.tokenizer)
+        return BundledPrompts(tokenizer=self.loadgen.tokenizer)
+
+    def next_prompt(self) -> Prompt:
+        return self.prompts.next(self.rng)
+
+    def body(self, prompt: Prompt, max_tokens: int | None) -> dict[str, Any]:
+        """The JSON body of one request (usage asked for, so output tokens come from it)."""
+        body: dict[str, Any] = {"model": self._model()}
+        if self.api == "chat":
+            body["messages"] = [dict(m) for m in prompt.messages]
+        else:
+            body["prompt"] = prompt.text
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        body["stream"] = self.stream
+        if self.stream:
+            body["stream_options"] = {"include_usage": True}
+        body.update(self.extra_body)
+        return body
+
+    # -- the task -------------------------------------------------------------------------
+
+    @task
+    def generate(self) -> None:
+        self.request(self.next_prompt())
+
+    def request(self, prompt: Prompt, max_tokens: int | None = None) -> Outcome:
+        """Send one request (waiting for its open-loop slot first); record it; return it."""
+        st = self.loadgen
+        scheduled = None
+        if st.arrivals is not None:
+            now = self.client.clock()
+            scheduled = st.arrivals.next_due(now)
+            if scheduled > now:
+                gevent.sleep(scheduled - now)
+        limit = max_tokens or self._option("max_tokens") or self.max_tokens
+        req = Request(self.api, self.body(prompt, limit), str(uuid.uuid4()))
+        st.started += 1
+        sent: list[Outcome] = []
+        try:
+            out = self.client.send(req, started=sent.append)
+        except gevent.GreenletExit:
+            # The user is being stopped mid-request: the outcome is unknown (Jepsen `info`).
+            if sent:
+                cut = sent[0]
+                cut.end_mono = self.client.clock()
+                st.add(self._pending(cut.fail("interrupted", "user stopped mid-request"),
+                                     prompt, scheduled))
+            raise
+        st.add(self._pending(out, prompt, scheduled))
+        self._fire(out)
+        if out.retry_after and st.arrivals is None and self.max_retry_after > 0:
+            gevent.sleep(min(out.retry_after, self.max_retry_after))
+        return out
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _pending(self, out: Outcome, prompt: Prompt, scheduled: float | None) -> PendingRecord:
+        st = self.loadgen
+        return PendingRecord(
+            outcome=out, scenario=self.scenario or type(self).__name__, api=self.api,
+            process=f"{st.process_name()}:{self.user_index}", phase=st.phase,
+            scheduled_mono=scheduled, prompt_tokens_client=prompt.tokens,
+            wall_offset=_wall_offset())
+
+    def _fire(self, out: Outcome) -> None:
+        fire = self.environment.events.request.fire
+        e2e_ms = (out.end_mono - out.sent_mono) * 1000.0
+        exc = None if out.ok else LLMRequestError(f"{out.status}: {out.error}")
+        ctx = {"request_id": out.request_id, "status": out.status}
+        fire(request_type="POST", name=self.request_name, response_time=e2e_ms,
+             response_length=out.bytes_received, exception=exc, context=ctx)
+        if out.content_times and self.stream:
+            ttft_ms = (out.content_times[0] - out.sent_mono) * 1000.0
+            fire(request_type="POST", name=f"{self.request_name}:ttft", response_time=ttft_ms,
+                 response_length=0, exception=None, context=ctx)
+
+    def _option(self, name: str) -> Any:
+        opts = self.environment.parsed_options
+        return getattr(opts, name, None) if opts is not None else None
+
+    def _model(self) -> str:
+        st = self.loadgen
+        if st.model:
+            return st.model
+        try:
+            models = self.client.get_json("/v1/models")
+            st.model = str(models["data"][0]["id"])
+        except Exception:  # unreachable or not OpenAI: the request itself records why
+            return "default"
+        return st.model
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+
+class ChatUser(LLMUser):
+    """Streaming chat completions (`/v1/chat/completions`)."""
+
+    abstract = True
+    api = "chat"
+
+
+class CompletionUser(LLMUser):
+    """Streaming text completions (`/v1/completions`)."""
+
+    abstract = True
+    api = "completions"
+    request_name = "completion"
+
+
+class MultiTurnChatUser(ChatUser):
+    """A chat that grows: each question is sent with the conversation so far."""
+
+    abstract = True
+    max_turns: ClassVar[int] = 4
+
+    def prompt_source(self) -> PromptSource:
+        return Conversation(super().prompt_source(), self.max_turns, self.loadgen.tokenizer)
+
+    @task
+    def generate(self) -> None:
+        conv = self.prompts
+        out = self.request(self.next_prompt())
+        if isinstance(conv, Conversation):
+            if out.ok:
+                conv.answered(out.text)
+            else:
+                conv.retract()
+
+
+_OFFSET: list[float] = []
+
+
+def _wall_offset() -> float:
+    # One offset per process: every record's epoch times come from the monotonic clock + this.
+    if not _OFFSET:
+        _OFFSET.append(time.time() - time.monotonic())
+    return _OFFSET[0]

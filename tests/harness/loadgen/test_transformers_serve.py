@@ -1,0 +1,82 @@
+"""Against `transformers serve` (a real server from a dependency): correct TTFT and tokens.
+
+The oracle for TTFT is a timestamping TCP proxy between Locust and the server (same monotonic
+clock); token counts are checked against the server's usage and its stream.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.errors import TargetError
+from harness.launcher import ServerProcess, free_port
+
+from .conftest import LOCUSTFILES, RunLocust
+from .tapproxy import tap_proxy
+
+TINY = Path("~/.cache/llm-chaos/tiny-llama-seed0").expanduser()
+MAX_TOKENS = 8  # plain_chat.py's
+
+
+@pytest.fixture(scope="module")
+def transformers_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """`transformers serve` on the tiny model folder (this module's own; stopped by PID)."""
+    exe = Path(sys.executable).with_name("transformers")
+    if not exe.exists() or not (TINY / "config.json").exists():
+        pytest.skip("needs .venv/bin/transformers and the tiny model folder")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    logs = tmp_path_factory.mktemp("transformers-serve")
+    proc = ServerProcess([str(exe), "serve", str(TINY), "--host", "127.0.0.1", "--port",
+                          str(port), "--device", "cpu", "--dtype", "float32"],
+                         f"http://127.0.0.1:{port}", logs / "serve.log", env=env)
+    try:
+        try:
+            proc.wait_ready(timeout=120)
+        except TargetError as exc:
+            pytest.fail(f"`transformers serve` did not start: {exc}")
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_ttft_and_tokens_against_transformers_serve(transformers_serve: ServerProcess,
+                                                    run_locust: RunLocust) -> None:
+    port = int(transformers_serve.url.rsplit(":", 1)[1])
+    with tap_proxy(port) as proxy:
+        run = run_locust("-f", str(LOCUSTFILES / "plain_chat.py"), "--headless", "-u", "2",
+                         "-r", "2", "-t", "5s", "--host", proxy.url, "--model", str(TINY),
+                         "--tokenizer", str(TINY))
+        oracle = proxy.first_content_times()
+    assert run.code == 0, run.output[-3000:]
+    records = [r["value"] for r in run.records() if r["type"] == "ok"]
+    assert len(records) >= 4, run.output[-3000:]
+    diffs = []
+    for v in records:
+        # transformers serve omits `data: [DONE]`: completed, counted as a deviation.
+        assert v["deviations"] == ["no_done"], v
+        assert v["finish_reason"] in ("length", "stop")
+        assert v["output_tokens_source"] == "usage"
+        assert v["output_tokens"] == v["output_tokens_usage"] <= MAX_TOKENS
+        if v["finish_reason"] == "length":
+            assert v["output_tokens_usage"] == MAX_TOKENS
+        # one token per content chunk in its stream
+        assert len(v["itl"]) + 1 == v["output_tokens_usage"]
+        assert v["output_tokens_tokenizer"] is not None
+        assert v["output_tokens_difference"] == (v["output_tokens_usage"]
+                                                 - v["output_tokens_tokenizer"])
+        assert v["prompt_tokens"] > 0
+        t_req, t_first = oracle[v["request_id"]]
+        diffs.append(v["ttft"] - (t_first - t_req))
+    median, worst = statistics.median(diffs) * 1e3, max(diffs) * 1e3
+    print(f"TTFT - proxy TTFT, ms: median {median:.3f} max {worst:.3f}")
+    # Ours starts before the proxy sees the request and sees the token after the proxy does.
+    assert min(diffs) > 0
+    assert statistics.median(diffs) < 0.002

@@ -80,13 +80,19 @@ class BatchDecoder:
         return x * cos + _rotate_half(x) * sin
 
     @torch.inference_mode()
-    def prefill(self, slot: int, token_ids: list[int]) -> torch.Tensor:
-        """Run the prompt of one sequence into `slot`; return the logits of its last position."""
-        n = len(token_ids)
-        ids = torch.tensor([token_ids], device=self.device)
+    def prefill(self, slot: int, token_ids: list[int], start: int = 0) -> torch.Tensor:
+        """Run `token_ids[start:]` of one sequence into `slot` (positions before `start` are
+        already cached there); return the logits of its last position."""
+        total = len(token_ids)
+        n = total - start
+        ids = torch.tensor([token_ids[start:]], device=self.device)
         x = self.embed(ids)  # [1, n, hidden]
-        cos = self.cos[:n][None, None]  # [1, 1, n, d]
-        sin = self.sin[:n][None, None]
+        cos = self.cos[start:total][None, None]  # [1, 1, n, d]
+        sin = self.sin[start:total][None, None]
+        mask = None
+        if start:
+            keys = torch.arange(total, device=self.device)[None, :]
+            mask = keys <= torch.arange(start, total, device=self.device)[:, None]
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
@@ -95,14 +101,32 @@ class BatchDecoder:
             v = attn.v_proj(h).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
             q = self._rope(q, cos, sin)
             k = self._rope(k, cos, sin)
-            self.k_cache[i][slot, :, :n] = k[0]
-            self.v_cache[i][slot, :, :n] = v[0]
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            self.k_cache[i][slot, :, start:total] = k[0]
+            self.v_cache[i][slot, :, start:total] = v[0]
+            if start:
+                o = F.scaled_dot_product_attention(
+                    q, self.k_cache[i][slot : slot + 1, :, :total],
+                    self.v_cache[i][slot : slot + 1, :, :total], attn_mask=mask,
+                    enable_gqa=True)
+            else:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(1, n, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         last = self.norm(x[:, -1])
         logits: torch.Tensor = self.lm_head(last)[0].float()
         return logits
+
+    def save_prefix(self, slot: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A copy of the first `length` cached positions of `slot` (for prefix caching)."""
+        return [(kc[slot, :, :length].clone(), vc[slot, :, :length].clone())
+                for kc, vc in zip(self.k_cache, self.v_cache, strict=True)]
+
+    def load_prefix(self, slot: int, saved: list[tuple[torch.Tensor, torch.Tensor]],
+                    length: int) -> None:
+        """Put the first `length` positions of a saved prefix into `slot`."""
+        for (k, v), kc, vc in zip(saved, self.k_cache, self.v_cache, strict=True):
+            kc[slot, :, :length] = k[:, :length]
+            vc[slot, :, :length] = v[:, :length]
 
     @torch.inference_mode()
     def decode(self, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

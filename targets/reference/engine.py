@@ -91,6 +91,7 @@ class BatchEngine:
         max_waiting: int = 1024,
         stall_timeout: float = 15.0,
         history: int = 1024,
+        prefix_cache_size: int = 16,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -118,6 +119,9 @@ class BatchEngine:
         self.finished: collections.deque[dict[str, Any]] = collections.deque(maxlen=history)
         self.crashed: str | None = None
         self._pending: list[_Seq] = []  # finished during this step, removed at its end
+        self.prefix_cache_size = prefix_cache_size
+        self._prefixes: collections.OrderedDict[tuple[int, ...], Any] = collections.OrderedDict()
+        self.cached_prompt_tokens = 0
 
     @staticmethod
     def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -188,6 +192,7 @@ class BatchEngine:
                 "waiting": len(self._waiting) + len(self._inbox),
                 "generated_tokens": self.generated_tokens,
                 "prompt_tokens": self.prompt_tokens,
+                "cached_prompt_tokens": self.cached_prompt_tokens,
                 "last_progress": self.last_progress,
                 "batch_sizes": dict(self.batch_sizes),
                 "max_num_seqs": self.max_num_seqs,
@@ -292,13 +297,45 @@ class BatchEngine:
             context = seq.request.prompt_ids + seq.request.resume_ids
             seq.generated = list(seq.request.resume_ids)
             seq.text_sent = seq.request.resume_text_sent
-            logits = self.decoder.prefill(seq.slot, context)
+            reused = self._reuse_prefix(seq.slot, context)
+            logits = self.decoder.prefill(seq.slot, context, reused)
+            self._keep_prefix(seq.slot, context)
             self.prompt_tokens += cost
+            self.cached_prompt_tokens += reused
             seq.position = len(context)
             self._running.append(seq)
             token = self._sample(seq, logits[None])[0]
             self._advance(seq, token)
         self._flush_removals()
+
+    def _reuse_prefix(self, slot: int, context: list[int]) -> int:
+        """Copy the longest cached prefix of `context` into `slot`; return its length.
+
+        Prefix caching (vLLM's automatic prefix caching, in small): prompts of one deployment
+        share a system prompt or a conversation's earlier turns, so their KV is computed once.
+        At least the last token is always recomputed, for its logits.
+        """
+        best, best_len = None, 0
+        for key, saved in self._prefixes.items():
+            limit = min(len(key), len(context) - 1)
+            n = 0
+            while n < limit and key[n] == context[n]:
+                n += 1
+            if n > best_len:
+                best, best_len = saved, n
+        if best is None or best_len < 8:
+            return 0
+        self.decoder.load_prefix(slot, best, best_len)
+        return best_len
+
+    def _keep_prefix(self, slot: int, context: list[int]) -> None:
+        if self.prefix_cache_size <= 0:
+            return
+        key = tuple(context)
+        self._prefixes.pop(key, None)
+        self._prefixes[key] = self.decoder.save_prefix(slot, len(context))
+        while len(self._prefixes) > self.prefix_cache_size:
+            self._prefixes.popitem(last=False)
 
     def _decode(self, count: int) -> None:
         seqs = self._running[:count]

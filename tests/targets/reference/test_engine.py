@@ -109,3 +109,19 @@ def test_client_disconnect_cancels_and_frees_slot(tiny_worker: ServerProcess) ->
     assert record is not None and record["finish_reason"] == "cancelled"
     assert record["completion_tokens"] < 1800
     assert stats["running"] == 0
+
+
+def test_prefix_cache_reuses_shared_prompt_start(tiny_worker: ServerProcess) -> None:
+    """A second prompt that shares the chat template's system prompt reuses its cached KV,
+    and the answer is the same as computing it all."""
+    before = httpx.get(tiny_worker.url + "/debug/engine", timeout=10).json()
+    first = _chat(tiny_worker.url, "tiny", "prefix cache probe", temperature=0, max_tokens=8,
+                  ignore_eos=True)
+    middle = httpx.get(tiny_worker.url + "/debug/engine", timeout=10).json()
+    again = _chat(tiny_worker.url, "tiny", "prefix cache probe", temperature=0, max_tokens=8,
+                  ignore_eos=True)
+    after = httpx.get(tiny_worker.url + "/debug/engine", timeout=10).json()
+    assert again["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+    reused = after["cached_prompt_tokens"] - middle["cached_prompt_tokens"]
+    assert reused == first["usage"]["prompt_tokens"] - 1  # all but the last prompt token
+    assert middle["cached_prompt_tokens"] >= before["cached_prompt_tokens"]

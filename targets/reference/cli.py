@@ -88,7 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--admin-token", default=None,
                    help="bearer token of /admin (default: generated, written to a 0600 file)")
     f.add_argument("--admin-token-file", type=Path, default=None)
-    f.add_argument("--audit-log", type=Path, default=None, help="(audit log: issue 4)")
+    f.add_argument("--audit-log", type=Path, default=None, metavar="PATH",
+                   help="write the audit log (JSON Lines, hash-chained) here; rotated files "
+                        "are PATH.1, PATH.2, ... (check with `llm-chaos audit verify PATH`)")
+    f.add_argument("--audit-content", choices=["full", "hash", "none"], default="hash",
+                   help="prompts and outputs in the audit log: the text (secrets redacted), "
+                        "its SHA-256 (default), or neither")
+    f.add_argument("--audit-fsync", choices=["group", "off"], default="group",
+                   help="group (default): a response ends only after its record is fsynced "
+                        "(group commit); off: after write() only, so a power loss or kernel "
+                        "crash can lose the last records of answered requests")
+    f.add_argument("--audit-max-bytes", type=int, default=64 * 2**20,
+                   help="rotate the audit file beyond this size (default 64 MiB)")
+    f.add_argument("--audit-fail-open", action="store_true",
+                   help="when the audit log fails, keep serving unaudited (counted on "
+                        "/metrics) instead of answering 503")
+    # test-only: the log's writes fail with ENOSPC after N records (simulated disk full)
+    f.add_argument("--audit-fault-after", type=int, default=None, help=argparse.SUPPRESS)
     f.add_argument("--log-dir", default=None, help="where worker logs go (default: a temp dir)")
     f.add_argument("--worker-arg", action="append", default=None,
                    help="extra argument passed to every worker, e.g. --worker-arg=--sim-itl=0.02")

@@ -20,12 +20,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .api import error_body
+from .audit import AuditLog, AuditUnavailable, RequestTrail
 from .faults import FaultSet
 from .registry import Registry, WorkerInfo, WorkerState
 
@@ -83,7 +84,6 @@ class _Flight:
         self.worker = worker
         self.queue: asyncio.Queue[tuple[str, bytes | str]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
-        self.response: httpx.Response | None = None
 
     def fail(self, why: str) -> None:
         if self.task is not None:
@@ -130,14 +130,13 @@ class Router:
     def __init__(self, registry: Registry, settings: RouterSettings) -> None:
         self.registry = registry
         self.settings = settings
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=2.0),
-                                        limits=httpx.Limits(max_connections=4096,
-                                                            max_keepalive_connections=256))
+        self._client: aiohttp.ClientSession | None = None
         self.queued: dict[str, int] = {}
         self.in_flight = 0
         self.draining = False
         self.faults = FaultSet()
         self._flights: dict[str, set[_Flight]] = {}
+        self.audit: AuditLog | None = None  # set by the fleet with --audit-log
         r = self.metrics_registry = CollectorRegistry()
         self.m_requests = Counter("llm_chaos_router_requests", "Requests by final HTTP status",
                                   ["status"], registry=r)
@@ -207,44 +206,47 @@ class Router:
 
     # -- one attempt --------------------------------------------------------------------------
 
+    def _session(self) -> aiohttp.ClientSession:
+        # aiohttp, not httpx, upstream: its C parser costs a fraction of httpx's per request,
+        # and this hop is the router's whole overhead on time to first token
+        if self._client is None:
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0),
+                auto_decompress=False)
+        return self._client
+
     async def _start(self, worker: WorkerInfo, path: str, body: bytes, request_id: str
-                     ) -> tuple[_Flight, httpx.Response]:
+                     ) -> tuple[_Flight, int]:
+        """Send one attempt; return once the worker answered its status line."""
         flight = _Flight(worker)
         self._flights.setdefault(worker.id, set()).add(flight)
-        request = self.client.build_request(
-            "POST", worker.url + path, content=body,
-            headers={"Content-Type": "application/json", "X-Request-Id": request_id})
+        session = self._session()
+        headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
 
-        async def send() -> httpx.Response:
-            return await self.client.send(request, stream=True)
-
-        sender = asyncio.ensure_future(send())
-        waiter = asyncio.ensure_future(flight.queue.get())
-        done, _ = await asyncio.wait({sender, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if sender not in done:
-            sender.cancel()
-            self._end(flight)
-            _, why = waiter.result()
-            raise _WorkerLost(str(why))
-        waiter.cancel()
-        try:
-            response = sender.result()
-        except httpx.HTTPError as exc:
-            self._end(flight)
-            raise _WorkerLost(f"worker {worker.id}: {type(exc).__name__}: {exc}") from exc
-        flight.response = response
-
-        async def pump() -> None:
+        async def attempt() -> None:
             try:
-                async for chunk in response.aiter_raw():
-                    flight.queue.put_nowait(("data", chunk))
+                async with session.post(worker.url + path, data=body, headers=headers) as resp:
+                    flight.queue.put_nowait(("status", str(resp.status)))
+                    async for chunk in resp.content.iter_any():
+                        flight.queue.put_nowait(("data", chunk))
                 flight.queue.put_nowait(("end", b""))
-            except httpx.HTTPError as exc:
+            except aiohttp.ClientConnectorError as exc:
+                flight.queue.put_nowait(("refused", f"worker {worker.id} refused the "
+                                                    f"connection: {exc.os_error}"))
+            except (aiohttp.ClientError, OSError) as exc:
                 flight.queue.put_nowait(("error", f"worker {worker.id} connection lost: "
                                                   f"{type(exc).__name__}"))
 
-        flight.task = asyncio.create_task(pump())
-        return flight, response
+        flight.task = asyncio.create_task(attempt())
+        kind, value = await flight.queue.get()
+        if kind != "status":
+            self._end(flight)
+            if kind == "refused" and worker.state == WorkerState.LIVE:
+                # dead or dying: out of the routing set now, before the supervisor's next probe
+                self.registry.set_state(worker, WorkerState.UNLIVE, "refused a connection")
+            raise _WorkerLost(str(value) or f"worker {worker.id} closed the connection")
+        return flight, int(value)
 
     def _end(self, flight: _Flight) -> None:
         self._flights.get(flight.worker.id, set()).discard(flight)
@@ -252,10 +254,7 @@ class Router:
             flight.task.cancel()
 
     async def _close(self, flight: _Flight) -> None:
-        self._end(flight)
-        if flight.response is not None:
-            with contextlib.suppress(Exception):
-                await flight.response.aclose()
+        self._end(flight)  # cancelling the attempt closes its unfinished upstream response
         self._release(flight.worker)
 
     # -- the request --------------------------------------------------------------------------
@@ -264,6 +263,8 @@ class Router:
         """Admit, route and relay one OpenAI request."""
         request_id = request.headers.get("x-request-id", "").strip()[:200] or str(uuid.uuid4())
         started = time.monotonic()
+        if self.audit is not None:
+            return await self._handle_audited(request, path, request_id, started, self.audit)
         try:
             response = await self._handle(request, path, request_id, started)
         except _Reject as exc:
@@ -271,8 +272,40 @@ class Router:
             return exc.response(request_id)
         return response
 
-    async def _handle(self, request: Request, path: str, request_id: str, started: float
-                      ) -> Response:
+    async def _handle_audited(self, request: Request, path: str, request_id: str,
+                              started: float, audit: AuditLog) -> Response:
+        """`_handle` between an `accepted` record and exactly one durable terminal one."""
+        client = f"{request.client.host}:{request.client.port}" if request.client else None
+        try:
+            trail = audit.accept(request_id, path, await request.body(), client)
+        except AuditUnavailable as exc:
+            self.m_rejected.labels("audit_unavailable").inc()
+            self.m_requests.labels("503").inc()
+            return _audit_unavailable(request_id, exc)
+        try:
+            response = await self._handle(request, path, request_id, started, trail)
+        except _Reject as exc:
+            self.m_requests.labels(str(exc.status)).inc()
+            kind = ("timeout" if exc.status == 504 else "failed" if exc.status >= 500 and
+                    exc.status != 503 else "rejected")
+            try:
+                await trail.finish(kind, error=exc.message, http_status=exc.status)
+            except AuditUnavailable as unavailable:
+                return _audit_unavailable(request_id, unavailable)
+            return exc.response(request_id)
+        except AuditUnavailable as exc:
+            self.m_requests.labels("503").inc()
+            return _audit_unavailable(request_id, exc)
+        except asyncio.CancelledError:
+            trail.abandon("cancelled", "client disconnected")
+            raise
+        except Exception as exc:
+            trail.abandon("failed", f"router error: {type(exc).__name__}: {exc}")
+            raise
+        return response
+
+    async def _handle(self, request: Request, path: str, request_id: str, started: float,
+                      trail: RequestTrail | None = None) -> Response:
         if self.draining:
             self.m_rejected.labels("draining").inc()
             raise _Reject(503, "the server is shutting down; retry on another instance",
@@ -295,6 +328,13 @@ class Router:
         if resumable:
             payload["return_token_ids"] = True
             body = json.dumps(payload).encode()
+        if trail is not None and stream and not (payload.get("stream_options") or {}).get(
+                "include_usage"):
+            # token counts for the record: asked upstream, taken out before the client
+            trail.strip_usage = True
+            payload["stream_options"] = {**(payload.get("stream_options") or {}),
+                                         "include_usage": True}
+            body = json.dumps(payload).encode()
         tried: set[str] = set()
         last_error = "no attempt"
         self.in_flight += 1
@@ -305,27 +345,33 @@ class Router:
                     self.m_retries.inc()
                 worker = await self._acquire(model, deadline, tried)
                 tried.add(worker.id)
+                if trail is not None:
+                    trail.attempt(worker.id)
                 try:
-                    flight, upstream = await self._start(worker, path, body, request_id)
+                    flight, status = await self._start(worker, path, body, request_id)
                 except _WorkerLost as exc:
                     last_error = str(exc)
                     self._release(worker)
+                    await asyncio.sleep(0.05)  # let the registry catch up with a dead worker
                     continue
                 timer = asyncio.get_running_loop().call_at(
                     asyncio.get_running_loop().time() + (deadline - time.monotonic()),
                     flight.fail, "deadline exceeded")
-                if upstream.status_code >= 500 or upstream.status_code == 429:
-                    last_error = f"worker {worker.id} answered {upstream.status_code}"
+                if status >= 500 or status == 429:
+                    last_error = f"worker {worker.id} answered {status}"
                     timer.cancel()
                     await self._close(flight)
                     continue
-                if upstream.status_code != 200:
+                if status != 200:
                     timer.cancel()
                     data = await self._collect(flight)
                     await self._close(flight)
-                    self.m_requests.labels(str(upstream.status_code)).inc()
+                    self.m_requests.labels(str(status)).inc()
+                    if trail is not None:
+                        await trail.finish("rejected", http_status=status,
+                                           error=_error_message(data))
                     return Response(data if isinstance(data, bytes) else b"",
-                                    status_code=upstream.status_code,
+                                    status_code=status,
                                     media_type="application/json",
                                     headers={"X-Request-Id": request_id})
                 if stream:
@@ -338,8 +384,11 @@ class Router:
                     self.m_requests.labels("200").inc()
                     handed_off = True
                     relay = (self._relay_resumable(flight, head, timer, model, started, path,
-                                                   payload, request_id, deadline, tried)
-                             if resumable else self._relay(flight, head, timer, model, started))
+                                                   payload, request_id, deadline, tried, trail)
+                             if resumable else
+                             self._relay_audited(flight, head, timer, model, started, trail)
+                             if trail is not None else
+                             self._relay(flight, head, timer, model, started))
                     return StreamingResponse(
                         relay,
                         media_type="text/event-stream",
@@ -350,8 +399,13 @@ class Router:
                 if isinstance(data, str):
                     last_error = data
                     if data == "client disconnected":
+                        if trail is not None:
+                            trail.abandon("cancelled", data)
                         return Response(status_code=499)
                     continue
+                if trail is not None:
+                    trail.observe_body(data)
+                    await trail.finish("completed", http_status=200)
                 self.m_requests.labels("200").inc()
                 self.m_e2e.labels(model).observe(time.monotonic() - started)
                 self.m_success.labels(model, _finish_reason(data[-512:])).inc()
@@ -483,10 +537,86 @@ class Router:
             self.m_e2e.labels(model).observe(time.monotonic() - started)
             await self._close(flight)
 
+    async def _relay_audited(self, flight: _Flight, head: bytes, timer: asyncio.TimerHandle,
+                             model: str, started: float, trail: RequestTrail
+                             ) -> AsyncIterator[bytes]:
+        """`_relay`, holding `data: [DONE]` back until the request's terminal record is
+        durable. Chunks go out whole as they come (up to their last complete event); the
+        text sent is parsed once, at the end, from the bytes kept."""
+        self.m_ttft.labels(model).observe(time.monotonic() - started)
+        trail.first_content = time.monotonic()  # the head ends with the first content event
+        state = {"tokens": 0}
+        sent: list[bytes] = []
+        pending = bytearray(head)
+        try:
+            while True:
+                cut = pending.rfind(b"\n\n") + 2
+                if cut >= 2:
+                    ready = bytes(pending[:cut])
+                    del pending[:cut]
+                    sent.append(ready)  # as the worker sent it: usage included
+                    if trail.strip_usage:  # usage was asked upstream for the record only
+                        ready = ready.replace(b',"usage":null', b"")
+                        if b'"choices":[]' in ready:
+                            ready = b"".join(e + b"\n\n" for e in _sse_events(bytearray(ready))
+                                             if b'"choices":[]' not in e)
+                    done_at = ready.find(b"data: [DONE]")
+                    if done_at >= 0:
+                        if done_at:
+                            yield ready[:done_at]
+                        trail.observe_stream(b"".join(sent))
+                        if trail.error is not None:
+                            self.m_cut.inc()
+                            await trail.finish("failed", http_status=200)
+                        else:
+                            await trail.finish("completed", http_status=200)
+                            self.m_success.labels(model, trail.finish_reason or "unknown").inc()
+                        yield b"data: [DONE]\n\n"
+                        return
+                    if self.faults.faults and (self.faults.token_delay()
+                                               or self.faults.truncate()):
+                        async for piece in self._faulty(ready, state):
+                            yield piece
+                    else:
+                        yield ready
+                got, value = await flight.queue.get()
+                if got == "data":
+                    assert isinstance(value, bytes)
+                    pending += value
+                    continue
+                failure = "stream ended without [DONE]" if got == "end" else str(value)
+                break
+            self.m_cut.inc()
+            trail.observe_stream(b"".join(sent))
+            await trail.finish("timeout" if failure == "deadline exceeded" else "failed",
+                               error=failure, http_status=200)
+            yield _error_frame(failure)
+        except _Truncated as cut_short:
+            self.m_cut.inc()
+            trail.observe_stream(b"".join(sent))
+            await trail.finish("failed", error="stream truncated by an injected fault"
+                               + ("" if cut_short.error_frame else " (no error frame)"),
+                               http_status=200)
+            if cut_short.error_frame:
+                yield _error_frame("stream truncated by an injected fault")
+        except AuditUnavailable as exc:
+            # the text went out, but not its end: the client sees an unfinished stream
+            yield _error_frame(f"the audit log is unavailable ({exc}); this response was "
+                               "not recorded and is withdrawn")
+        finally:
+            if not trail.finished:
+                trail.observe_stream(b"".join(sent))
+                trail.abandon("cancelled", "client disconnected")
+            timer.cancel()
+            self.in_flight -= 1
+            self.m_e2e.labels(model).observe(time.monotonic() - started)
+            await self._close(flight)
+
     async def _relay_resumable(self, flight: _Flight, head: bytes, timer: asyncio.TimerHandle,
                                model: str, started: float, path: str,
                                payload: dict[str, Any], request_id: str, deadline: float,
-                               tried: set[str]) -> AsyncIterator[bytes]:
+                               tried: set[str], trail: RequestTrail | None = None
+                               ) -> AsyncIterator[bytes]:
         """Relay event by event, keeping the stream's checkpoint (token ids, characters sent);
         when the worker is lost, continue the same stream from another worker."""
         self.m_ttft.labels(model).observe(time.monotonic() - started)
@@ -501,6 +631,8 @@ class Router:
                 for event in _sse_events(buffer):
                     data = event[5:].strip() if event.startswith(b"data:") else b""
                     if data == b"[DONE]":
+                        if trail is not None:
+                            await trail.finish("completed", http_status=200)
                         self.m_success.labels(model, "stop").inc()
                         yield b"data: [DONE]\n\n"
                         return
@@ -513,6 +645,11 @@ class Router:
                         break
                     stream_id = stream_id or chunk.get("id")
                     chunk["id"] = stream_id
+                    if trail is not None:
+                        trail.observe_chunk(chunk)
+                        if trail.strip_usage and chunk.pop("usage", None) is not None \
+                                and not chunk.get("choices"):
+                            continue
                     keep = bool(chunk.get("usage"))
                     for choice in chunk.get("choices") or []:
                         checkpoint.extend(choice.pop("token_ids", None) or [])
@@ -540,10 +677,20 @@ class Router:
                 flight, buffer, timer = await self._resume(
                     path, payload, request_id, deadline, tried, checkpoint, sent_chars, failure)
                 resumes += 1
+                if trail is not None:
+                    trail.attempt(flight.worker.id)
         except _ResumeFailed as exc:
             self.m_cut.inc()
+            if trail is not None:
+                await trail.finish("timeout" if "deadline" in str(exc) else "failed",
+                                   error=str(exc), http_status=200)
             yield _error_frame(str(exc))
+        except AuditUnavailable as exc:
+            yield _error_frame(f"the audit log is unavailable ({exc}); this response was "
+                               "not recorded and is withdrawn")
         finally:
+            if trail is not None:
+                trail.abandon("cancelled", "client disconnected")
             timer.cancel()
             self.in_flight -= 1
             self.m_e2e.labels(model).observe(time.monotonic() - started)
@@ -568,13 +715,14 @@ class Router:
                 raise _ResumeFailed(f"{why}; could not resume: {exc.message}") from exc
             tried.add(worker.id)
             try:
-                flight, upstream = await self._start(worker, path, body, request_id)
+                flight, status = await self._start(worker, path, body, request_id)
             except _WorkerLost as exc:
                 self._release(worker)
                 why = str(exc)
+                await asyncio.sleep(0.05)  # let the registry catch up with a dead worker
                 continue
-            if upstream.status_code != 200:
-                why = f"worker {worker.id} answered {upstream.status_code} to the resume"
+            if status != 200:
+                why = f"worker {worker.id} answered {status} to the resume"
                 await self._close(flight)
                 continue
             loop = asyncio.get_running_loop()
@@ -590,12 +738,28 @@ class Router:
         return states
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._client is not None:
+            await self._client.close()
 
 
 def _finish_reason(tail: bytes) -> str:
     found = re.findall(rb'"finish_reason":"(\w+)"', tail)
     return found[-1].decode() if found else "unknown"
+
+
+def _error_message(body: bytes | str) -> str:
+    if isinstance(body, str):
+        return body
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return body[:200].decode(errors="replace")
+
+
+def _audit_unavailable(request_id: str, exc: AuditUnavailable) -> JSONResponse:
+    return _Reject(503, f"the audit log is unavailable ({exc}); requests are refused until "
+                   "it is fixed (the router fails closed)", "service_unavailable",
+                   headers={"Retry-After": "5"}).response(request_id)
 
 
 def _error_frame(message: str) -> bytes:
@@ -610,4 +774,3 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-_ = WorkerState

@@ -35,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(see `llm-chaos serve --help`)")
     from .bench import add_parser as add_bench
     from .demo import add_parser as add_demo
+    from .proxy.cli import add_parser as add_proxy
 
     add_bench(sub)
     add_demo(sub)
+    add_proxy(sub)
     return parser
 
 

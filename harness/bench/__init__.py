@@ -18,9 +18,10 @@ __all__ = ["BenchResult", "Benchmark", "Figure", "Goal", "Progress", "Table", "a
 def _benchmarks() -> list[Benchmark]:
     from .client import BENCHMARK as client
     from .engine import BENCHMARK as engine
+    from .proxy import BENCHMARK as proxy
     from .router import BENCHMARK as router
 
-    return [engine, router, client]
+    return [engine, router, client, proxy]
 
 
 def add_parser(sub: Any) -> None:

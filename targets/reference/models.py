@@ -206,11 +206,10 @@ def _torch_dtype(dtype: str, device: str) -> Any:
 
 def _load_tokenizer(folder: Path) -> Any:
     if (folder / "tokenizer.json").is_file():
-        # the fast tokenizer directly: AutoTokenizer's class resolution costs ~1 s of the
-        # worker's cold start
-        from transformers import PreTrainedTokenizerFast
+        # no transformers import on the worker's start-up path (see tokenizer.py)
+        from .tokenizer import FastTokenizer
 
-        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+        return FastTokenizer(folder)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder))

@@ -47,6 +47,7 @@ class WorkerInfo:
     prompt_tokens: int = 0  # the engine's counters, as last probed (reset by a restart)
     generated_tokens: int = 0
     crash_times: list[float] = field(default_factory=list)
+    became_live: bool = False  # since the last (re)start
 
     @property
     def url(self) -> str:

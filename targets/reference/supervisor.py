@@ -121,6 +121,7 @@ class Supervisor:
         worker.last_progress = time.monotonic()
         worker.ongoing = 0
         worker.prompt_tokens = worker.generated_tokens = 0
+        worker.became_live = False
         self.registry.set_state(worker, WorkerState.STARTING, "spawned")
         self.events.emit("spawned", worker=worker.id, model=worker.model, pid=proc.pid,
                          port=worker.port)
@@ -194,16 +195,22 @@ class Supervisor:
     # -- monitoring ---------------------------------------------------------------------------
 
     async def _monitor(self) -> None:
-        last_scale = time.monotonic()
+        last_scale = last_probe = time.monotonic()
         while True:
-            await asyncio.gather(*(self._check(w) for w in list(self.registry.workers.values())))
+            # exits and starting workers are looked at every 50 ms (a restart's latency);
+            # live workers are probed every probe_interval
+            full = time.monotonic() - last_probe >= self.settings.probe_interval
+            if full:
+                last_probe = time.monotonic()
+            await asyncio.gather(*(self._check(w, full)
+                                   for w in list(self.registry.workers.values())))
             if self.settings.autoscale and time.monotonic() - last_scale >= 0.25:
                 last_scale = time.monotonic()
                 for model in self.settings.models:
                     self._autoscale(model)
-            await asyncio.sleep(self.settings.probe_interval)
+            await asyncio.sleep(0.05)
 
-    async def _check(self, worker: WorkerInfo) -> None:
+    async def _check(self, worker: WorkerInfo, full: bool = True) -> None:
         if worker.id in self._restarting or worker.state == WorkerState.DRAINING:
             return
         proc = self._procs.get(worker.id)
@@ -211,6 +218,8 @@ class Supervisor:
             return
         if proc.poll() is not None:
             await self._on_exit(worker, proc.returncode)
+            return
+        if not full and worker.state != WorkerState.STARTING:
             return
         now = time.monotonic()
         try:
@@ -241,6 +250,7 @@ class Supervisor:
         stalled = worker.engine_busy and now - worker.last_progress > self.settings.stall_timeout
         if worker.state == WorkerState.STARTING:
             if answered:
+                worker.became_live = True
                 self.registry.set_state(worker, WorkerState.LIVE, "ready")
             return
         if answered and not stalled:
@@ -256,6 +266,10 @@ class Supervisor:
         if self.stopping:
             return
         now = time.monotonic()
+        if worker.became_live:
+            # it served, then died: restart at once; backoff is for workers that die before
+            # they ever become live (a crash loop)
+            worker.crash_times = []
         worker.crash_times = [t for t in worker.crash_times if now - t < 30.0] + [now]
         crashes = len(worker.crash_times)
         delay = 0.0 if crashes <= 1 else min(self.settings.restart_backoff * 2 ** (crashes - 2),

@@ -29,7 +29,7 @@ from ..errors import TargetError
 
 __all__ = ["MODES", "BaselineRun", "run_baseline"]
 
-MODES = ("generate_batch", "static_generate")
+MODES = ("generate_batch_default", "generate_batch", "static_generate")
 _PAGE_SIZE = 256  # ContinuousBatchingConfig's default
 
 
@@ -87,8 +87,15 @@ def _transformers() -> Any:
     return importlib.import_module("transformers")
 
 
+def _generate_batch_default(model: Any, tok: Any, inputs: list[list[int]], n: int,
+                            rounds: int) -> dict[str, Any]:
+    """generate_batch as transformers ships it: no cache configuration of ours. One round:
+    each call sizes its paged cache to most of the free memory, which costs seconds."""
+    return _generate_batch(model, tok, inputs, n, 1, sized=False)
+
+
 def _generate_batch(model: Any, tok: Any, inputs: list[list[int]], n: int,
-                    rounds: int) -> dict[str, Any]:
+                    rounds: int, sized: bool = True) -> dict[str, Any]:
     tf = _transformers()
     # eos_token_id=-1 is how continuous batching disables EOS; greedy like the worker.
     config = tf.GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=-1,
@@ -105,9 +112,9 @@ def _generate_batch(model: Any, tok: Any, inputs: list[list[int]], n: int,
 
     def once(tokens: int) -> tuple[float, list[Any]]:
         start = time.perf_counter()
+        extra = {"continuous_batching_config": cb_config()} if sized else {}
         results = model.generate_batch(inputs, generation_config=config,
-                                       continuous_batching_config=cb_config(),
-                                       max_new_tokens=tokens)
+                                       max_new_tokens=tokens, **extra)
         wall = time.perf_counter() - start
         outs = list(results.values())
         # generate_batch logs and swallows its own errors; a short result is a failure here
@@ -126,9 +133,10 @@ def _generate_batch(model: Any, tok: Any, inputs: list[list[int]], n: int,
         walls.append(wall)
         _log(f"generate_batch: round {i + 1}/{rounds}: {len(inputs) * n / wall:.1f} tokens/s")
     texts = [tok.decode(o.generated_tokens, skip_special_tokens=True) for o in outs]
+    cache = (f"cache of {2 * len(inputs) * pages_per_request} pages" if sized
+             else "transformers' default cache configuration")
     return {"walls": walls, "output_tokens": len(inputs) * n, "texts": texts,
-            "detail": f"{len(inputs)} requests submitted at once, paged attention, "
-                      f"cache of {2 * len(inputs) * pages_per_request} pages"}
+            "detail": f"{len(inputs)} requests submitted at once, paged attention, {cache}"}
 
 
 def _static_generate(model: Any, tok: Any, inputs: list[list[int]], n: int,
@@ -176,7 +184,8 @@ def _child(request_path: Path, out_path: Path) -> int:
                   add_special_tokens=False)["input_ids"] for p in request["prompts"]]
     _log(f"loaded {folder} in {time.perf_counter() - start:.1f} s, "
          f"{torch.get_num_threads()} torch threads")
-    runners = {"generate_batch": _generate_batch, "static_generate": _static_generate}
+    runners = {"generate_batch_default": _generate_batch_default,
+               "generate_batch": _generate_batch, "static_generate": _static_generate}
     result = {mode: runners[mode](model, tok, inputs, request["max_new_tokens"],
                                   request["rounds"]) for mode in request["modes"]}
     out_path.write_text(json.dumps(result))

@@ -241,8 +241,11 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, cold: list
     figures: list[Figure] = []
     for level in levels:
         figures += _level_figures("ours", "reference worker (fp32)", level, fp32.batches[level])
-    figures += _baseline_figures("generate_batch", "transformers generate_batch",
-                                 base.get("generate_batch"), top)
+    figures += _baseline_figures("generate_batch_default",
+                                 "transformers generate_batch, default configuration",
+                                 base.get("generate_batch_default"), top)
+    figures += _baseline_figures("generate_batch", "transformers generate_batch, cache sized "
+                                 "to the workload", base.get("generate_batch"), top)
     figures += _baseline_figures("static_generate", "transformers generate, padded batch",
                                  base.get("static_generate"), top)
 
@@ -255,9 +258,14 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, cold: list
     figures += [
         Figure("ours.scaling", _ratio(ours_top, ours_low), "x",
                f"tokens/s at {_streams(top)} / at {_streams(low)}"),
+        # The goal is judged against generate_batch as transformers ships it (the baseline
+        # issue 9's table measured); the hand-sized one is reported beside it.
         Figure("ours.vs_generate_batch",
+               _ratio(ours_top, value("generate_batch_default.output_tokens_per_s")), "x",
+               f"tokens/s at {top} streams / transformers generate_batch (default config)"),
+        Figure("ours.vs_generate_batch_sized",
                _ratio(ours_top, value("generate_batch.output_tokens_per_s")), "x",
-               f"tokens/s at {top} streams / transformers generate_batch"),
+               f"tokens/s at {top} streams / generate_batch with a cache sized to the work"),
         Figure("ours.vs_static_generate",
                _ratio(ours_top, value("static_generate.output_tokens_per_s")), "x",
                f"tokens/s at {top} streams / transformers generate on a padded batch"),
@@ -323,7 +331,8 @@ def _tables(figures: list[Figure], levels: list[int], rounds: int,
 
     rows = [row("reference worker fp32", "ours", level) for level in levels]
     rows += [row("reference worker int8", "int8", top),
-             base_row("transformers generate_batch", "generate_batch"),
+             base_row("transformers generate_batch (defaults)", "generate_batch_default"),
+             base_row("transformers generate_batch (sized cache)", "generate_batch"),
              base_row("transformers generate, padded batch", "static_generate")]
     throughput = Table(
         f"output tokens/s: {args.model}, CPU, {args.max_tokens} output tokens per request, "

@@ -24,9 +24,11 @@ def _expected_figures(levels: tuple[int, ...]) -> set[str]:
     per_level = ("output_tokens_per_s", "ttft_median_s", "wall_s")
     names = {f"ours.streams_{c}.{k}" for c in levels for k in per_level}
     names |= {f"int8.streams_{top}.{k}" for k in per_level}
-    names |= {f"{mode}.{k}" for mode in ("generate_batch", "static_generate")
+    names |= {f"{mode}.{k}" for mode in ("generate_batch_default", "generate_batch",
+                                         "static_generate")
               for k in ("output_tokens_per_s", "wall_s")}
-    names |= {"ours.scaling", "ours.vs_generate_batch", "ours.vs_static_generate",
+    names |= {"ours.scaling", "ours.vs_generate_batch", "ours.vs_generate_batch_sized",
+              "ours.vs_static_generate",
               "ours.identical_to_static_generate", "cold_start.median_s", "cold_start.best_s",
               "int8.ready_s", "int8.speedup_vs_fp32", "int8.identical_outputs",
               "int8.matching_tokens"}

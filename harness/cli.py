@@ -33,10 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", add_help=False,
                    help="run the reference target: a router and its workers "
                         "(see `llm-chaos serve --help`)")
+    from .audit import add_parser as add_audit
     from .bench import add_parser as add_bench
     from .demo import add_parser as add_demo
     from .proxy.cli import add_parser as add_proxy
 
+    add_audit(sub)
     add_bench(sub)
     add_demo(sub)
     add_proxy(sub)

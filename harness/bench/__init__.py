@@ -16,12 +16,13 @@ __all__ = ["BenchResult", "Benchmark", "Figure", "Goal", "Progress", "Table", "a
 
 
 def _benchmarks() -> list[Benchmark]:
+    from .audit import BENCHMARK as audit
     from .client import BENCHMARK as client
     from .engine import BENCHMARK as engine
     from .proxy import BENCHMARK as proxy
     from .router import BENCHMARK as router
 
-    return [engine, router, client, proxy]
+    return [engine, router, client, proxy, audit]
 
 
 def add_parser(sub: Any) -> None:

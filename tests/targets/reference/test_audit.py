@@ -333,3 +333,20 @@ def test_log_failure_can_fail_open(audited_fleet: Any, tmp_path: Path) -> None:
         metrics = client.get(fleet.url + "/metrics").text
     assert "llm_chaos_audit_unaudited_requests 3.0" in metrics
     assert "UNAUDITED" in fleet.log_tail(50)
+
+
+def test_resumable_streams_are_audited(audited_fleet: Any, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    fleet = audited_fleet(audit, "--resume-streams")
+    rid = str(uuid.uuid4())
+    with httpx.Client(timeout=30) as client:
+        text, done, events = stream_text(client, fleet.url, {
+            "model": "sim", "max_tokens": 9, "stream": True,
+            "messages": [{"role": "user", "content": "resume me"}]}, "/v1/chat/completions",
+            headers={"X-Request-Id": rid})
+    assert done and text and all("usage" not in e for e in events)
+    fleet.stop()
+    assert verify([audit]).ok
+    (rec,) = [r for r in records(audit) if r["type"] == "completed"]
+    assert rec["request_id"] == rid and rec["output_sha256"] == text_sha256(text)
+    assert rec["output_tokens"] == 9 and rec["output_tokens_source"] == "usage"

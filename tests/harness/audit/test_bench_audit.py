@@ -1,0 +1,24 @@
+"""`llm-chaos bench audit` end to end, briefly: both fleets measured, the log verified."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+
+
+@pytest.mark.timeout(180)
+def test_bench_audit_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "audit.json"
+    assert main(["bench", "audit", "--rounds", "1", "--seconds", "0.5", "--streams", "4",
+                 "--max-tokens", "8", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    figures = {f["name"]: f["value"] for f in result["figures"]}
+    assert figures["audit_on.tokens_per_s"] > 0 and figures["audit_off.tokens_per_s"] > 0
+    assert figures["audit.cost_pct"] is not None and figures["audit.verifies"] == 1.0
+    assert figures["audit.requests"] > 0
+    assert [r["audit"] for r in result["details"]["rounds"]] == ["on", "off"]
+    assert "audit cost" in capsys.readouterr().out

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(see `llm-chaos serve --help`)")
     from .audit import add_parser as add_audit
     from .bench import add_parser as add_bench
+    from .checks import add_parser as add_check
     from .demo import add_parser as add_demo
     from .proxy.cli import add_parser as add_proxy
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(sub)
     add_demo(sub)
     add_proxy(sub)
+    add_check(sub)
     return parser
 
 

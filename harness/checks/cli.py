@@ -1,0 +1,68 @@
+"""`llm-chaos check RUN_DIR [--config checks.yaml]`: re-judge a recorded run offline and write
+its reports. Exit 0 all valid, 1 any invalid, 3 unknown, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from .config import load_config
+from .run import load_run
+from .runner import run_checks
+
+__all__ = ["add_parser", "check_command"]
+
+
+def check_command(run_dir: Path, config_path: Path | None, out_dir: Path | None,
+                  out: TextIO | None = None) -> int:
+    """Judge `run_dir`, write the reports, print progress (to stdout); the exit status."""
+    out = out or sys.stdout
+    from ..report import write_reports  # the reporter reads the checks, not the other way
+
+    if config_path is None and (run_dir / "checks.yaml").is_file():
+        config_path = run_dir / "checks.yaml"  # the config the run was made with
+    config = load_config(config_path)
+    run = load_run(run_dir)
+    sources = [name for name, present in (
+        ("telemetry", run.telemetry is not None), ("events", run.events is not None),
+        ("audit log", bool(run.audit_paths)), ("probes", bool(run.probes))) if present]
+    print(f"llm-chaos check: {run_dir}: {len(run.requests)} requests, "
+          f"{sum(1 for f in run.faults if f.f == 'inject' and f.type == 'ok')} fault(s)"
+          + (f", {', '.join(sources)}" if sources else "")
+          + (f"; config {config_path}" if config_path else "; default config"), file=out)
+    for name, count in run.skipped_lines.items():
+        print(f"  skipped {count} unreadable line(s) of {name}", file=out)
+    result = run_checks(run, config)
+    if result.timeline_error:
+        print(f"  timeline not built: {result.timeline_error}", file=out)
+    width = max((len(c.name) for c in result.results), default=0)
+    for check in result.results:
+        print(f"  {check.verdict.value:<8} {check.name:<{width}}  {check.summary}", file=out)
+    paths = write_reports(result, out_dir or run_dir)
+    print(f"  wrote {', '.join(p.name for p in paths)} to {paths[0].parent}", file=out)
+    print(f"verdict: {result.verdict.value} (exit {result.exit_code})", file=out)
+    return result.exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
+    return check_command(args.run_dir, args.config, args.out)
+
+
+def add_parser(sub: Any) -> None:
+    """Register `check`."""
+    p = sub.add_parser(
+        "check", help="re-judge a recorded run offline and write its reports",
+        description="Run the checks (SLOs per phase, recovery, scaling, audit completeness, "
+                    "steady state) over a run directory and write checks.json, summary.json, "
+                    "junit.xml, summary.md and report.html into it. Exit 0 when every check "
+                    "is valid, 1 when one is invalid, 3 when one is unknown, 2 on bad input.")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                   help="a run directory (reports/<run-id>) holding history.jsonl")
+    p.add_argument("--config", type=Path, metavar="PATH",
+                   help="checks.yaml with slo:, recovery:, scaling:, checks: sections "
+                        "(default: RUN_DIR/checks.yaml if present, else built-in defaults)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="write the reports here instead of into RUN_DIR")
+    p.set_defaults(run=_run)

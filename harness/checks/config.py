@@ -1,0 +1,116 @@
+"""`checks.yaml`: the service levels and limits a run is judged against (pydantic at the YAML
+boundary; a mistake is a UsageError naming the field)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import UsageError
+
+__all__ = ["CHECK_NAMES", "PHASES", "CheckConfig", "load_config"]
+
+PHASES = ("baseline", "fault", "recovery", "steady")
+Phase = Literal["baseline", "fault", "recovery", "steady"]
+CheckName = Literal["slo", "recovery", "scaling", "audit", "steady_state"]
+CHECK_NAMES: tuple[CheckName, ...] = ("slo", "recovery", "scaling", "audit", "steady_state")
+Positive = Field(default=None, gt=0)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Percentiles(_Model):
+    """Upper bounds (seconds) on a latency's percentiles; unset ones are not judged."""
+
+    p50: float | None = Positive
+    p95: float | None = Positive
+    p99: float | None = Positive
+
+
+class RequestSlo(_Model):
+    """Per-request bounds (seconds): a completed request meeting all of them counts in goodput."""
+
+    ttft: float | None = Positive
+    itl: float | None = Positive  # the longest gap of the request
+    tpot: float | None = Positive
+    e2e: float | None = Positive
+
+
+class SloConfig(_Model):
+    """Service levels over a phase (or a recovery window)."""
+
+    ttft: Percentiles = Percentiles()
+    itl: Percentiles = Percentiles()
+    tpot: Percentiles = Percentiles()
+    e2e: Percentiles = Percentiles()
+    error_rate: float | None = Field(default=0.01, ge=0, le=1)
+    goodput_min: float | None = Field(default=None, ge=0)
+    request: RequestSlo = RequestSlo()
+    judge_phases: tuple[Phase, ...] = ("baseline", "steady")
+    min_requests: int = Field(default=5, ge=1)
+
+
+class RecoveryConfig(_Model):
+    """How recovery is found: a sliding window over request start times must meet the SLOs
+    (the `slo` percentiles and error rate) from some point on, and keep meeting them."""
+
+    window: float = Field(default=5.0, gt=0)
+    step: float = Field(default=0.5, gt=0)
+    min_requests: int = Field(default=3, ge=1)
+    max_time: float | None = Positive  # longest acceptable time to recover
+    max_budget_burn: float | None = Positive  # share of the run's error budget one fault may burn
+
+
+class ScalingConfig(_Model):
+    """The autoscaler's promise: scale up within `up_within` s once ongoing requests per worker
+    exceed `target_ongoing` for `sustain` s; scale down within `down_within` s once they drop."""
+
+    target_ongoing: float = Field(gt=0)
+    up_within: float = Field(default=10.0, gt=0)
+    down_within: float = Field(default=30.0, gt=0)
+    floor: int = Field(default=1, ge=0)
+    ceiling: int | None = Field(default=None, ge=1)
+    sustain: float = Field(default=1.0, ge=0)
+    step: float = Field(default=0.25, gt=0)
+
+
+class CheckConfig(_Model):
+    """The whole `checks.yaml` (every section optional)."""
+
+    checks: tuple[CheckName, ...] = CHECK_NAMES
+    slo: SloConfig = SloConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
+    scaling: ScalingConfig | None = None
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def load_config(path: Path | None) -> CheckConfig:
+    """The config in `path` (defaults when None); UsageError saying which field to change."""
+    if path is None:
+        return CheckConfig()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"check: cannot read --config {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise UsageError(f"check: {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UsageError(f"check: {path} must hold a mapping (slo:, recovery:, scaling:, "
+                         "checks:)")
+    try:
+        return CheckConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"check: {path}: {_where(first['loc'])}: {first['msg']}"
+                         + (f" (and {exc.error_count() - 1} more)"
+                            if exc.error_count() > 1 else "")) from exc

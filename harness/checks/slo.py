@@ -1,0 +1,62 @@
+"""The service-level check: per phase p50/p95/p99 of TTFT, ITL, TPOT and e2e, error rate and
+goodput, judged in the phases the config names (baseline and steady by default)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .config import PHASES, CheckConfig
+from .result import CheckResult, Verdict
+from .run import Request, RunData
+from .stats import Stats, stats, violations
+from .timeline import Timeline
+
+__all__ = ["check_slo", "phase_stats"]
+
+
+def phase_stats(run: RunData, timeline: Timeline, config: CheckConfig) -> dict[str, Stats]:
+    """Every statistic per phase (a request belongs to the phase it was sent in)."""
+    groups: dict[str, list[Request]] = {p: [] for p in PHASES}
+    for r in run.requests:
+        groups[timeline.phase(r.sent_at)].append(r)
+    durations = timeline.durations()
+    return {p: stats(groups[p], durations[p], config.slo) for p in PHASES}
+
+
+def _judged(per_phase: dict[str, Stats], phases: Sequence[str], minimum: int
+            ) -> tuple[list[str], list[str]]:
+    judged = [p for p in phases if per_phase[p].requests >= minimum]
+    thin = [p for p in phases if 0 < per_phase[p].requests < minimum]
+    return judged, thin
+
+
+def check_slo(run: RunData, timeline: Timeline, config: CheckConfig) -> CheckResult:
+    """Valid when every judged phase meets every configured SLO; unknown without data."""
+    slo = config.slo
+    per_phase = phase_stats(run, timeline, config)
+    judged, thin = _judged(per_phase, slo.judge_phases, slo.min_requests)
+    breaches = {p: violations(per_phase[p], slo) for p in judged}
+    evidence = {"phases": {p: s.to_json() for p, s in per_phase.items()},
+                "judged_phases": judged, "too_few_requests": thin,
+                "violations": {p: v for p, v in breaches.items() if v},
+                "token_count_sources": sorted({r.output_tokens_source or "none"
+                                               for r in run.requests if r.ok}),
+                "thresholds": slo.model_dump(mode="json")}
+    figures: dict[str, float | int | str | None] = {}
+    for p in judged:
+        s = per_phase[p]
+        figures[f"{p}_ttft_p95_s"] = s.latency["ttft"]["p95"]
+        figures[f"{p}_error_rate"] = s.error_rate
+        figures[f"{p}_goodput_rps"] = s.goodput
+    broken = [f"{p}: {'; '.join(v)}" for p, v in breaches.items() if v]
+    if broken:
+        return CheckResult("slo", Verdict.INVALID, "SLO missed in " + " | ".join(broken),
+                           evidence, figures)
+    if not judged:
+        return CheckResult("slo", Verdict.UNKNOWN,
+                           f"no judged phase ({', '.join(slo.judge_phases)}) has "
+                           f"{slo.min_requests} or more requests", evidence, figures)
+    return CheckResult("slo", Verdict.VALID,
+                       f"all SLOs met in {', '.join(judged)} "
+                       f"({sum(per_phase[p].requests for p in judged)} requests)",
+                       evidence, figures)

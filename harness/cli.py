@@ -37,12 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench
     from .checks import add_parser as add_check
     from .demo import add_parser as add_demo
+    from .faults.cli import add_parser as add_faults
     from .proxy.cli import add_parser as add_proxy
 
     add_audit(sub)
     add_bench(sub)
     add_demo(sub)
     add_proxy(sub)
+    add_faults(sub)
     add_check(sub)
     return parser
 

@@ -1,0 +1,293 @@
+"""Heals: the undo of one action of a fault, as plain data.
+
+Each fault notes the heal of an action *before* it acts, so the injector (on revert), the guard
+(if the harness dies) and `llm-chaos faults clear` (after a crash) all undo the same things the
+same way. Every heal is idempotent: applying it twice, or after the thing already healed itself
+(a TTL ran out, a process exited), does nothing more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+import psutil
+
+from ..errors import TargetError, UsageError
+
+__all__ = [
+    "DockerConnect",
+    "DockerStart",
+    "DockerUnpause",
+    "EnableProxy",
+    "Heal",
+    "KillProcess",
+    "RemoveAdminFault",
+    "RemoveToxic",
+    "ResumeProcess",
+    "heal_from_json",
+    "heal_to_json",
+]
+
+_TIMEOUT = 5.0
+# the reference router asks each worker in turn, 5 s each, when it looks for a fault id: a
+# paused worker must not make removing a fault of another one fail
+_ADMIN_TIMEOUT = 20.0
+
+
+def _same_process(pid: int, create_time: float) -> psutil.Process | None:
+    # A PID can be reused after the process exits: act only on the very process noted.
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) > 0.01:
+            return None
+        return proc
+    except psutil.NoSuchProcess:
+        return None
+
+
+@dataclass(frozen=True)
+class ResumeProcess:
+    """SIGCONT a process that a pause fault stopped."""
+
+    kind: ClassVar[str] = "resume_process"
+    pid: int
+    create_time: float
+
+    def apply(self) -> str:
+        proc = _same_process(self.pid, self.create_time)
+        if proc is None:
+            return f"pid {self.pid} is gone"
+        try:
+            proc.resume()
+            # SIGCONT is delivered asynchronously: done means running again
+            deadline = time.monotonic() + 2.0
+            while proc.status() == psutil.STATUS_STOPPED and time.monotonic() < deadline:
+                time.sleep(0.005)
+        except psutil.NoSuchProcess:
+            return f"pid {self.pid} is gone"
+        return f"resumed pid {self.pid}"
+
+
+@dataclass(frozen=True)
+class KillProcess:
+    """SIGKILL a process the harness started (a hog), and reap it if it is our child."""
+
+    kind: ClassVar[str] = "kill_process"
+    pid: int
+    create_time: float
+
+    def apply(self) -> str:
+        proc = _same_process(self.pid, self.create_time)
+        if proc is None:
+            return f"pid {self.pid} is gone"
+        try:
+            proc.kill()
+            deadline = time.monotonic() + _TIMEOUT
+            # dead once it is a zombie: who reaps it (us if it is our child, else init) is
+            # not ours to wait for
+            while proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                if time.monotonic() > deadline:
+                    raise TargetError(f"pid {self.pid} did not die after SIGKILL")
+                time.sleep(0.01)
+            if proc.ppid() == os.getpid():
+                proc.wait(timeout=_TIMEOUT)
+        except psutil.NoSuchProcess:
+            return f"pid {self.pid} is gone"
+        return f"killed pid {self.pid}"
+
+
+@dataclass(frozen=True)
+class RemoveAdminFault:
+    """DELETE one admin-API fault of a target (it also expires by itself at its TTL)."""
+
+    kind: ClassVar[str] = "remove_admin_fault"
+    url: str
+    token: str
+    fault_id: str
+
+    def apply(self) -> str:
+        resp = _http("DELETE", f"{self.url}/admin/faults/{self.fault_id}",
+                     {"Authorization": f"Bearer {self.token}"}, timeout=_ADMIN_TIMEOUT)
+        if resp is None:
+            return f"target {self.url} unreachable: fault {self.fault_id} went with it or " \
+                   "expires at its TTL"
+        if resp.status_code == 404:
+            return f"admin fault {self.fault_id} already gone"
+        _expect(resp, 200)
+        return f"removed admin fault {self.fault_id}"
+
+
+@dataclass(frozen=True)
+class RemoveToxic:
+    """DELETE a toxic from a Toxiproxy-compatible API."""
+
+    kind: ClassVar[str] = "remove_toxic"
+    api: str
+    proxy: str
+    toxic: str
+
+    def apply(self) -> str:
+        resp = _http("DELETE", f"{self.api}/proxies/{self.proxy}/toxics/{self.toxic}")
+        if resp is None:
+            return f"proxy API {self.api} unreachable: its toxics went with it"
+        if resp.status_code == 404:
+            return f"toxic {self.proxy}/{self.toxic} already gone"
+        _expect(resp, 200, 204)
+        return f"removed toxic {self.proxy}/{self.toxic}"
+
+
+@dataclass(frozen=True)
+class EnableProxy:
+    """Re-enable a proxy that a `down` fault disabled (Toxiproxy: `enabled: true`)."""
+
+    kind: ClassVar[str] = "enable_proxy"
+    api: str
+    proxy: str
+
+    def apply(self) -> str:
+        resp = _http("POST", f"{self.api}/proxies/{self.proxy}", json={"enabled": True})
+        if resp is None:
+            return f"proxy API {self.api} unreachable: its proxies went with it"
+        if resp.status_code == 404:
+            return f"proxy {self.proxy} is gone"
+        _expect(resp, 200)
+        return f"enabled proxy {self.proxy}"
+
+
+@dataclass(frozen=True)
+class DockerUnpause:
+    """Unpause a container that a pause fault paused."""
+
+    kind: ClassVar[str] = "docker_unpause"
+    container: str
+
+    def apply(self) -> str:
+        from docker.errors import APIError, NotFound
+
+        client = _docker()
+        try:
+            container = client.containers.get(self.container)
+            container.reload()
+            if container.status != "paused":
+                return f"container {self.container} is not paused"
+            container.unpause()
+        except NotFound:
+            return f"container {self.container} is gone"
+        except APIError as exc:
+            raise TargetError(f"could not unpause container {self.container}: {exc}") from exc
+        finally:
+            client.close()
+        return f"unpaused container {self.container}"
+
+
+@dataclass(frozen=True)
+class DockerStart:
+    """Start a container that a kill fault stopped (Jepsen's heal for a killed node)."""
+
+    kind: ClassVar[str] = "docker_start"
+    container: str
+
+    def apply(self) -> str:
+        from docker.errors import APIError, NotFound
+
+        client = _docker()
+        try:
+            container = client.containers.get(self.container)
+            container.reload()
+            if container.status == "running":
+                return f"container {self.container} is running"
+            container.start()
+        except NotFound:
+            return f"container {self.container} is gone"
+        except APIError as exc:
+            raise TargetError(f"could not start container {self.container}: {exc}") from exc
+        finally:
+            client.close()
+        return f"started container {self.container}"
+
+
+@dataclass(frozen=True)
+class DockerConnect:
+    """Connect a container back to the network a disconnect fault took it off."""
+
+    kind: ClassVar[str] = "docker_connect"
+    network: str
+    container: str
+
+    def apply(self) -> str:
+        from docker.errors import APIError, NotFound
+
+        client = _docker()
+        try:
+            container = client.containers.get(self.container)
+            container.reload()
+            networks = container.attrs.get("NetworkSettings", {}).get("Networks", {}) or {}
+            net = client.networks.get(self.network)
+            if net.name in networks:
+                return f"container {self.container} is on network {self.network}"
+            net.connect(container)
+        except NotFound:
+            return f"container {self.container} or network {self.network} is gone"
+        except APIError as exc:
+            raise TargetError(f"could not connect {self.container} to {self.network}: "
+                              f"{exc}") from exc
+        finally:
+            client.close()
+        return f"connected container {self.container} to network {self.network}"
+
+
+Heal = (ResumeProcess | KillProcess | RemoveAdminFault | RemoveToxic | EnableProxy
+        | DockerUnpause | DockerStart | DockerConnect)
+
+_KINDS: dict[str, type[Heal]] = {cls.kind: cls for cls in (
+    ResumeProcess, KillProcess, RemoveAdminFault, RemoveToxic, EnableProxy, DockerUnpause,
+    DockerStart, DockerConnect)}
+
+
+def heal_to_json(heal: Heal) -> dict[str, Any]:
+    """The heal as a JSON object with its `kind`."""
+    return {"kind": heal.kind, **dataclasses.asdict(heal)}
+
+
+def heal_from_json(data: dict[str, Any]) -> Heal:
+    """Rebuild a heal written by `heal_to_json`; UsageError for an unknown kind."""
+    fields = dict(data)
+    kind = fields.pop("kind", None)
+    cls = _KINDS.get(str(kind))
+    if cls is None:
+        raise UsageError(f"unknown heal kind {kind!r} in the fault state file")
+    try:
+        return cls(**fields)
+    except TypeError as exc:
+        raise UsageError(f"bad heal {data} in the fault state file: {exc}") from exc
+
+
+def _docker() -> Any:
+    from .container import docker_client
+
+    try:
+        return docker_client()
+    except UsageError as exc:
+        raise TargetError(str(exc)) from exc
+
+
+def _http(method: str, url: str, headers: dict[str, str] | None = None,
+          json: Any = None, timeout: float = _TIMEOUT) -> httpx.Response | None:
+    """The answer, or None when nothing listens there any more (what lived there is gone)."""
+    try:
+        return httpx.request(method, url, headers=headers, json=json, timeout=timeout)
+    except httpx.ConnectError:
+        return None
+    except httpx.HTTPError as exc:
+        raise TargetError(f"{method} {url} failed: {exc}") from exc
+
+
+def _expect(resp: httpx.Response, *codes: int) -> None:
+    if resp.status_code not in codes:
+        raise TargetError(f"{resp.request.method} {resp.request.url} answered "
+                          f"{resp.status_code}: {resp.text[:200]}")

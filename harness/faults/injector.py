@@ -1,0 +1,289 @@
+"""The fault injector (Jepsen's nemesis): runs a schedule against a target, records every
+inject and revert, and reverts everything in reverse order however the run ends: normally, on
+an error, on Ctrl-C or on SIGTERM; a guard process covers a harness killed outright."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psutil
+
+from ..errors import HarnessError
+from ..target import Target
+from .base import Effect, Fault, Ledger
+from .guard import start_guard
+from .heal import Heal
+from .history import MemoryRecorder, Recorder
+from .schedule import AbortCondition, Step
+from .state import StateFile, default_state_dir
+
+__all__ = ["FaultInjector", "RunResult", "Terminated"]
+
+PROCESS = "nemesis"
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; raised in the main thread so every `finally` runs (like Ctrl-C)."""
+
+
+@dataclass
+class _Active:
+    step: int
+    inject_id: str
+    fault: Fault
+    effect: Effect
+    revert_at: float
+
+
+@dataclass
+class RunResult:
+    """How a run of the schedule went."""
+
+    injected: int = 0
+    reverted: int = 0
+    failed: list[str] = field(default_factory=list)
+    aborted: str | None = None
+    interrupted: str | None = None
+
+
+class FaultInjector:
+    """Runs `steps` against `target` with a seeded RNG; `blast_radius` caps how many workers
+    are affected at once; `abort` conditions stop the run early (everything reverted)."""
+
+    def __init__(self, target: Target, steps: Sequence[Step], *, seed: int = 0,
+                 recorder: Recorder | None = None, blast_radius: int | None = None,
+                 abort: Sequence[AbortCondition] = (), guard: bool = True,
+                 state_path: Path | None = None, grace: float = 2.0, poll: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.target = target
+        self.steps = list(steps)
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.recorder: Recorder = recorder if recorder is not None else MemoryRecorder()
+        self.blast_radius = blast_radius
+        self.abort = list(abort)
+        self.use_guard = guard
+        self.state_path = state_path or (default_state_dir()
+                                         / f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}.json")
+        self.grace = grace
+        self.poll = poll
+        self.clock = clock
+        self.wall = wall
+        self.active: list[_Active] = []
+        self.result = RunResult()
+        self._stop = threading.Event()
+        self._state: StateFile | None = None
+        self._guard: subprocess.Popen[bytes] | None = None
+
+    # -- public -------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Check the schedule and every fault against the target before anything runs."""
+        if self.blast_radius is not None and self.blast_radius < 1:
+            from ..errors import UsageError
+
+            raise UsageError(f"blast_radius must be at least 1, not {self.blast_radius}")
+        for i, step in enumerate(self.steps):
+            step.check(i)
+            step.fault.validate(self.target)
+
+    def plan(self, run_for: float) -> list[tuple[float, int]]:
+        """(offset, step index) of every injection within `run_for` seconds, in order."""
+        return sorted((t, i) for i, step in enumerate(self.steps) for t in step.starts(run_for))
+
+    def dry_run(self, run_for: float) -> list[tuple[float, int]]:
+        """Validate and record the plan as `info` lines without touching the target."""
+        self.validate()
+        plan = self.plan(run_for)
+        for offset, i in plan:
+            self._record("info", "inject", {"fault": self.steps[i].fault.name, "step": i,
+                                            "at": offset, "for": self.steps[i].duration,
+                                            "dry_run": True})
+        return plan
+
+    def stop(self) -> None:
+        """Ask a running `run()` (in another thread) to end; it reverts everything."""
+        self._stop.set()
+
+    def run(self, run_for: float) -> RunResult:
+        """Run the schedule for `run_for` seconds, then revert what is left. Ctrl-C and
+        SIGTERM revert too, then propagate (KeyboardInterrupt / Terminated)."""
+        self.validate()
+        with self._signals():
+            try:
+                self._open()
+                self._loop(run_for)
+            except KeyboardInterrupt:
+                self.result.interrupted = "SIGINT"
+                raise
+            except Terminated:
+                self.result.interrupted = "SIGTERM"
+                raise
+            finally:
+                with self._deferred_signals():
+                    self.revert_all()
+                    self._close()
+        return self.result
+
+    def revert_all(self) -> None:
+        """Revert every active effect, newest first; each is tried even if one fails."""
+        while self.active:
+            self._revert(self.active.pop())
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _loop(self, run_for: float) -> None:
+        start = self.clock()
+        pending = self.plan(run_for)
+        next_check = 0.0
+        while not self._stop.is_set():
+            now = self.clock() - start
+            if now >= run_for:
+                return
+            if self.abort and now >= next_check:
+                next_check = now + self.poll
+                for condition in self.abort:
+                    reason = condition.check(self.target)
+                    if reason is not None:
+                        self.result.aborted = reason
+                        self._record("info", "abort", {"reason": reason})
+                        return
+            for item in sorted((a for a in self.active if a.revert_at <= now),
+                               key=lambda a: -a.revert_at):
+                self.active.remove(item)
+                self._revert(item)
+            while pending and pending[0][0] <= now:
+                offset, i = pending.pop(0)
+                self._inject(i, offset, now)
+            wake = [run_for, *(a.revert_at for a in self.active)]
+            if pending:
+                wake.append(pending[0][0])
+            if self.abort:
+                wake.append(next_check)
+            self._stop.wait(max(0.0, min(wake) - (self.clock() - start)))
+
+    def _inject(self, i: int, offset: float, now: float) -> None:
+        step = self.steps[i]
+        fault = step.fault
+        inject_id = uuid.uuid4().hex[:12]
+        busy = frozenset().union(*(a.effect.workers for a in self.active))
+        budget = None if self.blast_radius is None else self.blast_radius - len(busy)
+        ttl = step.duration + self.grace
+        deadline = self.wall() + ttl
+        ledger = Ledger(fault.name, ttl, worker_budget=budget, busy=busy,
+                        on_note=lambda heal: self._note(heal, deadline))
+        base = {"fault": fault.name, "step": i, "inject": inject_id, "at": offset,
+                "for": step.duration, "ttl": ttl}
+        self._record("invoke", "inject", base)
+        try:
+            effect = fault.inject(self.target, self.rng, ledger)
+        except Exception as exc:
+            partial = ledger.effect({"partial": True})
+            self.result.failed.append(f"inject {fault.name}: {exc}")
+            self._record("fail", "inject", {**base, "error": str(exc),
+                                            "partial_heals": len(partial.heals)})
+            if partial.heals:
+                self._revert(_Active(i, inject_id, fault, partial, now))
+            if not isinstance(exc, HarnessError):
+                raise
+            return
+        except BaseException:
+            # interrupted mid-inject: keep what it did so far, so the final revert undoes it
+            self.active.append(_Active(i, inject_id, fault, ledger.effect({"partial": True}),
+                                       now))
+            self._record("info", "inject", {**base, "interrupted": True})
+            raise
+        self.active.append(_Active(i, inject_id, fault, effect, now + step.duration))
+        self.result.injected += 1
+        self._record("ok", "inject", {**base, **effect.value,
+                                      "workers": sorted(effect.workers)})
+
+    def _revert(self, item: _Active) -> None:
+        base = {"fault": item.fault.name, "step": item.step, "inject": item.inject_id}
+        self._record("invoke", "revert", base)
+        try:
+            item.fault.revert(self.target, item.effect)
+        except Exception as exc:  # recorded; the guard / TTL still heal it
+            self.result.failed.append(f"revert {item.fault.name}: {exc}")
+            self._record("fail", "revert", {**base, "error": str(exc)})
+            return
+        if self._state is not None:
+            self._state.remove(list(item.effect.entry_ids))
+        self.result.reverted += 1
+        self._record("ok", "revert", base)
+
+    def _note(self, heal: Heal, deadline: float) -> str:
+        if self._state is None:
+            return ""
+        return self._state.add(heal, deadline).id
+
+    def _record(self, type_: str, f: str, value: dict[str, Any]) -> None:
+        self.recorder.write([{"type": type_, "f": f, "process": PROCESS, "time": self.wall(),
+                              "value": value}])
+
+    # -- guard and signals --------------------------------------------------------------------
+
+    def _open(self) -> None:
+        if not self.use_guard:
+            return
+        me = psutil.Process()
+        self._state = StateFile(self.state_path, me.pid, me.create_time())
+        self._guard = start_guard(self.state_path, me.pid)
+
+    def _close(self) -> None:
+        # only when everything was reverted may the guard go: else it heals what is left
+        if self._state is not None and not self.active:
+            failed_reverts = any(line.startswith("revert ") for line in self.result.failed)
+            if not failed_reverts:
+                self._state.delete()
+        if self._guard is not None:
+            self._guard.terminate()
+            try:
+                self._guard.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._guard.kill()
+                self._guard.wait()
+        self._guard = None
+        self._state = None
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            raise Terminated()
+
+        old = signal.signal(signal.SIGTERM, on_term)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
+    @contextlib.contextmanager
+    def _deferred_signals(self) -> Iterator[None]:
+        # a second Ctrl-C or SIGTERM must not cut the final revert short
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)

@@ -200,16 +200,27 @@ def create_fleet_app(fleet: Fleet) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    async def ask_workers(method: str, path: str) -> list[tuple[str, httpx.Response]]:
+        """The same admin call to every worker at once; a paused one just doesn't answer."""
+        workers = list(fleet.registry.workers.values())
+
+        async def one(worker: Any) -> httpx.Response | None:
+            try:
+                return await fleet.admin_client.request(method, worker.url + path,
+                                                         headers=fleet.worker_auth,
+                                                         timeout=1.0)
+            except httpx.HTTPError:
+                return None
+
+        answers = await asyncio.gather(*(one(w) for w in workers))
+        return [(w.id, r) for w, r in zip(workers, answers, strict=True) if r is not None]
+
     @app.get("/admin/faults", dependencies=admin)
     async def list_faults() -> dict[str, Any]:
         found = [{**f, "target": "router"} for f in fleet.router.faults.public()]
-        for worker in list(fleet.registry.workers.values()):
-            try:
-                resp = await fleet.admin_client.get(worker.url + "/admin/faults",
-                                                    headers=fleet.worker_auth)
-                found += [{**f, "target": worker.id} for f in resp.json().get("faults", [])]
-            except (httpx.HTTPError, ValueError):
-                continue
+        for worker_id, resp in await ask_workers("GET", "/admin/faults"):
+            with contextlib.suppress(ValueError):
+                found += [{**f, "target": worker_id} for f in resp.json().get("faults", [])]
         return {"faults": found}
 
     @app.post("/admin/faults", dependencies=admin)
@@ -248,28 +259,19 @@ def create_fleet_app(fleet: Fleet) -> FastAPI:
         if fleet.router.faults.remove(fault_id) is not None:
             fleet.events.emit("fault_removed", fault=fault_id, target="router")
             return JSONResponse({"removed": fault_id, "target": "router"})
-        for worker in list(fleet.registry.workers.values()):
-            try:
-                resp = await fleet.admin_client.delete(worker.url + f"/admin/faults/{fault_id}",
-                                                       headers=fleet.worker_auth)
-            except httpx.HTTPError:
-                continue
+        for worker_id, resp in await ask_workers("DELETE", f"/admin/faults/{fault_id}"):
             if resp.status_code == 200:
-                fleet.events.emit("fault_removed", fault=fault_id, target=worker.id)
-                return JSONResponse({"removed": fault_id, "target": worker.id})
+                fleet.events.emit("fault_removed", fault=fault_id, target=worker_id)
+                return JSONResponse({"removed": fault_id, "target": worker_id})
         return JSONResponse(error_body(f"no active fault {fault_id!r} (it may have expired)",
                                        "not_found_error"), status_code=404)
 
     @app.delete("/admin/faults", dependencies=admin)
     async def clear_faults() -> dict[str, Any]:
         removed = fleet.router.faults.clear()
-        for worker in list(fleet.registry.workers.values()):
-            try:
-                resp = await fleet.admin_client.delete(worker.url + "/admin/faults",
-                                                       headers=fleet.worker_auth)
+        for _, resp in await ask_workers("DELETE", "/admin/faults"):
+            with contextlib.suppress(ValueError):
                 removed += int(resp.json().get("removed", 0))
-            except (httpx.HTTPError, ValueError):
-                continue
         fleet.events.emit("faults_cleared", removed=removed)
         return {"removed": removed}
 

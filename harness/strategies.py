@@ -1,4 +1,5 @@
-"""Hypothesis strategies for OpenAI request bodies: valid ones, and ones invalid by construction.
+"""Hypothesis strategies for OpenAI request bodies and experiment files: valid ones, and ones
+invalid by construction.
 
 `chat_bodies` and `completion_bodies` draw bodies that any OpenAI-compatible server accepts.
 `bad_requests` draws raw request bodies that any such server must refuse with a 4xx: a valid
@@ -8,6 +9,10 @@ what was broken, so a failure reads as a reproducer.
 
 Only the OpenAI API's own rules make a body invalid here (no server's extensions or limits),
 so the same strategies can fuzz the reference worker, the router or another server.
+
+`experiment_documents` draws valid experiment files (as data); `broken_experiments` draws files
+that `harness.experiment.load_experiment` must refuse, each with the field path (or YAML
+problem) its error message must name.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ __all__ = [
     "CHAT_PATH",
     "COMPLETION_PATH",
     "BadRequest",
+    "BrokenExperiment",
     "Json",
     "JsonObject",
     "bad_requests",
+    "broken_experiments",
     "chat_bodies",
     "chat_messages",
     "completion_bodies",
+    "experiment_documents",
     "json_values",
 ]
 
@@ -402,3 +410,177 @@ def _groups(*groups: st.SearchStrategy[_T]) -> st.SearchStrategy[_T]:
 
 def _same(strategy: st.SearchStrategy[_T]) -> st.SearchStrategy[_T]:
     return strategy
+
+
+# -- experiment files --------------------------------------------------------------------------
+
+_FAULT_WORDS = ("process-kill", "process-pause", "admin-latency", "admin-error_rate",
+                "network-latency", "host-cpu-hog")
+
+
+def _fault_entry(duration: float) -> st.SearchStrategy[JsonObject]:
+    def build(kind: str, at: float, hold: float, every: float | None) -> JsonObject:
+        entry: JsonObject = {"kind": kind, "at": at, "for": hold}
+        if every is not None:
+            entry["every"] = hold + every
+        if kind == "admin-latency":
+            entry["params"] = {"latency_s": 0.2}
+        elif kind == "network-latency":
+            entry["attributes"] = {"latency": 100, "jitter": 10}
+        elif kind == "process-kill":
+            entry["count"] = 1
+        return entry
+
+    return st.builds(build, st.sampled_from(_FAULT_WORDS),
+                     st.floats(0, duration * 0.9, allow_nan=False),
+                     st.floats(0.1, 30, allow_nan=False),
+                     st.none() | st.floats(0, 30, allow_nan=False))
+
+
+def experiment_documents() -> st.SearchStrategy[JsonObject]:
+    """Valid experiment files, as the data their YAML holds."""
+    target = st.fixed_dictionaries(
+        {"model": st.sampled_from(["sim", "tiny", "smollm2"])},
+        optional={"workers": st.integers(1, 4), "max_workers": st.integers(4, 8),
+                  "resume_streams": st.booleans(), "audit_log": st.booleans(),
+                  "memory_limit_mb": st.integers(64, 4096)})
+    duration = st.one_of(st.integers(5, 600).map(float),
+                         st.sampled_from(["30s", "2m", "90s"]))
+
+    def build(target_: JsonObject, length: Json, load_extra: JsonObject,
+              faults: list[JsonObject], top: JsonObject) -> JsonObject:
+        return {**top, "target": target_, "load": {"duration": length, **load_extra},
+                "faults": list[Json](faults)}
+
+    seconds = 5.0  # the shortest duration drawn: every fault's `at` must be before it
+    load_extra = st.fixed_dictionaries({}, optional={
+        "users": st.integers(1, 32), "spawn_rate": st.floats(0.5, 10),
+        "shape": st.sampled_from(["steady", "ramp", "step", "spike"]),
+        "locustfile": st.sampled_from(["scenarios/chat_qa.py", "scenarios/completions.py"])})
+    top = st.fixed_dictionaries({}, optional={
+        "name": st.text(max_size=10), "seed": st.integers(0, 2**31 - 1),
+        "steady_state": st.just([{"url": "/health"},
+                                 {"metric": "vllm:num_requests_waiting", "max": 0}]),
+        "checks": st.just({"slo": {"ttft": {"p95": 2.0}}})})
+    return st.builds(build, target, duration, load_extra,
+                     st.lists(_fault_entry(seconds), max_size=4), top)
+
+
+@dataclass(frozen=True)
+class BrokenExperiment:
+    """An experiment file that must be refused, and what its error message must name: a field
+    path such as `faults[1].at`, or `YAML`, or `mapping` (None: only that it is refused)."""
+
+    content: bytes
+    reason: str
+    names: str | None
+
+    def __repr__(self) -> str:
+        shown = self.content if len(self.content) <= 400 else self.content[:400] + b"..."
+        return f"BrokenExperiment({self.reason}, names={self.names!r}, {shown!r})"
+
+
+def _dump(doc: Json) -> bytes:
+    import yaml
+
+    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).encode()
+
+
+_NOT_NUMBER: st.SearchStrategy[Json] = st.one_of(
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.sampled_from("ab"), st.integers(),
+                                                         max_size=2),
+    st.sampled_from(["river", "blue light", "fast"]))
+_NOT_TEXT: st.SearchStrategy[Json] = st.one_of(
+    st.lists(st.integers(), min_size=1, max_size=2), st.integers(), st.floats(-10, 10),
+    st.dictionaries(st.sampled_from("ab"), st.integers(), min_size=1, max_size=2))
+
+
+def _at_path(doc: JsonObject, path: tuple[str | int, ...]) -> Json:
+    node: Json = doc
+    for part in path:
+        node = node[part]  # type: ignore[index]
+    return node
+
+
+def _path_text(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def broken_experiments() -> st.SearchStrategy[BrokenExperiment]:
+    """Experiment files that must be refused with a UsageError naming what is wrong."""
+    docs = experiment_documents()
+
+    def field_break(doc: JsonObject, choice: int, draw_value: Json, index: int) -> \
+            BrokenExperiment:
+        faults = doc["faults"]
+        assert isinstance(faults, list)
+        i = index % len(faults) if faults else None
+        # (path, new value or a marker to delete, reason)
+        options: list[tuple[tuple[str | int, ...], Json | type[KeyError], str]] = [
+            (("target", "workers"), draw_value, "wrong type"),
+            (("load", "users"), draw_value, "wrong type"),
+            (("load", "duration"), draw_value, "wrong type"),
+            (("seed",), draw_value, "wrong type"),
+            (("target", "model"), [1, 2], "wrong type"),
+            (("load", "duration"), -abs(float(choice)), "negative duration"),
+            (("target", "zz_unknown"), 1, "unknown field"),
+            (("load", "zz_unknown"), 1, "unknown field"),
+            (("zz_unknown",), 1, "unknown field"),
+            (("target",), KeyError, "missing required"),
+            (("load",), KeyError, "missing required"),
+            (("load", "duration"), KeyError, "missing required"),
+        ]
+        if i is not None:
+            options += [
+                (("faults", i, "at"), -1.0 - abs(float(choice)), "negative duration"),
+                (("faults", i, "for"), -abs(float(choice)), "negative duration"),
+                (("faults", i, "at"), draw_value, "wrong type"),
+                (("faults", i, "kind"), f"zz-{choice}", "unknown fault kind"),
+                (("faults", i, "kind"), KeyError, "missing required"),
+                (("faults", i, "zz_unknown"), True, "unknown field"),
+            ]
+        path, value, reason = options[choice % len(options)]
+        parent = _at_path(doc, path[:-1])
+        assert isinstance(parent, dict)
+        key = path[-1]
+        assert isinstance(key, str)
+        if value is KeyError:
+            parent.pop(key, None)
+        else:
+            parent[key] = value  # type: ignore[assignment]
+            if path == ("faults", i, "for"):
+                parent.pop("every", None)  # else `every` < `for` would be the first error
+        return BrokenExperiment(_dump(doc), f"{_path_text(path)}: {reason}", _path_text(path))
+
+    def not_mapping(value: Json) -> BrokenExperiment:
+        return BrokenExperiment(_dump(value), "document is not a mapping", "mapping")
+
+    def bad_yaml(doc: JsonObject, line: int, junk: str) -> BrokenExperiment:
+        lines = _dump(doc).decode().splitlines()
+        at = line % (len(lines) + 1)
+        lines.insert(at, junk)
+        return BrokenExperiment("\n".join(lines).encode(), f"bad YAML at line {at + 1}",
+                                "YAML")
+
+    def yaml_fails(case: BrokenExperiment) -> bool:
+        import yaml
+
+        try:
+            yaml.safe_load(case.content)
+        except yaml.YAMLError:
+            return True
+        return False
+
+    junk = st.sampled_from(["key: [unclosed", "  - : : :", "\tindented: with a tab",
+                            "a: {b: c", "- item\nx: y", "'quote: never closed", "*undefined"])
+    return _groups(
+        st.builds(field_break, docs, st.integers(0, 10**6), _NOT_NUMBER, st.integers(0, 3)),
+        st.one_of(st.lists(json_values(3), max_size=3), st.integers(), st.booleans(),
+                  st.sampled_from(["just a sentence", "- a\n- b", "3.5", "'quoted'"])
+                  ).map(not_mapping),
+        st.builds(bad_yaml, docs, st.integers(0, 50), junk).filter(yaml_fails),
+        st.binary(max_size=200).map(lambda b: BrokenExperiment(b, "random bytes", None)),
+    )

@@ -8,6 +8,7 @@ are ours, because transformers' caches assume one shared position per batch.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -114,6 +115,64 @@ class BatchDecoder:
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         last = self.norm(x[:, -1])
         logits: torch.Tensor = self.lm_head(last)[0].float()
+        return logits
+
+    @torch.inference_mode()
+    def prefill_many(self, items: list[tuple[int, list[int], int]]) -> torch.Tensor:
+        """Prefill several sequences in one forward: `(slot, token_ids, start)` each, with
+        positions before `start` already cached in its slot. The projections and MLPs run on
+        all new tokens packed together (most of the work); attention runs per sequence over
+        its own slot. Returns the logits of each sequence's last position, [len(items), V]."""
+        if len(items) == 1:
+            slot, ids, start = items[0]
+            return self.prefill(slot, ids, start)[None]
+        spans = [(slot, start, len(ids)) for slot, ids, start in items]
+        packed = [t for _, ids, start in items for t in ids[start:]]
+        ids_t = torch.tensor([packed], device=self.device)
+        slot_idx = torch.tensor([slot for slot, start, total in spans
+                                 for _ in range(start, total)], device=self.device)
+        pos_idx = torch.cat([torch.arange(start, total, device=self.device)
+                             for _, start, total in spans])
+        n = len(packed)
+        x = self.embed(ids_t)  # [1, n, hidden]
+        cos = self.cos[pos_idx][None, None]  # [1, 1, n, d]
+        sin = self.sin[pos_idx][None, None]
+        masks = [None if start == 0 else
+                 torch.arange(total, device=self.device)[None, :]
+                 <= torch.arange(start, total, device=self.device)[:, None]
+                 for _, start, total in spans]
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(1, n, self.n_heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
+            q = self._rope(q, cos, sin)
+            k = self._rope(k, cos, sin)
+            kc, vc = self.k_cache[i], self.v_cache[i]
+            kc[slot_idx, :, pos_idx] = k[0].transpose(0, 1)
+            vc[slot_idx, :, pos_idx] = v[0].transpose(0, 1)
+            outs = []
+            offset = 0
+            for (slot, start, total), mask in zip(spans, masks, strict=True):
+                count = total - start
+                qs = q[:, :, offset:offset + count]
+                if start == 0:
+                    o = F.scaled_dot_product_attention(
+                        qs, k[:, :, offset:offset + count], v[:, :, offset:offset + count],
+                        is_causal=True, enable_gqa=True)
+                else:
+                    o = F.scaled_dot_product_attention(
+                        qs, kc[slot:slot + 1, :, :total], vc[slot:slot + 1, :, :total],
+                        attn_mask=mask, enable_gqa=True)
+                outs.append(o)
+                offset += count
+            o = torch.cat(outs, dim=2)
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(1, n, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        ends = torch.tensor(list(itertools.accumulate(total - start
+                                                      for _, start, total in spans))) - 1
+        logits: torch.Tensor = self.lm_head(self.norm(x[0, ends])).float()
         return logits
 
     def save_prefix(self, slot: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -283,33 +283,42 @@ class BatchEngine:
         self.last_progress = time.monotonic()
 
     def _admit(self) -> None:
+        """Admit waiting requests within the step's token budget and prefill them together."""
         budget = self.max_batched_tokens
+        admitted: list[tuple[_Seq, list[int], int]] = []
         while self._waiting and len(self._running) < self.max_num_seqs:
             with self._cond:
                 seq = self._waiting[0]
-                cost = len(seq.request.prompt_ids)
+                context = seq.request.prompt_ids + seq.request.resume_ids
+                saved, reused = self._prefix_match(context)
+                cost = len(context) - reused
                 if cost > budget and budget < self.max_batched_tokens:
-                    return  # next step: running streams must not stall behind long prefills
+                    break  # next step: running streams must not stall behind long prefills
                 self._waiting.popleft()
             budget -= cost
             seq.slot = len(self._running)
             seq.admitted_step = self.step
-            context = seq.request.prompt_ids + seq.request.resume_ids
             seq.generated = list(seq.request.resume_ids)
             seq.text_sent = seq.request.resume_text_sent
-            reused = self._reuse_prefix(seq.slot, context)
-            logits = self.decoder.prefill(seq.slot, context, reused)
+            if saved is not None:
+                self.decoder.load_prefix(seq.slot, saved, reused)
+            self._running.append(seq)
+            admitted.append((seq, context, reused))
+        if not admitted:
+            return
+        logits = self.decoder.prefill_many([(seq.slot, context, reused)
+                                            for seq, context, reused in admitted])
+        for row, (seq, context, reused) in enumerate(admitted):
             self._keep_prefix(seq.slot, context)
-            self.prompt_tokens += cost
+            self.prompt_tokens += len(context)
             self.cached_prompt_tokens += reused
             seq.position = len(context)
-            self._running.append(seq)
-            token = self._sample(seq, logits[None])[0]
+            token = self._sample(seq, logits[row : row + 1])[0]
             self._advance(seq, token)
         self._flush_removals()
 
-    def _reuse_prefix(self, slot: int, context: list[int]) -> int:
-        """Copy the longest cached prefix of `context` into `slot`; return its length.
+    def _prefix_match(self, context: list[int]) -> tuple[Any, int]:
+        """The longest cached prefix of `context` (saved KV, length), or (None, 0).
 
         Prefix caching (vLLM's automatic prefix caching, in small): prompts of one deployment
         share a system prompt or a conversation's earlier turns, so their KV is computed once.
@@ -324,9 +333,8 @@ class BatchEngine:
             if n > best_len:
                 best, best_len = saved, n
         if best is None or best_len < 8:
-            return 0
-        self.decoder.load_prefix(slot, best, best_len)
-        return best_len
+            return None, 0
+        return best, best_len
 
     def _keep_prefix(self, slot: int, context: list[int]) -> None:
         if self.prefix_cache_size <= 0:

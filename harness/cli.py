@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import add_parser as add_demo
     from .faults.cli import add_parser as add_faults
     from .proxy.cli import add_parser as add_proxy
+    from .runner import add_parser as add_run
 
     add_audit(sub)
     add_bench(sub)
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_proxy(sub)
     add_faults(sub)
     add_check(sub)
+    add_run(sub)
     return parser
 
 

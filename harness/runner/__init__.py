@@ -1,0 +1,15 @@
+"""`llm-chaos run EXP.yaml`: one experiment end to end (validate, start the target, steady
+state before, load with the fault schedule, always revert, steady state after, checks, report).
+
+- `faults`: the experiment's fault specs as the injector's steps and abort conditions.
+- `probes`: steady-state probes (HTTP status, a metric within bounds).
+- `locust`: Locust as a headless subprocess, and when its load started.
+- `lifecycle`: the run itself; `cli`: the subcommand.
+"""
+
+from __future__ import annotations
+
+from .cli import add_parser
+from .lifecycle import RunOutcome, run_experiment
+
+__all__ = ["RunOutcome", "add_parser", "run_experiment"]

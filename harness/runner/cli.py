@@ -1,0 +1,44 @@
+"""`llm-chaos run EXP.yaml [--report-dir DIR] [--set a.b=v ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..faults import Terminated
+
+__all__ = ["add_parser"]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .lifecycle import run_experiment
+
+    try:
+        outcome = run_experiment(args.experiment, args.set or (), report_dir=args.report_dir)
+    except Terminated:
+        print("llm-chaos run: terminated (every fault reverted, every process stopped)",
+              file=sys.stderr)
+        return 143
+    return outcome.exit_code
+
+
+def add_parser(sub: Any) -> None:
+    """Register `run`."""
+    p = sub.add_parser(
+        "run", help="run an experiment: target, steady state, load + faults, checks, report",
+        description="Run an experiment file end to end: validate it, start the reference "
+                    "target when it names one, probe the steady state, run Locust with the "
+                    "fault schedule (every fault reverted however the run ends), probe again, "
+                    "judge the run and write its reports into reports/<run-id>/. Exit 0 when "
+                    "every check is valid, 1 when one is invalid, 3 when one is unknown or the "
+                    "run could not complete, 2 on a bad experiment file.")
+    p.add_argument("experiment", type=Path, metavar="EXP.yaml", help="the experiment file")
+    p.add_argument("--report-dir", type=Path, default=None, metavar="DIR",
+                   help="put the run directory under DIR (default: the experiment's "
+                        "report.dir, reports/)")
+    p.add_argument("--set", action="append", default=None, metavar="PATH=VALUE",
+                   help="override a field of the experiment, e.g. --set target.model=sim "
+                        "(repeatable)")
+    p.set_defaults(run=_run)

@@ -1,0 +1,350 @@
+"""One experiment end to end, Chaos Toolkit's lifecycle with Jepsen's roles:
+
+validate (exit 2) -> run directory with the resolved experiment -> start the reference target
+(when the experiment names it) -> steady state before -> observer, Locust and the fault
+schedule (relative to the load's start) -> every fault reverted however the run ends ->
+steady state after -> target events and audit log into the run directory -> checks -> report.
+
+Every process it starts is stopped by PID on every path (normal end, error, Ctrl-C, SIGTERM).
+The injector and the probes record into `nemesis.jsonl` while Locust writes `history.jsonl`
+(two processes appending to one file could interleave a large batch); the harness's lines are
+merged into `history.jsonl` once Locust has exited, so the checks read one history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+import httpx
+import yaml
+
+from ..checks import load_run, run_checks
+from ..errors import TargetError, UsageError
+from ..experiment import Experiment, load_experiment
+from ..faults import FaultInjector, JsonlRecorder, Terminated
+from ..launcher import ServerProcess, free_port
+from ..report import write_reports
+from ..target import Target
+from ..telemetry import Observer
+from .faults import abort_conditions, build_steps
+from .locust import LocustProcess
+from .probes import run_probes
+
+__all__ = ["RunOutcome", "run_experiment"]
+
+NEMESIS_FILE = "nemesis.jsonl"
+LOAD_START_TIMEOUT = 120.0
+TARGET_READY_TIMEOUT = 600.0  # the first start of the real model converts its GGUF file
+
+
+@dataclass
+class RunOutcome:
+    """What a run produced: its directory, the exit status and the overall verdict."""
+
+    run_dir: Path
+    exit_code: int
+    verdict: str
+
+
+class _Progress:
+    """Prints one line every `interval` s: phase, elapsed, requests so far, errors, active
+    faults (counted from the tail of history.jsonl, which Locust flushes twice a second)."""
+
+    def __init__(self, run_dir: Path, out: TextIO, interval: float = 2.0) -> None:
+        self.history = run_dir / "history.jsonl"
+        self.out = out
+        self.interval = interval
+        self.phase = "starting"
+        self.t0 = time.monotonic()
+        self.requests = 0
+        self.errors = 0
+        self.active: Callable[[], list[str]] = list
+        self._offset = 0
+        self._rest = b""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def set(self, phase: str) -> None:
+        self.phase = phase
+        self.line()
+
+    def _count(self) -> None:
+        try:
+            with open(self.history, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except OSError:
+            return
+        self._offset += len(data)
+        *lines, self._rest = (self._rest + data).split(b"\n")
+        for raw in lines:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            value = line.get("value") if isinstance(line, dict) else None
+            if isinstance(value, dict) and line.get("f", "chat") == "chat":
+                self.requests += 1
+                if value.get("status") not in ("ok", "interrupted"):
+                    self.errors += 1
+
+    def line(self) -> None:
+        self._count()
+        try:
+            active = ", ".join(self.active()) or "none"
+        except Exception:  # a progress line must never break the run
+            active = "?"
+        print(f"[{time.monotonic() - self.t0:6.1f}s] {self.phase:<20} requests {self.requests:>5}"
+              f"  errors {self.errors:>4}  active faults: {active}", file=self.out, flush=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.line()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="llm-chaos-progress",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Terminated in the main thread, so every `finally` (reverts, stops) runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _run_dir(experiment: Experiment, report_dir: Path | None) -> Path:
+    root = report_dir or Path(experiment.report.dir)
+    run_id = experiment.report.run_id or "{}-{}-{}".format(
+        time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+        "".join(c if c.isalnum() or c in "-_" else "-" for c in (experiment.name or "run"))[:40],
+        experiment.seed)
+    run_dir = root / run_id
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"report.run_id: the run directory {run_dir} exists and is not empty; "
+                         "choose another run_id or remove it")
+    return run_dir
+
+
+def _start_target(experiment: Experiment, run_dir: Path, token: str) -> ServerProcess:
+    port = free_port()
+    cfg = experiment.target
+    cmd = [sys.executable, "-m", "targets.reference", "serve", *cfg.serve_args(),
+           "--host", "127.0.0.1", "--port", str(port), "--admin-token", token,
+           "--log-dir", str(run_dir / "target-logs")]
+    if cfg.audit_log:
+        # written straight into the run directory: the run's audit.jsonl is the target's log
+        cmd += ["--audit-log", str(run_dir / "audit.jsonl")]
+    (run_dir / "target-logs").mkdir(parents=True, exist_ok=True)
+    return ServerProcess(cmd, f"http://127.0.0.1:{port}", run_dir / "target.log")
+
+
+def _wait_workers(target: Target, want: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    live = 0
+    while time.monotonic() < deadline:
+        try:
+            live = sum(w.state == "live" for w in target.workers())
+        except TargetError:
+            live = 0
+        if live >= want:
+            return
+        time.sleep(0.1)
+    raise TargetError(f"the reference target has {live} live worker(s) after {timeout:.0f} s, "
+                      f"wanted {want}")
+
+
+def _fetch_events(url: str, token: str | None, path: Path) -> int:
+    """The target's event backlog (`/admin/events?follow=false`) as events.jsonl."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    resp = httpx.get(url + "/admin/events", params={"follow": "false"}, headers=headers,
+                     timeout=10.0)
+    if resp.status_code != 200:
+        raise TargetError(f"GET {url}/admin/events answered {resp.status_code}")
+    events = []
+    for line in resp.text.splitlines():
+        if line.startswith("data:"):
+            try:
+                events.append(json.loads(line[5:]))
+            except ValueError:
+                continue
+    path.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events),
+                    encoding="utf-8")
+    return len(events)
+
+
+def _merge_history(run_dir: Path) -> None:
+    """Append the harness's own lines (nemesis, probes) to history.jsonl."""
+    nemesis = run_dir / NEMESIS_FILE
+    history = run_dir / "history.jsonl"
+    text = nemesis.read_text(encoding="utf-8") if nemesis.is_file() else ""
+    with open(history, "a", encoding="utf-8") as fh:
+        fh.write(text)
+    nemesis.unlink(missing_ok=True)
+
+
+def _active_faults(injector: FaultInjector) -> list[str]:
+    return [a.fault.name + (f" ({', '.join(sorted(a.effect.workers))})"
+                            if a.effect.workers else "") for a in list(injector.active)]
+
+
+def run_experiment(path: Path, overrides: Sequence[str] = (), *,
+                   report_dir: Path | None = None, out: TextIO | None = None,
+                   progress_interval: float = 2.0) -> RunOutcome:
+    """Run the experiment in `path` (with `--set` overrides) and judge it. Raises UsageError on
+    a bad experiment before anything starts; KeyboardInterrupt / Terminated after cleaning up."""
+    out = out or sys.stdout
+    experiment = load_experiment(path, overrides)
+    steps = build_steps(experiment)
+    aborts = abort_conditions(experiment)
+    run_dir = _run_dir(experiment, report_dir)
+    experiment.write_resolved(run_dir)
+    # the run's own check config, so `llm-chaos check RUN_DIR` re-judges it the same way
+    (run_dir / "checks.yaml").write_text(
+        yaml.safe_dump(experiment.checks.model_dump(mode="json"), sort_keys=False),
+        encoding="utf-8")
+    assert experiment.seed is not None  # load_experiment resolves it
+    print(f"llm-chaos run: {experiment.name or path.name} seed {experiment.seed} -> {run_dir}",
+          file=out, flush=True)
+    progress = _Progress(run_dir, out, progress_interval)
+    recorder = JsonlRecorder(run_dir / NEMESIS_FILE)
+    inconclusive: str | None = None
+    with _sigterm_raises():
+        try:
+            _execute(experiment, run_dir, steps, aborts, recorder, progress, out)
+        except TargetError as exc:
+            inconclusive = str(exc)
+            print(f"llm-chaos run: the run could not complete: {exc}", file=out, flush=True)
+        finally:
+            progress.stop()
+            _merge_history(run_dir)
+    progress.set("checks")
+    run = load_run(run_dir)
+    result = run_checks(run, experiment.checks)
+    width = max((len(c.name) for c in result.results), default=0)
+    for check in result.results:
+        print(f"  {check.verdict.value:<8} {check.name:<{width}}  {check.summary}", file=out)
+    paths = write_reports(result, run_dir)
+    print(f"  wrote {', '.join(p.name for p in paths)} to {run_dir}", file=out)
+    code, verdict = result.exit_code, result.verdict.value
+    if inconclusive is not None and code == 0:
+        code, verdict = 3, "unknown"
+    print(f"verdict: {verdict} (exit {code})", file=out, flush=True)
+    return RunOutcome(run_dir, code, verdict)
+
+
+def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: list[Any],
+             recorder: JsonlRecorder, progress: _Progress, out: TextIO) -> None:
+    cfg = experiment.target
+    assert experiment.seed is not None
+    with contextlib.ExitStack() as stack:
+        server: ServerProcess | None = None
+        if cfg.reference:
+            token = cfg.admin_token or secrets.token_urlsafe(24)
+            progress.set("starting target")
+            server = _start_target(experiment, run_dir, token)
+            stack.callback(server.stop)
+            server.wait_ready(timeout=TARGET_READY_TIMEOUT)
+            url: str = server.url
+            admin_token: str | None = token
+        else:
+            assert cfg.url is not None
+            url, admin_token = cfg.url.rstrip("/"), cfg.admin_token
+        target = stack.enter_context(Target(url, admin_token,
+                                            pid=server.pid if server else None))
+        if server is not None:
+            _wait_workers(target, cfg.min_workers if cfg.min_workers is not None
+                          else cfg.workers, TARGET_READY_TIMEOUT)
+        injector = FaultInjector(target, steps, seed=experiment.seed, recorder=recorder,
+                                 blast_radius=experiment.nemesis.blast_radius, abort=aborts)
+        if steps:
+            injector.validate()  # against the live target, before any load
+        progress.active = lambda: _active_faults(injector)
+
+        progress.set("steady state before")
+        before = run_probes(experiment.steady_state, "before", url, recorder)
+        for name, ok in before:
+            print(f"  probe {name}: {'ok' if ok else 'FAILED'} (before)", file=out)
+
+        if admin_token is not None:
+            observer = Observer(url, admin_token, run_dir / "telemetry.jsonl",
+                                interval=experiment.report.telemetry_interval,
+                                router_pid=server.pid if server else None)
+            stack.callback(observer.stop)
+            observer.start()
+
+        progress.set("starting load")
+        locust = LocustProcess([*experiment.load.locust_args(experiment.seed), "--host", url,
+                                "--run-dir", str(run_dir), "--only-summary"],
+                               run_dir / "locust.log")
+        stack.callback(locust.stop)
+        if not locust.wait_started(LOAD_START_TIMEOUT):
+            raise TargetError(f"Locust did not start its load within {LOAD_START_TIMEOUT:.0f} s"
+                              f" (log: {run_dir / 'locust.log'}):\n{locust.log_tail()}")
+        progress.set("load + faults" if steps else "load")
+        progress.start()
+        duration = experiment.load.duration
+        if steps and experiment.nemesis.dry_run:
+            injector.dry_run(duration)
+        if steps and not experiment.nemesis.dry_run:
+            # stop the schedule early (everything reverted) if Locust dies before its time
+            watch = threading.Thread(target=_stop_when_gone, args=(locust, injector),
+                                     daemon=True)
+            watch.start()
+            result = injector.run(duration)  # reverts everything, also on Ctrl-C / SIGTERM
+            for line in result.failed:
+                print(f"  fault: {line}", file=out)
+        progress.set("load ending")
+        code = locust.wait(duration + 60.0)
+        if code is None:
+            raise TargetError(f"Locust did not end {duration + 60:.0f} s after its load "
+                              "started")
+        if code not in (0, 1):  # 1: some requests failed, which the checks judge
+            raise TargetError(f"Locust exited with status {code}:\n{locust.log_tail()}")
+        progress.stop()
+
+        progress.set("steady state after")
+        after = run_probes(experiment.steady_state, "after", url, recorder)
+        for name, ok in after:
+            print(f"  probe {name}: {'ok' if ok else 'FAILED'} (after)", file=out)
+        if admin_token is not None and cfg.adapter == "reference":
+            try:
+                count = _fetch_events(url, admin_token, run_dir / "events.jsonl")
+                print(f"  {count} target event(s) -> events.jsonl", file=out)
+            except (TargetError, httpx.HTTPError) as exc:
+                print(f"  target events not fetched: {exc}", file=out)
+        progress.set("stopping")
+
+
+def _stop_when_gone(locust: LocustProcess, injector: FaultInjector) -> None:
+    while locust.running():
+        time.sleep(0.2)
+    injector.stop()
+

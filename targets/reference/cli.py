@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting in the router beyond which new ones get 429")
     f.add_argument("--worker-memory-limit", type=float, default=None, metavar="MIB",
-                   help="recycle (drain, restart) a worker whose RSS exceeds this")
+                   help="recycle (drain, restart) a worker whose private memory (RSS less "
+                        "shared, file-backed pages such as the mapped weights) exceeds this")
     f.add_argument("--stall-timeout", type=float, default=3.0,
                    help="a busy worker whose engine makes no progress this long is unlive")
     f.add_argument("--drain-timeout", type=float, default=30.0,

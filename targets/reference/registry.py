@@ -40,6 +40,7 @@ class WorkerInfo:
     restarts: int = 0
     ongoing: int = 0
     rss_bytes: int = 0
+    private_bytes: int = 0  # RSS less file-backed and shared pages (the memory limit's measure)
     last_seen: float = 0.0  # monotonic time of the last answered probe
     last_step: int = -1
     last_progress: float = 0.0  # monotonic time the engine's step counter last moved
@@ -55,7 +56,8 @@ class WorkerInfo:
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "pid": self.pid, "port": self.port, "model": self.model,
-                "state": self.state, "rss_bytes": self.rss_bytes, "ongoing": self.ongoing,
+                "state": self.state, "rss_bytes": self.rss_bytes,
+                "private_bytes": self.private_bytes, "ongoing": self.ongoing,
                 "started_at": self.started_at, "restarts": self.restarts}
 
 

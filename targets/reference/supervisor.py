@@ -240,9 +240,13 @@ class Supervisor:
                 worker.last_step = step
                 worker.last_progress = now
         with contextlib.suppress(psutil.Error):
-            worker.rss_bytes = psutil.Process(proc.pid).memory_info().rss
+            memory = psutil.Process(proc.pid).memory_info()
+            worker.rss_bytes = memory.rss
+            # the limit applies to private memory: the weights are a file mapping, shared
+            # and reclaimable, and would count against the RSS as soon as they are read
+            worker.private_bytes = memory.rss - memory.shared
         limit = self.settings.memory_limit_bytes
-        if limit and worker.rss_bytes > limit and worker.state == WorkerState.LIVE:
+        if limit and worker.private_bytes > limit and worker.state == WorkerState.LIVE:
             self._restarting.add(worker.id)
             self._spawn_task(self._recycle(worker))
             return
@@ -297,8 +301,9 @@ class Supervisor:
 
     async def _recycle(self, worker: WorkerInfo) -> None:
         try:
-            rss = worker.rss_bytes
-            self.events.emit("recycle", worker=worker.id, rss_bytes=rss,
+            rss = worker.private_bytes
+            self.events.emit("recycle", worker=worker.id, rss_bytes=worker.rss_bytes,
+                             private_bytes=rss,
                              limit_bytes=self.settings.memory_limit_bytes)
             await self.drain(worker, f"over memory limit ({rss // 2**20} MiB)")
             await self._terminate(worker)

@@ -171,10 +171,10 @@ class AuditLog:
     """The writer: `append` sequences a record, `durable` waits until it is on disk.
 
     Records appended during one turn of the event loop go out in one `write()` at the end of
-    that turn, on the loop itself (page-cache writes take microseconds); `fsync` runs on one
-    helper thread, only when some request waits for durability, and covers everything written
-    before it started, so concurrent requests share it (group commit). A record nobody waits
-    for (`accepted`) rides along with the next fsync.
+    that turn, or as soon as a request waits on one, on the loop itself (page-cache writes
+    take microseconds); `fsync` runs on one helper thread, only when some request waits for
+    durability, and covers everything written before it started, so concurrent requests share
+    it (group commit). A record nobody waits for (`accepted`) rides along with the next fsync.
     """
 
     def __init__(self, settings: AuditSettings, clock: Callable[[], float] = time.time,
@@ -326,6 +326,11 @@ class AuditLog:
         self._waiters.append((seq, future))
         if seq <= self._written:
             self._sync()
+        elif self._flush_scheduled:
+            # someone waits on it now: write this turn's records at once rather than at the
+            # end of the turn, so the fsync starts a loop turn earlier (the scheduled flush
+            # then finds nothing left)
+            self._flush()
         await future
 
     async def commit(self, type_: str, fields: Mapping[str, Any]) -> None:
@@ -377,10 +382,18 @@ class AuditLog:
         except RuntimeError:
             return
         target, self._syncing = self._written, True
-        future = loop.run_in_executor(self._executor, os.fsync, self._fd)
-        future.add_done_callback(lambda f: self._synced(f, target))
+        # the helper thread posts the outcome straight back to the loop: one hand-off, where
+        # run_in_executor's wrapped future takes two loop turns before the waiters wake
+        future = self._executor.submit(os.fsync, self._fd)
+        future.add_done_callback(lambda f: self._post(loop, f, target))
 
-    def _synced(self, future: asyncio.Future[None], target: int) -> None:
+    def _post(self, loop: asyncio.AbstractEventLoop, future: concurrent.futures.Future[None],
+              target: int) -> None:
+        """(On the helper thread.) Hand a finished fsync to the loop."""
+        if not loop.is_closed():  # closed: shutting down, nobody waits any more
+            loop.call_soon_threadsafe(self._synced, future, target)
+
+    def _synced(self, future: concurrent.futures.Future[None], target: int) -> None:
         self._syncing = False
         exc = future.exception()
         if isinstance(exc, OSError):

@@ -209,7 +209,8 @@ class LoadConfig(_Model):
 
     def locust_args(self, seed: int) -> list[str]:
         """Locust's and the harness plugin's options for this load (host and run dir aside)."""
-        args = [*(a for f in self.locustfile for a in ("-f", f)), "--headless",
+        # one -f, comma-separated: Locust keeps only the last of several -f options
+        args = ["-f", ",".join(self.locustfile), "--headless",
                 "-u", str(self.users), "-r", f"{self.spawn_rate:g}",
                 "-t", f"{max(1, math.ceil(self.duration))}s", "--seed", str(seed),
                 "--load-shape", self.shape, "--arrival", self.arrival,

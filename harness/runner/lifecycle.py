@@ -157,7 +157,8 @@ def _start_target(experiment: Experiment, run_dir: Path, token: str) -> ServerPr
     port = free_port()
     cfg = experiment.target
     cmd = [sys.executable, "-m", "targets.reference", "serve", *cfg.serve_args(),
-           "--host", "127.0.0.1", "--port", str(port), "--admin-token", token,
+           "--host", "127.0.0.1", "--port", str(port),
+           f"--admin-token={token}",  # one argument: a token may start with "-"
            "--log-dir", str(run_dir / "target-logs")]
     if cfg.audit_log:
         # written straight into the run directory: the run's audit.jsonl is the target's log

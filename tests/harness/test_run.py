@@ -1,10 +1,11 @@
-"""`llm-chaos run`: the shipped worker-kill game day passes against the reference target (sim
-engine), its weakened twin fails the recovery check, a malformed experiment is refused before
-anything starts, and no process the run started outlives it."""
+"""`llm-chaos run`: the shipped worker-kill and scale-up game days pass against the reference
+target (sim engine), their weakened twins fail the recovery and scaling checks, a malformed
+experiment is refused before anything starts, and no process the run started outlives it."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -18,11 +19,17 @@ GAMEDAY = ROOT / "scenarios" / "gameday_worker_kill.yaml"
 # CI speed: the simulated engine, and a shorter run with the kill moved to keep its shape
 FAST = ["--set", "target.model=sim", "--set", "load.duration=20", "--set", "faults[0].at=8",
         "--set", "faults[0].for=4"]
+SCALE_UP = ROOT / "scenarios" / "gameday_scale_up.yaml"
+# the spike (2 -> 8 users) moved earlier and shortened, still longer than `up_within` (10 s) so
+# the pinned twin misses it, with time left after it for the scale-down (downscale delay 5 s)
+SCALE_UP_FAST = ["--set", "target.model=sim", "--set", "load.duration=26",
+                 "--set", "load.spike_at=4", "--set", "load.spike_duration=13"]
 
 
-def _run(tmp_path: Path, *extra: str) -> tuple[int, Path]:
+def _run(tmp_path: Path, *extra: str, gameday: Path = GAMEDAY,
+         fast: Sequence[str] = FAST, min_processes: int = 3) -> tuple[int, Path]:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    code = main(["run", str(GAMEDAY), "--report-dir", str(tmp_path), *FAST, *extra])
+    code = main(["run", str(gameday), "--report-dir", str(tmp_path), *fast, *extra])
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     # every process the run started is gone: its children, and every target process the
     # observer saw (workers, restarted ones included, are the router's children, not ours)
@@ -33,7 +40,8 @@ def _run(tmp_path: Path, *extra: str) -> tuple[int, Path]:
         sample = json.loads(line)
         seen |= {int(w["pid"]) for w in sample.get("workers", []) if w.get("pid")}
         seen |= {int(p["pid"]) for p in sample.get("processes", [])}
-    assert len(seen) >= 3  # the router, two workers and the one restarted after the kill
+    # worker kill: the router, two workers and the one restarted after the kill
+    assert len(seen) >= min_processes
     alive = [pid for pid in seen if psutil.pid_exists(pid)
              and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert alive == [], f"target processes left running: {alive}"
@@ -77,6 +85,38 @@ def test_weakened_twin_fails_the_recovery_check(tmp_path: Path,
     assert verdicts["audit"] == "valid"
     assert "error budget" in json.loads((run_dir / "summary.json").read_text()
                                         )["checks"]["recovery"]["summary"]
+
+
+def test_scale_up_gameday_passes_on_the_reference_target(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, run_dir = _run(tmp_path, gameday=SCALE_UP, fast=SCALE_UP_FAST, min_processes=4)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert _verdicts(run_dir) == {"slo": "valid", "scaling": "valid", "audit": "valid",
+                                  "steady_state": "valid"}
+    scaling = json.loads((run_dir / "checks.json").read_text())["checks"]
+    (result,) = [c for c in scaling if c["name"] == "scaling"]
+    # the spike was answered up to the ceiling and the fleet shrank after it
+    assert result["evidence"]["workers_min"] == 1 and result["evidence"]["workers_max"] == 3
+    directions = {e["direction"] for e in result["evidence"]["episodes"]}
+    assert directions == {"up", "down"}, result["evidence"]
+    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    kinds = {e["type"] for e in events}
+    assert {"scale_up", "scale_down"} <= kinds, kinds
+    assert "verdict: valid (exit 0)" in out
+
+
+def test_scale_up_twin_pinned_to_one_worker_fails_scaling(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, run_dir = _run(tmp_path, "--set", "target.max_workers=1", gameday=SCALE_UP,
+                         fast=SCALE_UP_FAST, min_processes=2)
+    out = capsys.readouterr().out
+    assert code == 1, out
+    verdicts = _verdicts(run_dir)
+    assert verdicts["scaling"] == "invalid", verdicts
+    assert verdicts["audit"] == "valid"
+    summary = json.loads((run_dir / "summary.json").read_text())["checks"]["scaling"]
+    assert "scale-up needed" in summary["summary"]
 
 
 def test_malformed_experiment_exits_2_naming_the_field(

@@ -80,42 +80,10 @@ class BatchDecoder:
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return x * cos + _rotate_half(x) * sin
 
-    @torch.inference_mode()
     def prefill(self, slot: int, token_ids: list[int], start: int = 0) -> torch.Tensor:
         """Run `token_ids[start:]` of one sequence into `slot` (positions before `start` are
         already cached there); return the logits of its last position."""
-        total = len(token_ids)
-        n = total - start
-        ids = torch.tensor([token_ids[start:]], device=self.device)
-        x = self.embed(ids)  # [1, n, hidden]
-        cos = self.cos[start:total][None, None]  # [1, 1, n, d]
-        sin = self.sin[start:total][None, None]
-        mask = None
-        if start:
-            keys = torch.arange(total, device=self.device)[None, :]
-            mask = keys <= torch.arange(start, total, device=self.device)[:, None]
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(1, n, self.n_heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
-            q = self._rope(q, cos, sin)
-            k = self._rope(k, cos, sin)
-            self.k_cache[i][slot, :, start:total] = k[0]
-            self.v_cache[i][slot, :, start:total] = v[0]
-            if start:
-                o = F.scaled_dot_product_attention(
-                    q, self.k_cache[i][slot : slot + 1, :, :total],
-                    self.v_cache[i][slot : slot + 1, :, :total], attn_mask=mask,
-                    enable_gqa=True)
-            else:
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(1, n, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        last = self.norm(x[:, -1])
-        logits: torch.Tensor = self.lm_head(last)[0].float()
-        return logits
+        return self.prefill_many([(slot, token_ids, start)])[0]
 
     @torch.inference_mode()
     def prefill_many(self, items: list[tuple[int, list[int], int]]) -> torch.Tensor:
@@ -123,9 +91,6 @@ class BatchDecoder:
         positions before `start` already cached in its slot. The projections and MLPs run on
         all new tokens packed together (most of the work); attention runs per sequence over
         its own slot. Returns the logits of each sequence's last position, [len(items), V]."""
-        if len(items) == 1:
-            slot, ids, start = items[0]
-            return self.prefill(slot, ids, start)[None]
         spans = [(slot, start, len(ids)) for slot, ids, start in items]
         packed = [t for _, ids, start in items for t in ids[start:]]
         ids_t = torch.tensor([packed], device=self.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -10,13 +11,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 import psutil
 
 from .errors import TargetError
 
-__all__ = ["ServerProcess", "free_port", "start_worker"]
+__all__ = ["ServerProcess", "free_port", "start_worker", "stop_tree"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -24,6 +26,30 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def stop_tree(popen: subprocess.Popen[Any], timeout: float = 10.0,
+              root_only: bool = False) -> int | None:
+    """Stop a process we started and its children, by PID: SIGTERM (to the root only when
+    `root_only`, which then stops its own children), wait up to `timeout`, SIGKILL the rest.
+    Returns the root's exit status, or None if it could not be reaped."""
+    try:
+        root = psutil.Process(popen.pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for proc in procs[:1] if root_only else procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    try:
+        return popen.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 class ServerProcess:
@@ -67,27 +93,7 @@ class ServerProcess:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM the process and its children, SIGKILL what is left; return its status."""
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            procs = []
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=timeout)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=5)
-        try:
-            code = self.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
+        code = stop_tree(self.popen, timeout)
         self._log.close()
         return code
 

@@ -29,9 +29,27 @@ from .history import MemoryRecorder, Recorder
 from .schedule import AbortCondition, Step
 from .state import StateFile, default_state_dir
 
-__all__ = ["FaultInjector", "RunResult", "Terminated"]
+__all__ = ["FaultInjector", "RunResult", "Terminated", "sigterm_raises"]
 
 PROCESS = "nemesis"
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Terminated in the main thread, so every `finally` (reverts, stops) runs;
+    elsewhere (signals reach only the main thread) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 class Terminated(BaseException):
@@ -261,18 +279,8 @@ class FaultInjector:
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
+        with sigterm_raises():
             yield
-            return
-
-        def on_term(signum: int, frame: FrameType | None) -> None:
-            raise Terminated()
-
-        old = signal.signal(signal.SIGTERM, on_term)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, old)
 
     @contextlib.contextmanager
     def _deferred_signals(self) -> Iterator[None]:

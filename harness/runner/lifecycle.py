@@ -16,14 +16,12 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 import httpx
@@ -32,7 +30,8 @@ import yaml
 from ..checks import load_run, run_checks
 from ..errors import TargetError, UsageError
 from ..experiment import Experiment, load_experiment
-from ..faults import FaultInjector, JsonlRecorder, Terminated
+from ..faults import FaultInjector, JsonlRecorder
+from ..faults.injector import sigterm_raises
 from ..launcher import ServerProcess, free_port
 from ..report import write_reports
 from ..target import Target
@@ -121,23 +120,6 @@ class _Progress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises Terminated in the main thread, so every `finally` (reverts, stops) runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise Terminated()
-
-    old = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _run_dir(experiment: Experiment, report_dir: Path | None) -> Path:
@@ -237,7 +219,7 @@ def run_experiment(path: Path, overrides: Sequence[str] = (), *,
     progress = _Progress(run_dir, out, progress_interval)
     recorder = JsonlRecorder(run_dir / NEMESIS_FILE)
     inconclusive: str | None = None
-    with _sigterm_raises():
+    with sigterm_raises():
         try:
             _execute(experiment, run_dir, steps, aborts, recorder, progress, out)
         except TargetError as exc:

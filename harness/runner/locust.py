@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import psutil
+from ..launcher import stop_tree
 
 __all__ = ["LocustProcess"]
 
@@ -75,27 +75,6 @@ class LocustProcess:
     def stop(self, timeout: float = 20.0) -> int | None:
         """Ask Locust to quit (SIGTERM: it stops its users and writes their records), then
         SIGKILL what is left of its process tree; idempotent."""
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            procs = []
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=0.5)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=5)
-        try:
-            code = self.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
+        code = stop_tree(self.popen, timeout, root_only=True)
         self._reader.join(timeout=5)
         return code

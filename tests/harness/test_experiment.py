@@ -214,6 +214,8 @@ def test_broken_files_are_usage_errors_naming_the_problem(case: BrokenExperiment
 @given(st.text(max_size=40), st.text(max_size=40))
 def test_arbitrary_overrides_never_crash(key: str, value: str) -> None:
     try:
-        parse_experiment(GAMEDAY, "gameday.yaml", [f"{key}={value}"])
-    except UsageError:
-        pass
+        experiment = parse_experiment(GAMEDAY, "gameday.yaml", [f"{key}={value}"])
+    except UsageError as exc:  # refused: with a message to act on
+        assert str(exc)
+    else:
+        assert experiment.target is not None

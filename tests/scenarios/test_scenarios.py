@@ -52,21 +52,22 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _run(run_locust: RunLocust, worker: ServerProcess, seconds: int) -> None:
+def _run(run_locust: RunLocust, worker: ServerProcess, seconds: int) -> int:
     run = run_locust("-f", str(SCENARIOS), "--headless", "-u", "8", "-r", "8", "-t",
                      f"{seconds}s", "--host", worker.url, "--max-tokens", "16",
                      timeout=seconds + 90)
     assert run.code == 0, run.output[-4000:]
     _check_run(run.run_dir, run.output)
+    return len(_lines(run.run_dir / "history.jsonl"))
 
 
 def test_all_scenarios_headless(sim_worker: ServerProcess, run_locust: RunLocust) -> None:
-    _run(run_locust, sim_worker, 10)
+    assert _run(run_locust, sim_worker, 10) > 0
 
 
 @pytest.mark.slow
 def test_all_scenarios_headless_30s(sim_worker: ServerProcess, run_locust: RunLocust) -> None:
-    _run(run_locust, sim_worker, 30)
+    assert _run(run_locust, sim_worker, 30) > 0
 
 
 def test_step_shape_from_the_command_line(sim_worker: ServerProcess,

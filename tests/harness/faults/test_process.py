@@ -84,6 +84,7 @@ def test_kill_router_takes_the_target_down(start_fleet: FleetFactory) -> None:
     fault.inject(target, random.Random(0), Ledger(fault.name, 30))
     wait_for(lambda: proc.popen.poll() is not None, 10, "the router to die")
     wait_for(lambda: all(status(p) == "gone" for p in workers), 10, "its workers to die")
+    assert proc.popen.returncode is not None and workers
 
 
 def test_pid_outside_the_target_is_refused(fleet: tuple[ServerProcess, Target],

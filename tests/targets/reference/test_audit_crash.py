@@ -110,7 +110,7 @@ def _check(audit: Path, seen: list[Seen]) -> dict[str, Any]:
             "completed": sum(s.complete for s in seen)}
 
 
-def _crash_loop(tmp_path: Path, kills: int) -> None:
+def _crash_loop(tmp_path: Path, kills: int) -> dict[str, int]:
     audit = tmp_path / "audit.jsonl"
     rng = random.Random(4)
     seen: list[Seen] = []
@@ -151,8 +151,10 @@ def _crash_loop(tmp_path: Path, kills: int) -> None:
     assert totals["completed"] > kills * 5, totals
     assert totals["torn"] == (kills + 2) // 3
     print(f"audit crash test: {kills} kills, {len(seen)} requests, {totals}")
+    return totals
 
 
 @pytest.mark.timeout(300)
 def test_router_sigkill_twenty_times(tmp_path: Path) -> None:
-    _crash_loop(tmp_path, KILLS)
+    totals = _crash_loop(tmp_path, KILLS)
+    assert totals["completed"] > 0

@@ -93,7 +93,7 @@ class _Model(BaseModel):
 _REFERENCE_ONLY = ("workers", "min_workers", "max_workers", "target_ongoing", "upscale_delay",
                    "downscale_delay", "worker_capacity", "max_queue", "max_attempts",
                    "memory_limit_mb", "resume_streams", "audit_log", "audit_content",
-                   "audit_fsync", "stall_timeout", "worker_args")
+                   "audit_fsync", "stall_timeout", "worker_args", "audit_lossy_after")
 
 
 class TargetConfig(_Model):
@@ -122,6 +122,9 @@ class TargetConfig(_Model):
     audit_fsync: Literal["group", "off"] = "group"
     stall_timeout: PositiveSeconds = 3.0
     worker_args: tuple[str, ...] = ()
+    # a deliberately weakened target (game-day twins): the audit log fails after this many
+    # records and the router serves on without it, so every later request goes unaudited
+    audit_lossy_after: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> TargetConfig:
@@ -165,6 +168,8 @@ class TargetConfig(_Model):
         if self.resume_streams:
             args.append("--resume-streams")
         args += ["--audit-content", self.audit_content, "--audit-fsync", self.audit_fsync]
+        if self.audit_lossy_after is not None:
+            args += ["--audit-fault-after", str(self.audit_lossy_after), "--audit-fail-open"]
         args += [f"--worker-arg={arg}" for arg in self.worker_args]
         return args
 

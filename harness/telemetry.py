@@ -2,7 +2,8 @@
 
 One line per sample, the shape `harness/checks/run.py` reads:
 
-    {"time": <unix s>, "workers": [{"id", "state", "rss_bytes", "ongoing", "pid"}],
+    {"time": <unix s>, "workers": [{"id", "state", "rss_bytes", "private_bytes", "ongoing",
+                                    "pid"}],
      "metrics": {name: value}, "processes": [{"pid", "rss_bytes", "cpu_percent"}],
      "errors": [...]}            # only when part of the sample could not be taken
 
@@ -155,6 +156,7 @@ class Observer:
         if not isinstance(found, list):
             raise RuntimeError("GET /admin/workers: no `workers` list")
         return [{"id": w.get("id"), "state": w.get("state"), "rss_bytes": w.get("rss_bytes"),
+                 "private_bytes": w.get("private_bytes"),
                  "ongoing": w.get("ongoing"), "pid": w.get("pid")}
                 for w in found if isinstance(w, dict)]
 

@@ -11,12 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import UsageError
 
-__all__ = ["CHECK_NAMES", "PHASES", "CheckConfig", "load_config"]
+__all__ = ["CHECK_NAMES", "PHASES", "CheckConfig", "MemoryConfig", "load_config"]
 
 PHASES = ("baseline", "fault", "recovery", "steady")
 Phase = Literal["baseline", "fault", "recovery", "steady"]
-CheckName = Literal["slo", "recovery", "scaling", "audit", "steady_state"]
-CHECK_NAMES: tuple[CheckName, ...] = ("slo", "recovery", "scaling", "audit", "steady_state")
+CheckName = Literal["slo", "recovery", "scaling", "audit", "steady_state", "memory"]
+CHECK_NAMES: tuple[CheckName, ...] = ("slo", "recovery", "scaling", "audit", "steady_state",
+                                      "memory")
+# memory needs its bound (`memory.max_mb`), so it runs only when named
+DEFAULT_CHECKS: tuple[CheckName, ...] = ("slo", "recovery", "scaling", "audit", "steady_state")
 Positive = Field(default=None, gt=0)
 
 
@@ -79,13 +82,23 @@ class ScalingConfig(_Model):
     step: float = Field(default=0.25, gt=0)
 
 
+class MemoryConfig(_Model):
+    """The memory bound: no worker holds more than `max_mb` MiB of private memory (RSS when
+    private memory is not reported) for longer than `grace` seconds at a stretch, the time a
+    supervisor needs to notice and replace it."""
+
+    max_mb: float = Field(gt=0)
+    grace: float = Field(default=10.0, ge=0)
+
+
 class CheckConfig(_Model):
     """The whole `checks.yaml` (every section optional)."""
 
-    checks: tuple[CheckName, ...] = CHECK_NAMES
+    checks: tuple[CheckName, ...] = DEFAULT_CHECKS
     slo: SloConfig = SloConfig()
     recovery: RecoveryConfig = RecoveryConfig()
     scaling: ScalingConfig | None = None
+    memory: MemoryConfig | None = None
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -106,7 +119,7 @@ def load_config(path: Path | None) -> CheckConfig:
         data = {}
     if not isinstance(data, dict):
         raise UsageError(f"check: {path} must hold a mapping (slo:, recovery:, scaling:, "
-                         "checks:)")
+                         "memory:, checks:)")
     try:
         return CheckConfig.model_validate(data)
     except ValidationError as exc:

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from .audit import check_audit
 from .config import CheckConfig
+from .memory import check_memory
 from .recovery import check_recovery
 from .result import CheckResult, Verdict, merge
 from .run import RunData
@@ -48,6 +49,7 @@ CHECKS: Mapping[str, Check] = {
     "scaling": lambda c: check_scaling(c.run, c.config),
     "audit": lambda c: check_audit(c.run),
     "steady_state": lambda c: check_steady_state(c.run, c.need_timeline()),
+    "memory": lambda c: check_memory(c.run, c.config),
 }
 
 

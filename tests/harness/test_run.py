@@ -1,6 +1,7 @@
-"""`llm-chaos run`: the shipped worker-kill and scale-up game days pass against the reference
-target (sim engine), their weakened twins fail the recovery and scaling checks, a malformed
-experiment is refused before anything starts, and no process the run started outlives it."""
+"""`llm-chaos run`: every shipped game day (worker kill, scale-up, latency, memory leak, the
+mixed demo) passes against the reference target (sim engine), each weakened twin fails with
+the right check invalid, a malformed experiment is refused before anything starts, and no
+process the run started outlives it."""
 
 from __future__ import annotations
 
@@ -24,6 +25,22 @@ SCALE_UP = ROOT / "scenarios" / "gameday_scale_up.yaml"
 # the pinned twin misses it, with time left after it for the scale-down (downscale delay 5 s)
 SCALE_UP_FAST = ["--set", "target.model=sim", "--set", "load.duration=26",
                  "--set", "load.spike_at=4", "--set", "load.spike_duration=13"]
+LATENCY = ROOT / "scenarios" / "gameday_latency.yaml"
+LATENCY_FAST = ["--set", "target.model=sim", "--set", "load.duration=30",
+                "--set", "faults[0].at=6", "--set", "faults[0].for=10"]
+LEAK = ROOT / "scenarios" / "gameday_memory_leak.yaml"
+# a sim worker holds ~35 MiB: limit and bound scaled down; the leak still lasts longer than the
+# grace period (15 s) after it crosses the bound, so the twin without a limit breaks it
+LEAK_FAST = ["--set", "target.model=sim", "--set", "target.memory_limit_mb=250",
+             "--set", "checks.memory.max_mb=300", "--set", "load.duration=42",
+             "--set", "faults[0].at=5", "--set", "faults[0].for=30"]
+DEMO = ROOT / "scenarios" / "gameday_demo.yaml"
+DEMO_FAST = ["--set", "target.model=sim", "--set", "target.memory_limit_mb=250",
+             "--set", "checks.memory.max_mb=300",
+             "--set", "load.duration=40", "--set", "faults[0].at=5",
+             "--set", "faults[0].for=3", "--set", "faults[1].at=12",
+             "--set", "faults[1].for=6", "--set", "faults[2].at=22",
+             "--set", "faults[2].for=12"]
 
 
 def _run(tmp_path: Path, *extra: str, gameday: Path = GAMEDAY,
@@ -141,18 +158,78 @@ def test_demo_gameday_kill_latency_and_leak(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """`make demo`'s game day, shortened on the simulated engine: a kill, router latency and a
     memory leak the supervisor recycles; every check valid."""
-    demo = ROOT / "scenarios" / "gameday_demo.yaml"
-    code = main(["run", str(demo), "--report-dir", str(tmp_path),
-                 "--set", "target.model=sim", "--set", "target.memory_limit_mb=250",
-                 "--set", "load.duration=40", "--set", "faults[0].at=5",
-                 "--set", "faults[0].for=3", "--set", "faults[1].at=12",
-                 "--set", "faults[1].for=6", "--set", "faults[2].at=22",
-                 "--set", "faults[2].for=12"])
+    code, run_dir = _run(tmp_path, gameday=DEMO, fast=DEMO_FAST, min_processes=4)
     out = capsys.readouterr().out
-    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert code == 0, out
     assert _verdicts(run_dir) == {"slo": "valid", "recovery": "valid", "audit": "valid",
-                                  "steady_state": "valid"}
+                                  "steady_state": "valid", "memory": "valid"}
     events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
     assert [e for e in events if e["type"] == "recycle"], "the leaking worker was not recycled"
     assert "report.html" in out
+
+
+def test_demo_twin_with_a_lossy_audit_log_fails_the_audit_check(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The mixed game day against a router that loses its audit log after 40 records and serves
+    on without it."""
+    code, run_dir = _run(tmp_path, "--set", "target.audit_lossy_after=40", gameday=DEMO,
+                         fast=DEMO_FAST, min_processes=4)
+    out = capsys.readouterr().out
+    assert code == 1, out
+    verdicts = _verdicts(run_dir)
+    assert verdicts["audit"] == "invalid", verdicts
+    assert verdicts["recovery"] == "valid" and verdicts["memory"] == "valid", verdicts
+    audit = json.loads((run_dir / "summary.json").read_text())["checks"]["audit"]
+    assert "lost" in audit["summary"], audit
+
+
+def test_latency_gameday_passes_on_the_reference_target(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, run_dir = _run(tmp_path, gameday=LATENCY, fast=LATENCY_FAST)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert _verdicts(run_dir) == {"slo": "valid", "recovery": "valid", "audit": "valid",
+                                  "steady_state": "valid"}
+    # the latency was really there: requests sent during the fault waited for it
+    history = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+    slow = [x for x in history if x["f"] == "chat" and (x["value"].get("ttft") or 0) > 5.5]
+    assert slow, "no request saw the 6 s of added latency"
+    # slow, not failed (the requests in flight when the load stopped end `info`, interrupted)
+    assert [x for x in history if x["f"] == "chat" and x["type"] == "fail"] == []
+
+
+def test_latency_twin_with_a_tight_deadline_fails_the_recovery_check(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, run_dir = _run(tmp_path, "--set", "target.request_timeout=5", gameday=LATENCY,
+                         fast=LATENCY_FAST)
+    out = capsys.readouterr().out
+    assert code == 1, out
+    verdicts = _verdicts(run_dir)
+    assert verdicts["recovery"] == "invalid", verdicts
+    assert verdicts["audit"] == "valid"
+    recovery = json.loads((run_dir / "summary.json").read_text())["checks"]["recovery"]
+    assert "error budget" in recovery["summary"], recovery
+
+
+def test_memory_leak_gameday_passes_on_the_reference_target(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, run_dir = _run(tmp_path, gameday=LEAK, fast=LEAK_FAST, min_processes=4)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert _verdicts(run_dir) == {"slo": "valid", "recovery": "valid", "audit": "valid",
+                                  "steady_state": "valid", "memory": "valid"}
+    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [e for e in events if e["type"] == "recycle"], "the leaking worker was not recycled"
+
+
+def test_memory_leak_twin_without_a_limit_fails_the_memory_check(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, run_dir = _run(tmp_path, "--set", "target.memory_limit_mb=null", gameday=LEAK,
+                         fast=LEAK_FAST)
+    out = capsys.readouterr().out
+    assert code == 1, out
+    verdicts = _verdicts(run_dir)
+    assert verdicts["memory"] == "invalid", verdicts
+    assert verdicts["audit"] == "valid"
+    memory = json.loads((run_dir / "summary.json").read_text())["checks"]["memory"]
+    assert "held over 300 MiB" in memory["summary"], memory

@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import xmlschema
 
 from harness.cli import main
 from tests.harness.checks.rundir import RunBuilder
@@ -138,8 +139,9 @@ def test_summary_md_is_a_verdict_table(tmp_path: Path,
     assert re.search(r"^\| baseline \| 100 \|", md, re.M)
 
 
-# The Ant/Jenkins JUnit schema (junit-10.xsd, the one CI systems read): required attributes and
-# the order of a testsuite's children.
+# The Ant/Jenkins JUnit schema (junit-10.xsd, the one CI systems read), restated in junit.xsd
+# next to this file: validated with xmlschema, then the counts and outcomes checked one by one.
+JUNIT_XSD = Path(__file__).with_name("junit.xsd")
 SUITE_ATTRS = {"name", "tests", "failures", "errors", "time", "timestamp", "hostname"}
 CASE_ATTRS = {"name", "classname", "time"}
 
@@ -148,6 +150,8 @@ def test_junit_xml_follows_the_schema(tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     run = _run(tmp_path, broken=True)
     _check(tmp_path, run, capsys)
+    schema = xmlschema.XMLSchema(JUNIT_XSD)
+    schema.validate(run / "junit.xml")  # raises, naming the element and attribute at fault
     root = ET.parse(run / "junit.xml").getroot()
     assert root.tag == "testsuites"
     suites = list(root)

@@ -23,6 +23,7 @@ from locust import events as locust_events
 from locust.runners import MasterRunner, WorkerRunner
 
 from ..errors import UsageError
+from . import chaos_plan
 from .arrivals import KINDS, ArrivalSchedule, parse_arrival
 from .records import HistoryWriter, PendingRecord, default_run_dir
 from .shapes import SHAPES, ShapeSpec
@@ -181,6 +182,7 @@ def _add_options(parser: Any) -> None:
     g.add_argument("--spike-users", type=int, default=0, help="spike: users during the spike")
     g.add_argument("--spike-at", type=float, default=10.0, help="spike: start (s)")
     g.add_argument("--spike-duration", type=float, default=10.0, help="spike: length (s)")
+    chaos_plan.add_options(g)
 
 
 def shape_spec(options: Any) -> ShapeSpec:
@@ -201,11 +203,14 @@ def install(events: Any = None) -> None:
         return
     _installed.add(id(events))
     events.init_command_line_parser.add_listener(_add_options)
+    # the chaos plan chooses the run directory and seed before _on_init opens them
+    events.init.add_listener(chaos_plan.on_init)
     events.init.add_listener(_on_init)
     events.test_start.add_listener(_on_test_start)
     events.test_stopping.add_listener(_on_test_stopping)
     events.test_stop.add_listener(_on_test_stop)
     events.quitting.add_listener(_on_quitting)
+    chaos_plan.install(events)  # after ours: its test_stop judges the flushed records
 
 
 def _on_init(environment: Any, **_: Any) -> None:

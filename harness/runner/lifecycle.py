@@ -40,7 +40,7 @@ from .faults import abort_conditions, build_steps
 from .locust import LocustProcess
 from .probes import run_probes
 
-__all__ = ["RunOutcome", "run_experiment"]
+__all__ = ["RunOutcome", "judge_run", "run_experiment", "write_plan"]
 
 NEMESIS_FILE = "nemesis.jsonl"
 LOAD_START_TIMEOUT = 120.0
@@ -208,11 +208,7 @@ def run_experiment(path: Path, overrides: Sequence[str] = (), *,
     steps = build_steps(experiment)
     aborts = abort_conditions(experiment)
     run_dir = _run_dir(experiment, report_dir)
-    experiment.write_resolved(run_dir)
-    # the run's own check config, so `llm-chaos check RUN_DIR` re-judges it the same way
-    (run_dir / "checks.yaml").write_text(
-        yaml.safe_dump(experiment.checks.model_dump(mode="json"), sort_keys=False),
-        encoding="utf-8")
+    write_plan(experiment, run_dir)
     assert experiment.seed is not None  # load_experiment resolves it
     print(f"llm-chaos run: {experiment.name or path.name} seed {experiment.seed} -> {run_dir}",
           file=out, flush=True)
@@ -229,6 +225,22 @@ def run_experiment(path: Path, overrides: Sequence[str] = (), *,
             progress.stop()
             _merge_history(run_dir)
     progress.set("checks")
+    return judge_run(experiment, run_dir, out, inconclusive)
+
+
+def write_plan(experiment: Experiment, run_dir: Path) -> None:
+    """Write the resolved experiment and its check config into `run_dir` (created), so
+    `llm-chaos check RUN_DIR` re-judges the run the same way."""
+    experiment.write_resolved(run_dir)
+    (run_dir / "checks.yaml").write_text(
+        yaml.safe_dump(experiment.checks.model_dump(mode="json"), sort_keys=False),
+        encoding="utf-8")
+
+
+def judge_run(experiment: Experiment, run_dir: Path, out: TextIO,
+              inconclusive: str | None = None) -> RunOutcome:
+    """Run the experiment's checks on `run_dir`, print the verdicts, write the reports; a run
+    that could not complete (`inconclusive` says why) is at best unknown (exit 3)."""
     run = load_run(run_dir)
     result = run_checks(run, experiment.checks)
     width = max((len(c.name) for c in result.results), default=0)

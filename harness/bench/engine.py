@@ -8,12 +8,19 @@ One run, one heavy process at a time, on the CPU:
 3. the same at the highest level with `--quantize int8`, and whether the greedy text changed;
 4. transformers in its own process on the same prompts: `generate_batch` (continuous
    batching, paged attention) and `generate` on one padded static batch.
+
+With `--vs-transformers-serve`, instead: the worker and `transformers serve
+--continuous-batching` run side by side (both up, measured one at a time), on the same model and
+prompts, streamed, at 1, 4 and 16 concurrent streams, interleaved round by round so that other
+load on the machine hits both alike; then the worker alone at 32 and 64 streams (where its
+throughput stops growing), and a bfloat16 worker's greedy tokens against the fp32 worker's.
 The harness reaches the worker only over HTTP and process control.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import statistics
 import subprocess
 import sys
@@ -25,13 +32,20 @@ from pathlib import Path
 import httpx
 
 from ..errors import TargetError, UsageError
-from ..launcher import start_worker
+from ..faults.injector import sigterm_raises
+from ..launcher import ServerProcess, start_worker
 from .baseline import BaselineRun, run_baseline
 from .result import BenchResult, Cell, Figure, Goal, Table
 from .runner import Benchmark, Progress
 from .streams import BatchTiming, measure_batch
+from .transformers_serve import (
+    REQUEST_FIELDS,
+    folder_problems,
+    serve_command,
+    start_transformers_serve,
+)
 
-__all__ = ["BENCHMARK", "PROMPTS"]
+__all__ = ["BENCHMARK", "PROMPTS", "VsPlan", "vs_plan"]
 
 PROMPTS = (
     "What is the capital of France?",
@@ -52,10 +66,15 @@ PROMPTS = (
     "Tell me a fun fact about octopuses.",
 )
 
-PARTS = ("cold-start", "int8", "baseline")
+PARTS = ("cold-start", "int8", "baseline", "bf16")
 SCALING_GOAL = 6.0
 VS_GENERATE_BATCH_GOAL = 3.0
 COLD_START_GOAL_S = 3.0
+# issue 9: vLLM's CPU build (bf16) on this machine is 3.5x transformers serve at 16 streams,
+# with a median TTFT of 386 ms there
+VS_SERVE_GOAL = 3.5
+VS_SERVE_TTFT_GOAL_S = 0.386
+VS_SERVE_GOAL_STREAMS = 16
 
 
 def _levels(text: str) -> list[int]:
@@ -84,9 +103,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="worker spawns to time (default 3, 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--skip", action="append", default=[], choices=PARTS,
-                   help="leave a part out (its figures are reported as not measured)")
+                   help="leave a part out (its figures are reported as not measured); "
+                        "bf16 is a part of --vs-transformers-serve, the others of the default "
+                        "run")
     p.add_argument("--ready-timeout", type=float, default=300.0,
                    help="seconds a worker may take to become ready (default 300)")
+    p.add_argument("--vs-transformers-serve", action="store_true",
+                   help="instead of the parts above: the worker against `transformers serve "
+                        "--continuous-batching` at --streams (interleaved), the worker alone "
+                        "at --more-streams, and bf16 greedy tokens against fp32")
+    p.add_argument("--more-streams", type=_levels, default=[32, 64], metavar="N,N,...",
+                   help="with --vs-transformers-serve: levels for the worker alone "
+                        "(default 32,64), to show where its throughput stops growing")
 
 
 @dataclass(frozen=True)
@@ -363,6 +391,8 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
         raise UsageError("--rounds and --max-tokens must be 1 or more, --cold-starts 0 or more")
     if args.model == "sim":
         raise UsageError("--model sim has no weights to compare; use smollm2, tiny or a folder")
+    if args.vs_transformers_serve:
+        return _measure_vs_serve(args, rounds, progress)
     skip = set(args.skip)
     notes: list[str] = []
     progress(f"resolving --model {args.model}")
@@ -388,9 +418,299 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
             base = run_baseline(folder, _prompts(top), args.max_tokens, rounds=rounds,
                                 progress=progress)
     for part in sorted(skip):
-        notes.append(f"--skip {part}: its figures are not measured")
+        notes.append(f"--skip {part}: " + ("not part of the default run" if part == "bf16"
+                                           else "its figures are not measured"))
     return _result(args, levels, rounds, cold, fp32, int8, base, folder, notes)
 
+# -- --vs-transformers-serve -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VsPlan:
+    """Which concurrency levels `--vs-transformers-serve` measures on which server."""
+
+    compare: tuple[int, ...]  # both servers, interleaved
+    ours_only: tuple[int, ...]  # our worker alone (--more-streams not compared)
+    goal_level: int  # where the goals are judged: 16 streams, else the highest compared
+
+    @property
+    def ours(self) -> tuple[int, ...]:
+        return tuple(sorted({*self.compare, *self.ours_only}))
+
+
+def vs_plan(streams: Sequence[int], more: Sequence[int]) -> VsPlan:
+    """The levels to run: `streams` on both servers, the levels of `more` not among them on
+    ours alone; goals at 16 streams when compared, else at the highest compared level."""
+    compare = tuple(sorted(set(streams)))
+    if not compare or compare[0] < 1 or any(n < 1 for n in more):
+        raise UsageError("--streams and --more-streams take levels of 1 or more")
+    goal = VS_SERVE_GOAL_STREAMS if VS_SERVE_GOAL_STREAMS in compare else compare[-1]
+    return VsPlan(compare, tuple(sorted(set(more) - set(compare))), goal)
+
+
+@dataclass(frozen=True)
+class _VsRun:
+    """What the comparison measured: timed batches per level on each server, and the texts
+    of the first batch at the goal level (one per prompt)."""
+
+    ours: dict[int, list[BatchTiming]]
+    theirs: dict[int, list[BatchTiming]]
+    bf16: list[BatchTiming]
+    ready_s: dict[str, float]
+    texts: dict[str, tuple[str, ...]]
+
+
+def _timed(server: ServerProcess, name: str, label: str, level: int, rounds: int,
+           max_tokens: int, progress: Progress, out: dict[int, list[BatchTiming]],
+           texts: dict[str, tuple[str, ...]], text_level: int, ours: bool) -> None:
+    """`rounds` batches of `level` streams against one server, appended to `out[level]`."""
+    for r in range(rounds):
+        batch = measure_batch(server.url, name, _prompts(level), max_tokens, ignore_eos=ours,
+                              extra_body=None if ours else REQUEST_FIELDS)
+        out.setdefault(level, []).append(batch)
+        if level == text_level and label not in texts:
+            texts[label] = tuple(s.text for s in batch.streams)
+        ttft = statistics.median(s.ttft for s in batch.streams)
+        progress(f"{label} {_streams(level)}, round {r + 1}/{rounds}: "
+                 f"{batch.tokens_per_s:.1f} tokens/s ({batch.output_tokens} tokens in "
+                 f"{batch.wall:.2f} s), median TTFT {ttft * 1000:.0f} ms")
+
+
+def _ready(label: str, server: ServerProcess, timeout: float, progress: Progress) -> float:
+    progress(f"{label}: started, pid {server.pid}")
+    ready = server.wait_ready(timeout=timeout)
+    progress(f"{label}: ready in {ready:.1f} s")
+    return ready
+
+
+def _vs_run(args: argparse.Namespace, folder: Path, plan: VsPlan, rounds: int,
+            progress: Progress) -> _VsRun:
+    ours: dict[int, list[BatchTiming]] = {}
+    theirs: dict[int, list[BatchTiming]] = {}
+    bf16: dict[int, list[BatchTiming]] = {}
+    texts: dict[str, tuple[str, ...]] = {}
+    ready: dict[str, float] = {}
+    top, max_tokens, timeout = plan.ours[-1], args.max_tokens, args.ready_timeout
+    worker_args = ["--device", "cpu", "--max-num-seqs", str(max(32, top))]
+    # every server is a child of this process, stopped by PID when its `with` ends: normal
+    # end, error, Ctrl-C or SIGTERM
+    with sigterm_raises(), tempfile.TemporaryDirectory(prefix="llm-chaos-bench-") as tmp:
+        logs = Path(tmp)
+        with start_worker(args.model, args=worker_args, log_dir=logs) as worker:
+            ready["ours"] = _ready("our worker (fp32)", worker, timeout, progress)
+            ours_name = _served_name(worker.url)
+            with start_transformers_serve(folder, log_dir=logs) as serve:
+                ready["transformers_serve"] = _ready(
+                    "transformers serve --continuous-batching (fp32)", serve, timeout, progress)
+                serve_name = _served_name(serve.url)
+                # the first steps of a fresh process are slow; transformers serve also builds
+                # its continuous-batching manager on its first request
+                progress("warm-up: one short batch on each server")
+                measure_batch(worker.url, ours_name, _prompts(top), min(8, max_tokens))
+                measure_batch(serve.url, serve_name, _prompts(plan.compare[-1]),
+                              min(8, max_tokens), ignore_eos=False, extra_body=REQUEST_FIELDS)
+                for level in plan.compare:
+                    for _ in range(rounds):
+                        _timed(serve, serve_name, "transformers serve", level, 1, max_tokens,
+                               progress, theirs, texts, plan.goal_level, ours=False)
+                        _timed(worker, ours_name, "ours", level, 1, max_tokens, progress, ours,
+                               texts, plan.goal_level, ours=True)
+                    ratio = _ratio(_median([b.tokens_per_s for b in ours[level]]),
+                                   _median([b.tokens_per_s for b in theirs[level]]))
+                    progress(f"{_streams(level)}: ours / transformers serve = "
+                             + (f"{ratio:.2f}x" if ratio is not None else "-"))
+            progress("transformers serve stopped; our worker alone from here")
+            for level in plan.ours_only:
+                _timed(worker, ours_name, "ours", level, rounds, max_tokens, progress, ours,
+                       texts, plan.goal_level, ours=True)
+        if "bf16" not in args.skip:
+            with start_worker(args.model, args=[*worker_args, "--dtype", "bfloat16"],
+                              log_dir=logs) as bf:
+                ready["bf16"] = _ready("our worker (bf16)", bf, timeout, progress)
+                name = _served_name(bf.url)
+                measure_batch(bf.url, name, _prompts(plan.goal_level), min(8, max_tokens))
+                _timed(bf, name, "ours bf16", plan.goal_level, rounds, max_tokens, progress,
+                       bf16, texts, plan.goal_level, ours=True)
+    return _VsRun(ours, theirs, bf16.get(plan.goal_level, []), ready, texts)
+
+
+
+def _rounds_json(batches: dict[int, list[BatchTiming]]) -> dict[str, object]:
+    return {str(level): [{"tokens_per_s": b.tokens_per_s, "output_tokens": b.output_tokens,
+                          "wall_s": b.wall, "ttft_s": [s.ttft for s in b.streams],
+                          "prompt_tokens": [s.prompt_tokens for s in b.streams]}
+                         for b in runs] for level, runs in batches.items()}
+
+
+def _same_prompt_tokens(a: Sequence[BatchTiming], b: Sequence[BatchTiming]) -> float | None:
+    """Share of prompts whose prompt token count (usage) is the same on both servers."""
+    if not a or not b:
+        return None
+    pairs = [(x.prompt_tokens, y.prompt_tokens)
+             for x, y in zip(a[0].streams, b[0].streams, strict=False)]
+    known = [(x, y) for x, y in pairs if x is not None and y is not None]
+    return sum(x == y for x, y in known) / len(known) if known else None
+
+
+def _vs_result(args: argparse.Namespace, plan: VsPlan, rounds: int, run: _VsRun,
+               folder: Path | None, notes: list[str]) -> BenchResult:
+    goal = plan.goal_level
+    figures: list[Figure] = []
+    for level in plan.ours:
+        figures += _level_figures("ours", "reference worker (fp32)", level,
+                                  run.ours.get(level, []))
+    for level in plan.compare:
+        figures += _level_figures("transformers_serve",
+                                  "transformers serve --continuous-batching (fp32)", level,
+                                  run.theirs.get(level, []))
+    by_name = {f.name: f.value for f in figures}
+
+    def tps(prefix: str, level: int) -> float | None:
+        return by_name.get(f"{prefix}.streams_{level}.output_tokens_per_s")
+
+    for level in plan.compare:
+        figures.append(Figure(f"ours.vs_transformers_serve.streams_{level}",
+                              _ratio(tps("ours", level), tps("transformers_serve", level)), "x",
+                              f"ours / transformers serve, output tokens/s at "
+                              f"{_streams(level)}"))
+    measured = [(tps("ours", level), level) for level in plan.ours
+                if tps("ours", level) is not None]
+    serve_tokens = [s.output_tokens for runs in run.theirs.values() for b in runs
+                    for s in b.streams]
+    bf16_tps = _median([b.tokens_per_s for b in run.bf16])
+    fp32_texts = run.texts.get("ours", ())
+    bf16_texts = run.texts.get("ours bf16", ())
+    figures += [
+        Figure("ours.peak_streams", float(max(measured)[1]) if measured else None, "streams",
+               "the level where our worker's tokens/s was highest"),
+        Figure("transformers_serve.output_tokens_min",
+               float(min(serve_tokens)) if serve_tokens else None, "tokens",
+               f"fewest output tokens of a transformers serve stream (usage; "
+               f"{args.max_tokens} asked)"),
+        Figure("prompt_tokens.same_fraction",
+               _same_prompt_tokens(run.ours.get(goal, []), run.theirs.get(goal, [])),
+               "fraction", "prompts with the same prompt token count on both servers"),
+        Figure("ours.matching_tokens_vs_transformers_serve",
+               _matching_tokens(fp32_texts, run.texts.get("transformers serve", ()), folder),
+               "fraction", "mean share of output tokens before ours and transformers serve "
+                           "first differ (their EOS-free run keeps emitting EOS tokens)"),
+    ]
+    figures += _level_figures("bf16", "reference worker (bf16)", goal, run.bf16)
+    figures += [
+        Figure("bf16.speedup_vs_fp32", _ratio(bf16_tps, tps("ours", goal)), "x",
+               f"bf16 / fp32 tokens/s at {_streams(goal)}"),
+        Figure("bf16.identical_outputs",
+               _identical(fp32_texts, bf16_texts) if bf16_texts else None, "fraction",
+               "greedy outputs identical between bf16 and fp32"),
+        Figure("bf16.matching_tokens",
+               _matching_tokens(fp32_texts, bf16_texts, folder) if bf16_texts else None,
+               "fraction", "mean share of output tokens before bf16 and fp32 first differ"),
+    ]
+    goals = (
+        Goal("vs_transformers_serve", f"ours.vs_transformers_serve.streams_{goal}", ">=",
+             VS_SERVE_GOAL, f"{_streams(goal)} >= {VS_SERVE_GOAL:g}x transformers serve "
+                            "--continuous-batching"),
+        Goal("ttft", f"ours.streams_{goal}.ttft_median_s", "<=", VS_SERVE_TTFT_GOAL_S,
+             f"median TTFT at {_streams(goal)} <= {VS_SERVE_TTFT_GOAL_S * 1000:.0f} ms"),
+    )
+    if serve_tokens and min(serve_tokens) < args.max_tokens:
+        notes.append(f"transformers serve produced fewer than {args.max_tokens} tokens in some "
+                     "streams; its tokens/s counts the tokens it produced (usage)")
+    same = next(f.value for f in figures if f.name == "prompt_tokens.same_fraction")
+    if same is not None and same < 1:
+        notes.append("prompt token counts differ between the servers for some prompts")
+    try:
+        version = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return BenchResult(
+        bench="engine",
+        config={"model": args.model, "device": "cpu", "dtype": "float32",
+                "vs_transformers_serve": True, "streams": list(plan.compare),
+                "more_streams": list(plan.ours_only), "goal_streams": goal,
+                "max_tokens": args.max_tokens, "rounds": rounds, "quick": args.quick,
+                "skip": sorted(set(args.skip)), "prompts": list(PROMPTS),
+                "transformers": version,
+                "transformers_serve_command": serve_command(folder or Path("MODEL"), 0)[3:],
+                "transformers_serve_request_fields": dict(REQUEST_FIELDS)},
+        figures=tuple(figures), goals=goals,
+        tables=_vs_tables(figures, plan, rounds, args), notes=tuple(notes),
+        details={"ready_s": run.ready_s, "ours": _rounds_json(run.ours),
+                 "transformers_serve": _rounds_json(run.theirs),
+                 "bf16": _rounds_json({goal: run.bf16} if run.bf16 else {}),
+                 "texts": {k: list(v) for k, v in run.texts.items()}})
+
+
+def _vs_tables(figures: list[Figure], plan: VsPlan, rounds: int,
+               args: argparse.Namespace) -> tuple[Table, ...]:
+    by_name = {f.name: f.value for f in figures}
+
+    def get(prefix: str, level: int, key: str) -> float | None:
+        return by_name.get(f"{prefix}.streams_{level}.{key}")
+
+    compare = Table(
+        f"ours vs transformers serve --continuous-batching: {args.model}, CPU, fp32, "
+        f"{args.max_tokens} output tokens per stream (greedy, streamed), median of {rounds} "
+        "round(s)",
+        ("streams", "ours tokens/s", "ours TTFT s", "transformers serve tokens/s",
+         "their TTFT s", "ours / theirs"),
+        tuple((level, get("ours", level, "output_tokens_per_s"),
+               get("ours", level, "ttft_median_s"),
+               get("transformers_serve", level, "output_tokens_per_s"),
+               get("transformers_serve", level, "ttft_median_s"),
+               by_name.get(f"ours.vs_transformers_serve.streams_{level}"))
+              for level in plan.compare))
+    rows: list[tuple[Cell, ...]] = []
+    previous: float | None = None
+    for level in plan.ours:
+        value = get("ours", level, "output_tokens_per_s")
+        rows.append((level, value, get("ours", level, "ttft_median_s"),
+                     get("ours", level, "wall_s"), _ratio(value, previous)))
+        previous = value
+    scaling = Table("our worker (fp32) by concurrency: where throughput stops growing",
+                    ("streams", "tokens/s", "median TTFT s", "wall s", "x previous level"),
+                    tuple(rows))
+    goal = plan.goal_level
+    other = Table("bf16 and output agreement", ("figure", "value"), (
+        (f"bf16 worker tokens/s at {_streams(goal)}", get("bf16", goal, "output_tokens_per_s")),
+        (f"bf16 / fp32 tokens/s at {_streams(goal)}", by_name["bf16.speedup_vs_fp32"]),
+        ("bf16 outputs identical to fp32 (fraction)", by_name["bf16.identical_outputs"]),
+        ("bf16 tokens matching fp32 before the first difference (fraction)",
+         by_name["bf16.matching_tokens"]),
+        ("ours vs transformers serve: tokens before the first difference (fraction)",
+         by_name["ours.matching_tokens_vs_transformers_serve"]),
+        ("prompts with the same prompt token count on both servers (fraction)",
+         by_name["prompt_tokens.same_fraction"]),
+        ("fewest output tokens in a transformers serve stream",
+         by_name["transformers_serve.output_tokens_min"]),
+    ))
+    return compare, scaling, other
+
+
+def _measure_vs_serve(args: argparse.Namespace, rounds: int,
+                      progress: Progress) -> BenchResult:
+    """Our worker against `transformers serve --continuous-batching`, then alone, then bf16."""
+    plan = vs_plan(args.streams, args.more_streams)
+    progress(f"resolving --model {args.model}")
+    folder = _model_folder(args.model)
+    if folder is None:
+        raise UsageError(f"--model {args.model}: no local folder for transformers serve to load")
+    problems = folder_problems(folder)
+    if problems:
+        raise UsageError(f"transformers serve cannot load {folder} offline: "
+                         f"{', '.join(problems)}")
+    progress(f"plan: both servers at {', '.join(map(str, plan.compare))} streams "
+             f"(interleaved, {rounds} round(s)); ours alone at "
+             f"{', '.join(map(str, plan.ours_only)) or 'no other level'}; goals at "
+             f"{_streams(plan.goal_level)}")
+    notes: list[str] = []
+    run = _vs_run(args, folder, plan, rounds, progress)
+    if "bf16" in args.skip:
+        notes.append("--skip bf16: its figures are not measured")
+    ignored = sorted(set(args.skip) - {"bf16"})
+    if ignored:
+        notes.append(f"--skip {', '.join(ignored)}: not part of --vs-transformers-serve")
+    return _vs_result(args, plan, rounds, run, folder, notes)
 
 BENCHMARK = Benchmark(
     name="engine",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ class StreamTiming:
     output_tokens: int
     ttft: float
     e2e: float
+    prompt_tokens: int | None = None  # the server's usage.prompt_tokens, when it sent usage
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ async def _stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any]
     first: float | None = None
     pieces: list[str] = []
     usage: int | None = None
+    prompt_tokens: int | None = None
     finished = False
     content_chunks = 0
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
@@ -74,6 +76,7 @@ async def _stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any]
                 raise TargetError(f"stream ended with an error frame: {chunk['error']}")
             if chunk.get("usage"):
                 usage = int(chunk["usage"]["completion_tokens"])
+                prompt_tokens = chunk["usage"].get("prompt_tokens")
             for choice in chunk.get("choices") or []:
                 piece = (choice.get("delta") or {}).get("content")
                 if piece:
@@ -88,16 +91,20 @@ async def _stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any]
         raise TargetError("a stream was cut before its finish_reason")
     return StreamTiming(text="".join(pieces),
                         output_tokens=usage if usage is not None else content_chunks,
-                        ttft=(first if first is not None else end) - start, e2e=end - start)
+                        ttft=(first if first is not None else end) - start, e2e=end - start,
+                        prompt_tokens=int(prompt_tokens) if prompt_tokens is not None else None)
 
 
 async def _batch(url: str, model: str, prompts: Sequence[str], max_tokens: int,
-                 clock: Clock, timeout: float) -> BatchTiming:
+                 clock: Clock, timeout: float, ignore_eos: bool,
+                 extra_body: Mapping[str, Any]) -> BatchTiming:
     limits = httpx.Limits(max_connections=len(prompts), max_keepalive_connections=len(prompts))
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         bodies = [{"model": model, "messages": [{"role": "user", "content": p}],
-                   "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-                   "stream": True, "stream_options": {"include_usage": True}} for p in prompts]
+                   "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                   "stream_options": {"include_usage": True},
+                   **({"ignore_eos": True} if ignore_eos else {}), **extra_body}
+                  for p in prompts]
         start = clock()
         streams = await asyncio.gather(*(_stream_chat(client, url, b, clock) for b in bodies))
         wall = clock() - start
@@ -105,10 +112,14 @@ async def _batch(url: str, model: str, prompts: Sequence[str], max_tokens: int,
 
 
 def measure_batch(url: str, model: str, prompts: Sequence[str], max_tokens: int, *,
-                  clock: Clock = time.perf_counter, timeout: float = 600.0) -> BatchTiming:
-    """Stream one chat per prompt, all at once, greedy and ignoring EOS; raise TargetError
-    when any of them fails."""
+                  clock: Clock = time.perf_counter, timeout: float = 600.0,
+                  ignore_eos: bool = True,
+                  extra_body: Mapping[str, Any] | None = None) -> BatchTiming:
+    """Stream one chat per prompt, all at once, greedy and ignoring EOS (`ignore_eos=False`
+    for servers that reject the field; `extra_body` adds server-specific fields); raise
+    TargetError when any of them fails."""
     try:
-        return asyncio.run(_batch(url, model, prompts, max_tokens, clock, timeout))
+        return asyncio.run(_batch(url, model, prompts, max_tokens, clock, timeout, ignore_eos,
+                                  extra_body or {}))
     except httpx.HTTPError as exc:
         raise TargetError(f"streaming from {url} failed: {exc!r}") from exc

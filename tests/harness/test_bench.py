@@ -11,10 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from harness.bench import BenchResult, Figure, Goal, Table
+from harness.bench import BenchResult, Figure, Goal, Table, engine
+from harness.bench.engine import vs_plan
 from harness.bench.result import render_table
 from harness.bench.runner import exit_status
-from harness.cli import main
+from harness.bench.streams import BatchTiming, StreamTiming
+from harness.bench.transformers_serve import (
+    REQUEST_FIELDS,
+    folder_problems,
+    serve_command,
+    serve_env,
+)
+from harness.cli import build_parser, main
 
 LEVELS = (1, 2, 4)
 
@@ -94,3 +102,107 @@ def test_table_aligns_numbers_and_marks_missing_values() -> None:
     lines = text.splitlines()
     assert lines[0] == "t"
     assert lines[3].endswith(" 1234") and lines[4].endswith("-") and lines[5].endswith("3")
+
+
+# -- bench engine --vs-transformers-serve: argument handling and the result, no servers -------
+
+def test_vs_transformers_serve_options_parse() -> None:
+    args = build_parser().parse_args(["bench", "engine", "--vs-transformers-serve"])
+    assert args.vs_transformers_serve is True
+    assert (args.streams, args.more_streams, args.max_tokens) == ([1, 4, 16], [32, 64], 64)
+    args = build_parser().parse_args(["bench", "engine", "--more-streams", "64,8,8"])
+    assert args.vs_transformers_serve is False and args.more_streams == [8, 64]
+
+
+@pytest.mark.parametrize("value", ["0", "8,x", ""])
+def test_more_streams_refuses_bad_levels(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["bench", "engine", "--more-streams", value])
+    assert exc.value.code == 2
+    assert "--more-streams" in capsys.readouterr().err
+
+
+def test_vs_plan_compares_at_streams_and_runs_the_rest_on_ours_alone() -> None:
+    plan = vs_plan([1, 4, 16], [32, 64])
+    assert (plan.compare, plan.ours_only, plan.goal_level) == ((1, 4, 16), (32, 64), 16)
+    assert plan.ours == (1, 4, 16, 32, 64)
+    # a level asked for twice runs once, with both servers; goals fall back to the highest
+    plan = vs_plan([2, 1], [2, 4])
+    assert (plan.compare, plan.ours_only, plan.goal_level) == ((1, 2), (4,), 2)
+
+
+def test_transformers_serve_command_is_offline_continuous_batching_on_the_cpu(
+        tmp_path: Path) -> None:
+    cmd = serve_command(tmp_path, 8123, host="127.0.0.1")
+    assert cmd[3:5] == ["serve", "--continuous-batching"]
+    flags = dict(zip(cmd[5:-1:2], cmd[6:-1:2], strict=True))
+    assert flags == {"--device": "cpu", "--dtype": "float32", "--host": "127.0.0.1",
+                     "--port": "8123", "--log-level": "warning"}
+    assert cmd[-1] == str(tmp_path)
+    env = serve_env({"PATH": "/bin", "HF_HUB_OFFLINE": "0"})
+    assert env["HF_HUB_OFFLINE"] == "1" and env["PATH"] == "/bin"
+    fields = json.loads(str(REQUEST_FIELDS["generation_config"]))
+    assert fields == {"do_sample": False, "eos_token_id": -1}
+
+
+def _hf_folder(path: Path, template: bool = True) -> Path:
+    path.mkdir()
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        (path / name).write_text("{}")
+    (path / "tokenizer_config.json").write_text("{}")
+    if template:
+        (path / "chat_template.jinja").write_text("{{ messages }}")
+    return path
+
+
+def test_folder_problems_names_what_transformers_serve_would_miss(tmp_path: Path) -> None:
+    assert folder_problems(_hf_folder(tmp_path / "ok")) == []
+    assert folder_problems(_hf_folder(tmp_path / "bare", template=False)) == [
+        "no chat template (chat_template.jinja or tokenizer_config.json)"]
+    assert "no config.json" in folder_problems(tmp_path)
+
+
+def _batch(level: int, tokens_per_s: float, ttft: float) -> BatchTiming:
+    streams = tuple(StreamTiming(f"text {i}", 64, ttft, 1.0, prompt_tokens=30 + i)
+                    for i in range(level))
+    return BatchTiming(streams, 64 * level / tokens_per_s)
+
+
+def test_vs_transformers_serve_reports_ratios_and_misses_goals_honestly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """With the servers replaced by recorded batches: ratio per level, the worker alone at 32
+    and 64 streams, both goals judged (and missed) at 16 streams, everything in the JSON."""
+    ours = {1: 30.0, 4: 80.0, 16: 200.0, 32: 260.0, 64: 262.0}
+    theirs = {1: 20.0, 4: 50.0, 16: 125.0}
+    run = engine._VsRun(
+        ours={n: [_batch(n, v, 0.5)] for n, v in ours.items()},
+        theirs={n: [_batch(n, v, 1.2)] for n, v in theirs.items()},
+        bf16=[_batch(16, 400.0, 0.3)], ready_s={"ours": 2.0, "transformers_serve": 4.0},
+        texts={})
+    folder = _hf_folder(tmp_path / "model")
+    monkeypatch.setattr(engine, "_model_folder", lambda model: folder)
+    monkeypatch.setattr(engine, "_vs_run", lambda *args: run)
+    out = tmp_path / "vs.json"
+    assert main(["bench", "engine", "--vs-transformers-serve", "--quick", "--json",
+                 str(out)]) == 0
+    data = json.loads(out.read_text())
+    figures = {f["name"]: f["value"] for f in data["figures"]}
+    for level, value in theirs.items():
+        assert figures[f"ours.vs_transformers_serve.streams_{level}"] == \
+            pytest.approx(ours[level] / value)
+    assert figures["ours.streams_64.output_tokens_per_s"] == pytest.approx(262.0)
+    assert figures["ours.peak_streams"] == 64
+    assert figures["bf16.speedup_vs_fp32"] == pytest.approx(2.0)
+    assert figures["prompt_tokens.same_fraction"] == 1.0
+    goals = {g["name"]: g for g in data["goals"]}
+    assert goals["vs_transformers_serve"]["expression"] == \
+        "ours.vs_transformers_serve.streams_16 >= 3.5"
+    assert goals["ttft"]["expression"] == "ours.streams_16.ttft_median_s <= 0.386"
+    assert [goals[g]["met"] for g in ("vs_transformers_serve", "ttft")] == [False, False]
+    assert data["all_goals_met"] is False and data["config"]["more_streams"] == [32, 64]
+    printed = capsys.readouterr().out
+    assert "ours vs transformers serve --continuous-batching" in printed
+    assert "where throughput stops growing" in printed
+    # with --check a missed goal is exit status 1
+    assert main(["bench", "engine", "--vs-transformers-serve", "--check"]) == 1

@@ -230,7 +230,12 @@ class Supervisor:
         if stats:
             worker.last_seen = now
             step = int(stats.get("step", 0))
-            worker.engine_busy = bool(stats.get("running", 0) or stats.get("waiting", 0))
+            busy = bool(stats.get("running", 0) or stats.get("waiting", 0))
+            if busy and not worker.engine_busy:
+                # the stall clock starts when work arrives: the step counter stood still
+                # through the idle spell before it, which is not a stall
+                worker.last_progress = now
+            worker.engine_busy = busy
             prompt, generated = int(stats.get("prompt_tokens", 0)), int(
                 stats.get("generated_tokens", 0))
             self.on_tokens(worker.model, max(0, prompt - worker.prompt_tokens),

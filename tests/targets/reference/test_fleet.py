@@ -173,6 +173,27 @@ def test_sigstop_leaves_routing_set_and_sigcont_returns(start_fleet: FleetFactor
     assert next(w for w in workers(fleet) if w["id"] == paused["id"])["pid"] == paused["pid"]
 
 
+def test_work_after_an_idle_spell_is_not_a_stall(start_fleet: FleetFactory) -> None:
+    """A worker idle for longer than the stall timeout that then takes a request whose first
+    step is slow (1 s of prefill) is progressing, not stalled: the stall clock starts when work
+    arrives, not at the last step before the idle spell (found by the latency game day)."""
+    fleet = start_fleet("--model", "sim", "--workers", "1", "--stall-timeout", "1.5",
+                        "--worker-arg=--sim-ttft=1.0")
+    body = {"model": "sim", "prompt": "x", "max_tokens": 3}
+    assert httpx.post(fleet.url + "/v1/completions", json=body, timeout=30).status_code == 200
+    time.sleep(2.5)  # idle, longer than the stall timeout
+    for _ in range(2):
+        r = httpx.post(fleet.url + "/v1/completions", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        time.sleep(2.0)
+    resp = httpx.get(fleet.url + "/admin/events?follow=false", headers=AUTH, timeout=5)
+    events = [json.loads(line[5:]) for line in resp.text.splitlines()
+              if line.startswith("data:")]
+    assert any(e.get("type") == "registered" for e in events), resp.text
+    unlive = [e for e in events if e.get("type") == "state" and e.get("new") == "unlive"]
+    assert unlive == [], unlive
+
+
 def test_autoscaling_up_and_down(start_fleet: FleetFactory) -> None:
     fleet = start_fleet("--model", "sim", "--min-workers", "1", "--max-workers", "3",
                         "--target-ongoing", "2", "--upscale-delay", "0.5",

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench
     from .checks import add_parser as add_check
     from .demo import add_parser as add_demo
+    from .explore import add_parser as add_explore
     from .faults.cli import add_parser as add_faults
     from .proxy.cli import add_parser as add_proxy
     from .runner import add_parser as add_run
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_faults(sub)
     add_check(sub)
     add_run(sub)
+    add_explore(sub)
     return parser
 
 

@@ -93,7 +93,8 @@ class _Model(BaseModel):
 _REFERENCE_ONLY = ("workers", "min_workers", "max_workers", "target_ongoing", "upscale_delay",
                    "downscale_delay", "worker_capacity", "max_queue", "max_attempts",
                    "memory_limit_mb", "resume_streams", "audit_log", "audit_content",
-                   "audit_fsync", "stall_timeout", "worker_args", "audit_lossy_after")
+                   "audit_fsync", "stall_timeout", "worker_args", "audit_lossy_after",
+                   "planted_bug")
 
 
 class TargetConfig(_Model):
@@ -122,6 +123,8 @@ class TargetConfig(_Model):
     audit_fsync: Literal["group", "off"] = "group"
     stall_timeout: PositiveSeconds = 3.0
     worker_args: tuple[str, ...] = ()
+    # test-only: a known defect of the reference target for `llm-chaos explore` to find
+    planted_bug: Literal["audit-loss-kill-while-paused"] | None = None
     # a deliberately weakened target (game-day twins): the audit log fails after this many
     # records and the router serves on without it, so every later request goes unaudited
     audit_lossy_after: int | None = Field(default=None, ge=0)
@@ -170,6 +173,8 @@ class TargetConfig(_Model):
         args += ["--audit-content", self.audit_content, "--audit-fsync", self.audit_fsync]
         if self.audit_lossy_after is not None:
             args += ["--audit-fault-after", str(self.audit_lossy_after), "--audit-fail-open"]
+        if self.planted_bug is not None:
+            args += ["--planted-bug", self.planted_bug]
         args += [f"--worker-arg={arg}" for arg in self.worker_args]
         return args
 

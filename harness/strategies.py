@@ -13,21 +13,27 @@ so the same strategies can fuzz the reference worker, the router or another serv
 `experiment_documents` draws valid experiment files (as data); `broken_experiments` draws files
 that `harness.experiment.load_experiment` must refuse, each with the field path (or YAML
 problem) its error message must name.
+
+`fault_entries`, `fault_schedules` and `load_profiles` draw the `faults:` and `load:` sections
+that `llm-chaos explore` searches: times on a grid relative to the load's start (so a schedule
+replays), overlapping windows, random victims (the run's seeded RNG picks them) or named ones,
+and a blast radius; they shrink towards fewer, earlier, shorter faults of the first kinds.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias, TypeVar
+from typing import TypeAlias, TypeVar, cast
 
 from hypothesis import strategies as st
 
 __all__ = [
     "CHAT_PATH",
     "COMPLETION_PATH",
+    "SCHEDULE_KINDS",
     "BadRequest",
     "BrokenExperiment",
     "Json",
@@ -38,7 +44,10 @@ __all__ = [
     "chat_messages",
     "completion_bodies",
     "experiment_documents",
+    "fault_entries",
+    "fault_schedules",
     "json_values",
+    "load_profiles",
 ]
 
 Json: TypeAlias = bool | int | float | str | list["Json"] | dict[str, "Json"] | None
@@ -584,3 +593,151 @@ def broken_experiments() -> st.SearchStrategy[BrokenExperiment]:
         st.builds(bad_yaml, docs, st.integers(0, 50), junk).filter(yaml_fails),
         st.binary(max_size=200).map(lambda b: BrokenExperiment(b, "random bytes", None)),
     )
+
+
+# -- fault schedules and load profiles (llm-chaos explore) -------------------------------------
+
+# What `llm-chaos explore` draws by default: faults of the reference target's workers that a
+# correct fleet rides out without losing a request (an error-rate fault would fail the checks by
+# design; `--kinds` adds others). Hypothesis shrinks towards the first kind.
+SCHEDULE_KINDS = ("process-pause", "process-kill", "process-terminate")
+
+_GRID = 0.5  # seconds: `at` and `for` are multiples of it, so a schedule reads and replays
+
+
+def _grid(low: float, high: float, step: float = _GRID) -> st.SearchStrategy[float]:
+    """Multiples of `step` in [low, high] (shrinking towards `low`)."""
+    first, last = round(low / step), round(high / step)
+    return st.integers(first, max(first, last)).map(lambda i: i * step)
+
+
+def _fault_params(kind: str, max_count: int) -> st.SearchStrategy[JsonObject]:
+    """The fields of one fault `kind` beyond kind/at/for, each in a range that keeps a short
+    run meaningful (no fault so strong it only proves the obvious)."""
+    count = st.integers(1, max(1, max_count))
+    if kind.startswith("process-"):
+        return st.fixed_dictionaries({"on": st.just("worker"), "count": count})
+    admin: dict[str, st.SearchStrategy[JsonObject]] = {
+        "admin-latency": st.fixed_dictionaries({
+            "latency_s": st.sampled_from([0.1, 0.25, 0.5, 1.0])}),
+        "admin-slow_tokens": st.fixed_dictionaries({"delay_s": st.sampled_from([0.02, 0.05, 0.1])}),
+        "admin-error_rate": st.fixed_dictionaries({
+            "probability": st.sampled_from([0.1, 0.5, 1.0]), "status": st.sampled_from([500, 503]),
+            "seed": st.integers(0, 2**16)}),
+        "admin-hang": st.fixed_dictionaries({}),
+        "admin-truncate": st.fixed_dictionaries({"after_tokens": st.integers(0, 16),
+                                                 "error_frame": st.booleans()}),
+        "admin-memory_leak": st.fixed_dictionaries({"mb_per_s": st.sampled_from([10, 50]),
+                                                    "cap_mb": st.sampled_from([100, 200])}),
+        "admin-cpu_burn": st.fixed_dictionaries({"threads": st.integers(1, 2)}),
+    }
+    if kind in admin:
+        on_router = kind in ("admin-latency", "admin-error_rate", "admin-truncate")
+        where: st.SearchStrategy[JsonObject] = (
+            st.just({"on": "router"}) if on_router
+            else st.fixed_dictionaries({"on": st.just("worker"), "count": count}))
+        return st.builds(lambda w, p: {**w, "params": p}, where, admin[kind])
+    toxics: dict[str, st.SearchStrategy[JsonObject]] = {
+        "network-latency": st.fixed_dictionaries({"latency": st.sampled_from([50, 200, 1000]),
+                                                  "jitter": st.sampled_from([0, 20])}),
+        "network-bandwidth": st.fixed_dictionaries({"rate": st.sampled_from([1, 10, 100])}),
+        "network-slicer": st.fixed_dictionaries({"average_size": st.sampled_from([1, 16]),
+                                                 "delay": st.sampled_from([0, 1000])}),
+        "network-slow_close": st.fixed_dictionaries({"delay": st.sampled_from([100, 1000])}),
+        "network-timeout": st.fixed_dictionaries({"timeout": st.sampled_from([0, 500])}),
+        "network-reset_peer": st.fixed_dictionaries({"timeout": st.sampled_from([0, 500])}),
+        "network-limit_data": st.fixed_dictionaries({"bytes": st.sampled_from([100, 4096])}),
+    }
+    if kind in toxics:
+        return toxics[kind].map(lambda a: {"attributes": a})
+    if kind == "host-cpu-hog":
+        return st.fixed_dictionaries({"processes": st.integers(1, 2)})
+    if kind == "host-memory-hog":
+        return st.fixed_dictionaries({"mb": st.sampled_from([64, 256])})
+    return st.fixed_dictionaries({})  # network-down: no parameters
+
+
+def _entry(kind: str, at: float, hold: float, params: JsonObject,
+           last_end: float, step: float) -> JsonObject:
+    return {"kind": kind, "at": at, "for": max(step, min(hold, last_end - at)), **params}
+
+
+def _timed(kinds: Sequence[str], max_for: float, max_count: int, step: float
+           ) -> st.SearchStrategy[tuple[str, float, JsonObject]]:
+    """(kind, for, parameters) of one fault."""
+    if not kinds:
+        raise ValueError("kinds: give at least one fault kind")
+
+    # one_of, not sampled_from(...).flatmap: a flatmap redraws what depends on the kind when
+    # the kind shrinks, which leaves the shrinker stuck at longer schedules
+    return st.one_of([st.tuples(st.just(kind), _grid(step, max_for, step),
+                                _fault_params(kind, max_count)) for kind in kinds])
+
+
+def fault_entries(duration: float, kinds: Sequence[str] = SCHEDULE_KINDS, *,
+                  max_for: float = 3.0, tail: float = 1.5, max_count: int = 1,
+                  step: float = _GRID) -> st.SearchStrategy[JsonObject]:
+    """One entry of an experiment's `faults:` list for a load of `duration` seconds: a kind of
+    `kinds` (no container kinds: they need a Docker engine), `at` and `for` on a grid of `step`
+    seconds, ending `tail` seconds before the load does (so the checks see the way back), and
+    the kind's parameters. `max_count` bounds the workers one fault hits (its blast radius)."""
+    last_end = max(step * 2, duration - tail)
+    return st.builds(lambda at, t: _entry(t[0], at, t[1], t[2], last_end, step),
+                     _grid(0.0, last_end - step, step), _timed(kinds, max_for, max_count, step))
+
+
+def fault_schedules(duration: float, kinds: Sequence[str] = SCHEDULE_KINDS, *,
+                    max_faults: int = 3, max_for: float = 3.0, max_gap: float = 2.0,
+                    tail: float = 1.5, max_count: int = 1, victims: Sequence[str] = (),
+                    step: float = _GRID) -> st.SearchStrategy[list[JsonObject]]:
+    """A whole `faults:` list of 1..`max_faults` entries (as in `fault_entries`) in the order
+    they strike: the first at a drawn time, each next one 0..`max_gap` s after the one before,
+    so windows overlap often and shrink towards striking together (ties keep the list order,
+    which is the injection order). With `victims` (worker ids) a process fault may name its
+    worker instead of letting the run's seeded RNG pick one."""
+    last_end = max(step * 2, duration - tail)
+    named: st.SearchStrategy[str | None] = (
+        st.none() | st.sampled_from(tuple(victims)) if victims else st.none())
+    item = st.tuples(_grid(0.0, max_gap, step), _timed(kinds, max_for, max_count, step), named)
+
+    def build(first: float, items: list[tuple[float, tuple[str, float, JsonObject],
+                                              str | None]]) -> list[JsonObject]:
+        out: list[JsonObject] = []
+        at = first
+        for gap, (kind, hold, params), worker in items:
+            at = min(at + gap, last_end - step) if out else first
+            entry = _entry(kind, at, hold, params, last_end, step)
+            if worker is not None and kind.startswith("process-"):
+                entry = {**entry, "count": 1, "workers": [worker]}
+            out.append(entry)
+        return out
+
+    return st.builds(build, _grid(0.0, last_end - step, step),
+                     st.lists(item, min_size=1, max_size=max_faults))
+
+
+def load_profiles(duration: float, max_users: int = 8) -> st.SearchStrategy[JsonObject]:
+    """A `load:` section of `duration` seconds: closed-loop users (steady, ramp, step or spike)
+    or an open loop (Poisson or constant arrivals at a rate)."""
+    users = st.integers(1, max_users)
+    closed = st.one_of(
+        st.fixed_dictionaries({"users": users, "spawn_rate": st.just(float(max_users)),
+                               "shape": st.just("steady")}),
+        st.fixed_dictionaries({"users": users, "shape": st.just("ramp"),
+                               "ramp_time": _grid(_GRID, max(_GRID, duration / 2))}),
+        st.fixed_dictionaries({"users": users, "shape": st.just("step"),
+                               "step_users": st.integers(1, 2),
+                               "step_time": _grid(_GRID, max(_GRID, duration / 3))}),
+        st.fixed_dictionaries({"users": users, "shape": st.just("spike"),
+                               "spike_users": st.integers(1, max_users),
+                               "spike_at": _grid(0.0, duration / 2),
+                               "spike_duration": _grid(_GRID, max(_GRID, duration / 3))}),
+    )
+    opened = st.fixed_dictionaries({"users": users,
+                                    "arrival": st.sampled_from(["poisson", "constant"]),
+                                    "rate": st.sampled_from([1.0, 2.0, 5.0, 10.0])})
+    def timed(load: dict[str, object]) -> JsonObject:
+        # the values come from the JSON strategies above
+        return {**cast(JsonObject, load), "duration": duration}
+
+    return st.one_of(closed, opened).map(timed)

@@ -185,6 +185,7 @@ class AuditLog:
                                                flush=True))
         self.failure: str | None = None
         self.unaudited = 0  # requests served without their records (fail-open only)
+        self.lose_completed = 0  # test-only: planted bug (planted.py) drops these
         self.records = 0
         self.batches = 0  # fsyncs (group commits)
         self._seq = 0
@@ -655,6 +656,9 @@ class RequestTrail:
         self.finished = True
         if not self.audited:
             return  # counted as unaudited when it was accepted
+        if type_ == "completed" and self.log.lose_completed > 0:
+            self.log.lose_completed -= 1  # the planted bug: silently lost (test-only)
+            return
         seq = self.log.append(type_, self._fields(type_, error, http_status))
         if seq:
             await self.log.durable(seq)

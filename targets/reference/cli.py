@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "/metrics) instead of answering 503")
     # test-only: the log's writes fail with ENOSPC after N records (simulated disk full)
     f.add_argument("--audit-fault-after", type=int, default=None, help=argparse.SUPPRESS)
+    # test-only: a known defect for `llm-chaos explore` to find (targets/reference/planted.py)
+    f.add_argument("--planted-bug", choices=["audit-loss-kill-while-paused"], default=None,
+                   help=argparse.SUPPRESS)
     f.add_argument("--log-dir", default=None, help="where worker logs go (default: a temp dir)")
     f.add_argument("--worker-arg", action="append", default=None,
                    help="extra argument passed to every worker, e.g. --worker-arg=--sim-itl=0.02")

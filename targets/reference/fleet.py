@@ -346,6 +346,10 @@ def serve(args: Any) -> int:
                                      resume_streams=args.resume_streams)
     fleet = Fleet(fleet_settings, router_settings, token, drain_timeout=args.drain_timeout)
     audit = _open_audit(args, fleet)
+    if getattr(args, "planted_bug", None):
+        from .planted import plant
+
+        plant(args.planted_bug, fleet.registry, audit)
     app = _FastPath(create_fleet_app(fleet), fleet.router)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5)

@@ -483,10 +483,14 @@ class Router:
             if kind == "data":
                 assert isinstance(value, bytes)
                 buffer += value
-                for event in _sse_events(buffer):
+                events = _sse_events(buffer)
+                for i, event in enumerate(events):
                     sent += event + b"\n\n"
                     if _commits(event):
-                        return bytes(sent + buffer)
+                        # the events after it came in the same read (a burst, e.g. from a
+                        # worker resumed after a pause): they are part of the head too
+                        rest = b"".join(e + b"\n\n" for e in events[i + 1:])
+                        return bytes(sent) + rest + bytes(buffer)
             elif kind == "end":
                 return "worker closed the stream before any content"
             else:

@@ -97,6 +97,7 @@ class Supervisor:
         self._scale_since: dict[str, tuple[int, float]] = {}
         self._restarting: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._checks: dict[str, asyncio.Task[None]] = {}  # the look at each worker in flight
         self.stopping = False
         self.on_lost: Callable[[WorkerInfo, str], None] = lambda worker, why: None
         self.on_tokens: Callable[[str, int, int], None] = lambda model, prompt, generated: None
@@ -184,11 +185,10 @@ class Supervisor:
     async def stop(self) -> None:
         """Stop every worker (SIGTERM, then SIGKILL) and the monitor."""
         self.stopping = True
-        for task in self._tasks:
+        checks = list(self._checks.values())
+        for task in self._tasks + checks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*self._tasks, *checks, return_exceptions=True)
         await asyncio.gather(*(self._terminate(w) for w in list(self.registry.workers.values())))
         await self._client.aclose()
 
@@ -202,8 +202,17 @@ class Supervisor:
             full = time.monotonic() - last_probe >= self.settings.probe_interval
             if full:
                 last_probe = time.monotonic()
-            await asyncio.gather(*(self._check(w, full)
-                                   for w in list(self.registry.workers.values())))
+            for worker in list(self.registry.workers.values()):
+                # each worker is looked at on its own: a paused worker's probe waiting for its
+                # timeout must not delay noticing that another worker died
+                running = self._checks.get(worker.id)
+                if running is None or running.done():
+                    error = running.exception() if running and not running.cancelled() else None
+                    if error is not None:
+                        raise error  # a bug in _check ends the monitor loudly, as before
+                    self._checks[worker.id] = asyncio.create_task(self._check(worker, full))
+            for gone in self._checks.keys() - self.registry.workers.keys():
+                del self._checks[gone]  # retired by a scale-down
             if self.settings.autoscale and time.monotonic() - last_scale >= 0.25:
                 last_scale = time.monotonic()
                 for model in self.settings.models:

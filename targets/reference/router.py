@@ -412,7 +412,8 @@ class Router:
                 return Response(data, media_type="application/json",
                                 headers={"X-Request-Id": request_id})
             raise _Reject(502 if "deadline" not in last_error else 504,
-                          f"request failed after {len(tried)} attempt(s): {last_error}",
+                          f"request failed after {self.settings.max_attempts} attempt(s) "
+                          f"on {len(tried)} worker(s): {last_error}",
                           "server_error")
         finally:
             if not handed_off:

@@ -371,6 +371,18 @@ def test_latency_slow_tokens_and_errors_inject_and_revert(start_fleet: FleetFact
     assert ok.status_code == 200
 
 
+def test_failed_request_says_how_many_attempts_on_how_many_workers(
+        start_fleet: FleetFactory) -> None:
+    fleet = start_fleet("--model", "sim", "--workers", "1", "--max-attempts", "3")
+    add_fault(fleet, kind="error_rate", target=workers(fleet)[0]["id"], probability=1.0,
+              status=500, ttl=30)
+    failed = httpx.post(fleet.url + "/v1/completions", timeout=10,
+                        json={"model": "sim", "prompt": "x", "max_tokens": 2})
+    assert failed.status_code == 502
+    message = failed.json()["error"]["message"]
+    assert "after 3 attempt(s) on 1 worker(s)" in message and "answered 500" in message
+
+
 def test_hang_truncate_and_ttl_expiry(start_fleet: FleetFactory) -> None:
     fleet = start_fleet("--model", "sim", "--workers", "1", "--worker-arg=--sim-ttft=0.02",
                         "--worker-arg=--sim-itl=0.01", "--max-attempts", "1")

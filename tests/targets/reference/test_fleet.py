@@ -157,6 +157,8 @@ def test_replacement_live_within_5s(start_fleet: FleetFactory) -> None:
 
 def test_sigstop_leaves_routing_set_and_sigcont_returns(start_fleet: FleetFactory) -> None:
     fleet = start_fleet("--model", "sim", "--workers", "2")
+    wait_for(lambda: [w["state"] for w in workers(fleet)] == ["live"] * 2, 30,
+             "both workers to be live")  # one paused while starting would stay `starting`
     paused = workers(fleet)[0]
     os.kill(paused["pid"], signal.SIGSTOP)
     try:
@@ -200,6 +202,10 @@ def test_a_death_is_noticed_at_once_while_another_worker_is_paused(
     SIGKILL of another is still seen within a few monitor ticks (50 ms each), three times
     running: each worker is looked at on its own (found by llm-chaos explore)."""
     fleet = start_fleet("--model", "sim", "--workers", "3")
+    # the router is ready with one live worker: a worker paused while still starting would
+    # stay `starting`, never `unlive`
+    wait_for(lambda: [w["state"] for w in workers(fleet)] == ["live"] * 3, 30,
+             "all three workers to be live")
     paused, victim = workers(fleet)[0], workers(fleet)[1]
     os.kill(paused["pid"], signal.SIGSTOP)
     try:

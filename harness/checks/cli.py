@@ -61,7 +61,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                    help="a run directory (reports/<run-id>) holding history.jsonl")
     p.add_argument("--config", type=Path, metavar="PATH",
-                   help="checks.yaml with slo:, recovery:, scaling:, checks: sections "
+                   help="checks.yaml with slo:, recovery:, scaling:, memory:, checks: sections "
                         "(default: RUN_DIR/checks.yaml if present, else built-in defaults)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="write the reports here instead of into RUN_DIR")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -70,6 +71,21 @@ def _verdicts(run_dir: Path) -> dict[str, str]:
     return {c["name"]: c["verdict"] for c in checks}
 
 
+def _twin_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str,
+                check: str, phrase: str, still_valid: Sequence[str] = ("audit",),
+                **run: Any) -> None:
+    """Run a game day with one `--set` weakening the target: exit 1, `check` invalid with
+    `phrase` in its summary, the `still_valid` checks valid."""
+    code, run_dir = _run(tmp_path, "--set", override, **run)
+    out = capsys.readouterr().out
+    assert code == 1, out
+    verdicts = _verdicts(run_dir)
+    assert verdicts[check] == "invalid", verdicts
+    assert all(verdicts[name] == "valid" for name in still_valid), verdicts
+    result = json.loads((run_dir / "summary.json").read_text())["checks"][check]
+    assert phrase in result["summary"], result
+
+
 def test_gameday_passes_on_the_reference_target(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     code, run_dir = _run(tmp_path)
@@ -94,14 +110,7 @@ def test_gameday_passes_on_the_reference_target(tmp_path: Path,
 
 def test_weakened_twin_fails_the_recovery_check(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    code, run_dir = _run(tmp_path, "--set", "target.resume_streams=false")
-    out = capsys.readouterr().out
-    assert code == 1, out
-    verdicts = _verdicts(run_dir)
-    assert verdicts["recovery"] == "invalid", verdicts
-    assert verdicts["audit"] == "valid"
-    assert "error budget" in json.loads((run_dir / "summary.json").read_text()
-                                        )["checks"]["recovery"]["summary"]
+    _twin_fails(tmp_path, capsys, "target.resume_streams=false", "recovery", "error budget")
 
 
 def test_scale_up_gameday_passes_on_the_reference_target(
@@ -125,15 +134,8 @@ def test_scale_up_gameday_passes_on_the_reference_target(
 
 def test_scale_up_twin_pinned_to_one_worker_fails_scaling(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, run_dir = _run(tmp_path, "--set", "target.max_workers=1", gameday=SCALE_UP,
-                         fast=SCALE_UP_FAST, min_processes=2)
-    out = capsys.readouterr().out
-    assert code == 1, out
-    verdicts = _verdicts(run_dir)
-    assert verdicts["scaling"] == "invalid", verdicts
-    assert verdicts["audit"] == "valid"
-    summary = json.loads((run_dir / "summary.json").read_text())["checks"]["scaling"]
-    assert "scale-up needed" in summary["summary"]
+    _twin_fails(tmp_path, capsys, "target.max_workers=1", "scaling", "scale-up needed",
+                gameday=SCALE_UP, fast=SCALE_UP_FAST, min_processes=2)
 
 
 def test_malformed_experiment_exits_2_naming_the_field(
@@ -172,15 +174,8 @@ def test_demo_twin_with_a_lossy_audit_log_fails_the_audit_check(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The mixed game day against a router that loses its audit log after 40 records and serves
     on without it."""
-    code, run_dir = _run(tmp_path, "--set", "target.audit_lossy_after=40", gameday=DEMO,
-                         fast=DEMO_FAST, min_processes=4)
-    out = capsys.readouterr().out
-    assert code == 1, out
-    verdicts = _verdicts(run_dir)
-    assert verdicts["audit"] == "invalid", verdicts
-    assert verdicts["recovery"] == "valid" and verdicts["memory"] == "valid", verdicts
-    audit = json.loads((run_dir / "summary.json").read_text())["checks"]["audit"]
-    assert "lost" in audit["summary"], audit
+    _twin_fails(tmp_path, capsys, "target.audit_lossy_after=40", "audit", "lost",
+                ("recovery", "memory"), gameday=DEMO, fast=DEMO_FAST, min_processes=4)
 
 
 def test_latency_gameday_passes_on_the_reference_target(
@@ -200,15 +195,8 @@ def test_latency_gameday_passes_on_the_reference_target(
 
 def test_latency_twin_with_a_tight_deadline_fails_the_recovery_check(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, run_dir = _run(tmp_path, "--set", "target.request_timeout=5", gameday=LATENCY,
-                         fast=LATENCY_FAST)
-    out = capsys.readouterr().out
-    assert code == 1, out
-    verdicts = _verdicts(run_dir)
-    assert verdicts["recovery"] == "invalid", verdicts
-    assert verdicts["audit"] == "valid"
-    recovery = json.loads((run_dir / "summary.json").read_text())["checks"]["recovery"]
-    assert "error budget" in recovery["summary"], recovery
+    _twin_fails(tmp_path, capsys, "target.request_timeout=5", "recovery", "error budget",
+                gameday=LATENCY, fast=LATENCY_FAST)
 
 
 def test_memory_leak_gameday_passes_on_the_reference_target(
@@ -224,12 +212,5 @@ def test_memory_leak_gameday_passes_on_the_reference_target(
 
 def test_memory_leak_twin_without_a_limit_fails_the_memory_check(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, run_dir = _run(tmp_path, "--set", "target.memory_limit_mb=null", gameday=LEAK,
-                         fast=LEAK_FAST)
-    out = capsys.readouterr().out
-    assert code == 1, out
-    verdicts = _verdicts(run_dir)
-    assert verdicts["memory"] == "invalid", verdicts
-    assert verdicts["audit"] == "valid"
-    memory = json.loads((run_dir / "summary.json").read_text())["checks"]["memory"]
-    assert "held over 300 MiB" in memory["summary"], memory
+    _twin_fails(tmp_path, capsys, "target.memory_limit_mb=null", "memory",
+                "held over 300 MiB", gameday=LEAK, fast=LEAK_FAST)

@@ -92,6 +92,7 @@ class BatchEngine:
         stall_timeout: float = 15.0,
         history: int = 1024,
         prefix_cache_size: int = 16,
+        threads: int | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -122,6 +123,7 @@ class BatchEngine:
         self.prefix_cache_size = prefix_cache_size
         self._prefixes: collections.OrderedDict[tuple[int, ...], Any] = collections.OrderedDict()
         self.cached_prompt_tokens = 0
+        self.threads = threads  # torch intra-op threads of the engine thread (None: as is)
 
     @staticmethod
     def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -203,6 +205,8 @@ class BatchEngine:
     # -- the loop -----------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)  # per thread under OpenMP: this one's
         while True:
             with self._cond:
                 while not (self._stopping or self._inbox or self._waiting or self._running):

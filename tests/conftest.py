@@ -67,8 +67,9 @@ def smollm2_worker(session_logs: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="session")
 def tiny_worker(session_logs: Path) -> Iterator[ServerProcess]:
-    """One tiny random-Llama worker shared by the session."""
-    yield from _session_worker("tiny", session_logs)
+    """One tiny random-Llama worker shared by the session, in float32 so that its greedy output
+    equals a plain transformers forward pass token for token."""
+    yield from _session_worker("tiny", session_logs, "--dtype", "float32")
 
 
 @pytest.fixture(scope="session")

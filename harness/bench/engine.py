@@ -13,7 +13,10 @@ With `--vs-transformers-serve`, instead: the worker and `transformers serve
 --continuous-batching` run side by side (both up, measured one at a time), on the same model and
 prompts, streamed, at 1, 4 and 16 concurrent streams, interleaved round by round so that other
 load on the machine hits both alike; then the worker alone at 32 and 64 streams (where its
-throughput stops growing), and a bfloat16 worker's greedy tokens against the fp32 worker's.
+throughput stops growing), and the worker in the other dtype at 16 streams: its speed, and the
+bfloat16 worker's greedy tokens against the float32 worker's. Our worker runs in its own
+default dtype (`--dtype auto`: bfloat16 on CPUs with AVX512-BF16 or AMX, as vLLM's CPU build
+does), transformers serve in float32, its CPU default.
 The harness reaches the worker only over HTTP and process control.
 """
 
@@ -66,7 +69,9 @@ PROMPTS = (
     "Tell me a fun fact about octopuses.",
 )
 
-PARTS = ("cold-start", "int8", "baseline", "bf16")
+PARTS = ("cold-start", "int8", "baseline", "dtype")
+DTYPES = ("auto", "float32", "bfloat16")
+_SHORT = {"float32": "fp32", "bfloat16": "bf16"}
 SCALING_GOAL = 6.0
 VS_GENERATE_BATCH_GOAL = 3.0
 COLD_START_GOAL_S = 3.0
@@ -104,14 +109,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--skip", action="append", default=[], choices=PARTS,
                    help="leave a part out (its figures are reported as not measured); "
-                        "bf16 is a part of --vs-transformers-serve, the others of the default "
-                        "run")
+                        "dtype (the worker in the other dtype) is a part of "
+                        "--vs-transformers-serve, the others of the default run")
     p.add_argument("--ready-timeout", type=float, default=300.0,
                    help="seconds a worker may take to become ready (default 300)")
     p.add_argument("--vs-transformers-serve", action="store_true",
                    help="instead of the parts above: the worker against `transformers serve "
                         "--continuous-batching` at --streams (interleaved), the worker alone "
                         "at --more-streams, and bf16 greedy tokens against fp32")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="with --vs-transformers-serve: our worker's dtype (default auto, as "
+                        "the worker picks it: bfloat16 on CPUs with AVX512-BF16 or AMX, else "
+                        "float32); the worker in the other dtype runs at the goal level for "
+                        "speed and token agreement. The default run is float32 throughout, "
+                        "like the transformers baselines")
     p.add_argument("--more-streams", type=_levels, default=[32, 64], metavar="N,N,...",
                    help="with --vs-transformers-serve: levels for the worker alone "
                         "(default 32,64), to show where its throughput stops growing")
@@ -403,8 +414,8 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
         cold: list[float] = []
         if "cold-start" not in skip and n_cold > 0:
             cold = _cold_starts(args.model, n_cold, logs, args.ready_timeout, progress)
-        fp32 = _worker_run(args.model, [], levels, rounds, args.max_tokens, logs,
-                           args.ready_timeout, "fp32", progress)
+        fp32 = _worker_run(args.model, ["--dtype", "float32"], levels, rounds,
+                           args.max_tokens, logs, args.ready_timeout, "fp32", progress)
         int8 = None
         if "int8" not in skip:
             int8 = _worker_run(args.model, ["--quantize", "int8"], [top], rounds,
@@ -418,7 +429,7 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
             base = run_baseline(folder, _prompts(top), args.max_tokens, rounds=rounds,
                                 progress=progress)
     for part in sorted(skip):
-        notes.append(f"--skip {part}: " + ("not part of the default run" if part == "bf16"
+        notes.append(f"--skip {part}: " + ("not part of the default run" if part == "dtype"
                                            else "its figures are not measured"))
     return _result(args, levels, rounds, cold, fp32, int8, base, folder, notes)
 
@@ -455,9 +466,10 @@ class _VsRun:
 
     ours: dict[int, list[BatchTiming]]
     theirs: dict[int, list[BatchTiming]]
-    bf16: list[BatchTiming]
+    other: list[BatchTiming]  # our worker in the other dtype, at the goal level
     ready_s: dict[str, float]
     texts: dict[str, tuple[str, ...]]
+    dtype: str = "float32"  # ours: float32 or bfloat16
 
 
 def _timed(server: ServerProcess, name: str, label: str, level: int, rounds: int,
@@ -487,17 +499,20 @@ def _vs_run(args: argparse.Namespace, folder: Path, plan: VsPlan, rounds: int,
             progress: Progress) -> _VsRun:
     ours: dict[int, list[BatchTiming]] = {}
     theirs: dict[int, list[BatchTiming]] = {}
-    bf16: dict[int, list[BatchTiming]] = {}
+    other: dict[int, list[BatchTiming]] = {}
     texts: dict[str, tuple[str, ...]] = {}
     ready: dict[str, float] = {}
     top, max_tokens, timeout = plan.ours[-1], args.max_tokens, args.ready_timeout
+    dtype = ours_dtype(args.dtype)
+    other_dtype = "float32" if dtype == "bfloat16" else "bfloat16"
     worker_args = ["--device", "cpu", "--max-num-seqs", str(max(32, top))]
     # every server is a child of this process, stopped by PID when its `with` ends: normal
     # end, error, Ctrl-C or SIGTERM
     with sigterm_raises(), tempfile.TemporaryDirectory(prefix="llm-chaos-bench-") as tmp:
         logs = Path(tmp)
-        with start_worker(args.model, args=worker_args, log_dir=logs) as worker:
-            ready["ours"] = _ready("our worker (fp32)", worker, timeout, progress)
+        with start_worker(args.model, args=[*worker_args, "--dtype", dtype],
+                          log_dir=logs) as worker:
+            ready["ours"] = _ready(f"our worker ({_SHORT[dtype]})", worker, timeout, progress)
             ours_name = _served_name(worker.url)
             with start_transformers_serve(folder, log_dir=logs) as serve:
                 ready["transformers_serve"] = _ready(
@@ -523,15 +538,25 @@ def _vs_run(args: argparse.Namespace, folder: Path, plan: VsPlan, rounds: int,
             for level in plan.ours_only:
                 _timed(worker, ours_name, "ours", level, rounds, max_tokens, progress, ours,
                        texts, plan.goal_level, ours=True)
-        if "bf16" not in args.skip:
-            with start_worker(args.model, args=[*worker_args, "--dtype", "bfloat16"],
-                              log_dir=logs) as bf:
-                ready["bf16"] = _ready("our worker (bf16)", bf, timeout, progress)
-                name = _served_name(bf.url)
-                measure_batch(bf.url, name, _prompts(plan.goal_level), min(8, max_tokens))
-                _timed(bf, name, "ours bf16", plan.goal_level, rounds, max_tokens, progress,
-                       bf16, texts, plan.goal_level, ours=True)
-    return _VsRun(ours, theirs, bf16.get(plan.goal_level, []), ready, texts)
+        if "dtype" not in args.skip:
+            tag = _SHORT[other_dtype]
+            with start_worker(args.model, args=[*worker_args, "--dtype", other_dtype],
+                              log_dir=logs) as second:
+                ready[tag] = _ready(f"our worker ({tag})", second, timeout, progress)
+                name = _served_name(second.url)
+                measure_batch(second.url, name, _prompts(plan.goal_level), min(8, max_tokens))
+                _timed(second, name, f"ours {tag}", plan.goal_level, rounds, max_tokens,
+                       progress, other, texts, plan.goal_level, ours=True)
+    return _VsRun(ours, theirs, other.get(plan.goal_level, []), ready, texts, dtype)
+
+
+def ours_dtype(option: str) -> str:
+    """The dtype our worker runs in for `--dtype option` (auto: as the worker resolves it)."""
+    if option != "auto":
+        return option
+    from targets.reference.models import default_dtype
+
+    return default_dtype("cpu")
 
 
 
@@ -555,9 +580,11 @@ def _same_prompt_tokens(a: Sequence[BatchTiming], b: Sequence[BatchTiming]) -> f
 def _vs_result(args: argparse.Namespace, plan: VsPlan, rounds: int, run: _VsRun,
                folder: Path | None, notes: list[str]) -> BenchResult:
     goal = plan.goal_level
+    tag = _SHORT[run.dtype]
+    other_tag = "fp32" if tag == "bf16" else "bf16"
     figures: list[Figure] = []
     for level in plan.ours:
-        figures += _level_figures("ours", "reference worker (fp32)", level,
+        figures += _level_figures("ours", f"reference worker ({tag})", level,
                                   run.ours.get(level, []))
     for level in plan.compare:
         figures += _level_figures("transformers_serve",
@@ -577,9 +604,10 @@ def _vs_result(args: argparse.Namespace, plan: VsPlan, rounds: int, run: _VsRun,
                 if tps("ours", level) is not None]
     serve_tokens = [s.output_tokens for runs in run.theirs.values() for b in runs
                     for s in b.streams]
-    bf16_tps = _median([b.tokens_per_s for b in run.bf16])
-    fp32_texts = run.texts.get("ours", ())
-    bf16_texts = run.texts.get("ours bf16", ())
+    other_tps = _median([b.tokens_per_s for b in run.other])
+    texts = {tag: run.texts.get("ours", ()), other_tag: run.texts.get(f"ours {other_tag}", ())}
+    fp32_texts, bf16_texts = texts["fp32"], texts["bf16"]
+    speed = {tag: tps("ours", goal), other_tag: other_tps}
     figures += [
         Figure("ours.peak_streams", float(max(measured)[1]) if measured else None, "streams",
                "the level where our worker's tokens/s was highest"),
@@ -591,19 +619,19 @@ def _vs_result(args: argparse.Namespace, plan: VsPlan, rounds: int, run: _VsRun,
                _same_prompt_tokens(run.ours.get(goal, []), run.theirs.get(goal, [])),
                "fraction", "prompts with the same prompt token count on both servers"),
         Figure("ours.matching_tokens_vs_transformers_serve",
-               _matching_tokens(fp32_texts, run.texts.get("transformers serve", ()), folder),
+               _matching_tokens(texts[tag], run.texts.get("transformers serve", ()), folder),
                "fraction", "mean share of output tokens before ours and transformers serve "
                            "first differ (their EOS-free run keeps emitting EOS tokens)"),
     ]
-    figures += _level_figures("bf16", "reference worker (bf16)", goal, run.bf16)
+    figures += _level_figures(other_tag, f"reference worker ({other_tag})", goal, run.other)
     figures += [
-        Figure("bf16.speedup_vs_fp32", _ratio(bf16_tps, tps("ours", goal)), "x",
+        Figure("bf16.speedup_vs_fp32", _ratio(speed["bf16"], speed["fp32"]), "x",
                f"bf16 / fp32 tokens/s at {_streams(goal)}"),
         Figure("bf16.identical_outputs",
-               _identical(fp32_texts, bf16_texts) if bf16_texts else None, "fraction",
+               _identical(fp32_texts, bf16_texts) if run.other else None, "fraction",
                "greedy outputs identical between bf16 and fp32"),
         Figure("bf16.matching_tokens",
-               _matching_tokens(fp32_texts, bf16_texts, folder) if bf16_texts else None,
+               _matching_tokens(fp32_texts, bf16_texts, folder) if run.other else None,
                "fraction", "mean share of output tokens before bf16 and fp32 first differ"),
     ]
     goals = (
@@ -625,7 +653,7 @@ def _vs_result(args: argparse.Namespace, plan: VsPlan, rounds: int, run: _VsRun,
         version = None
     return BenchResult(
         bench="engine",
-        config={"model": args.model, "device": "cpu", "dtype": "float32",
+        config={"model": args.model, "device": "cpu", "dtype": run.dtype,
                 "vs_transformers_serve": True, "streams": list(plan.compare),
                 "more_streams": list(plan.ours_only), "goal_streams": goal,
                 "max_tokens": args.max_tokens, "rounds": rounds, "quick": args.quick,
@@ -634,23 +662,23 @@ def _vs_result(args: argparse.Namespace, plan: VsPlan, rounds: int, run: _VsRun,
                 "transformers_serve_command": serve_command(folder or Path("MODEL"), 0)[3:],
                 "transformers_serve_request_fields": dict(REQUEST_FIELDS)},
         figures=tuple(figures), goals=goals,
-        tables=_vs_tables(figures, plan, rounds, args), notes=tuple(notes),
+        tables=_vs_tables(figures, plan, rounds, args, tag), notes=tuple(notes),
         details={"ready_s": run.ready_s, "ours": _rounds_json(run.ours),
                  "transformers_serve": _rounds_json(run.theirs),
-                 "bf16": _rounds_json({goal: run.bf16} if run.bf16 else {}),
+                 other_tag: _rounds_json({goal: run.other} if run.other else {}),
                  "texts": {k: list(v) for k, v in run.texts.items()}})
 
 
 def _vs_tables(figures: list[Figure], plan: VsPlan, rounds: int,
-               args: argparse.Namespace) -> tuple[Table, ...]:
+               args: argparse.Namespace, tag: str) -> tuple[Table, ...]:
     by_name = {f.name: f.value for f in figures}
 
     def get(prefix: str, level: int, key: str) -> float | None:
         return by_name.get(f"{prefix}.streams_{level}.{key}")
 
     compare = Table(
-        f"ours vs transformers serve --continuous-batching: {args.model}, CPU, fp32, "
-        f"{args.max_tokens} output tokens per stream (greedy, streamed), median of {rounds} "
+        f"ours ({tag}) vs transformers serve --continuous-batching (fp32): {args.model}, "
+        f"CPU, {args.max_tokens} output tokens per stream (greedy, streamed), median of {rounds} "
         "round(s)",
         ("streams", "ours tokens/s", "ours TTFT s", "transformers serve tokens/s",
          "their TTFT s", "ours / theirs"),
@@ -667,12 +695,14 @@ def _vs_tables(figures: list[Figure], plan: VsPlan, rounds: int,
         rows.append((level, value, get("ours", level, "ttft_median_s"),
                      get("ours", level, "wall_s"), _ratio(value, previous)))
         previous = value
-    scaling = Table("our worker (fp32) by concurrency: where throughput stops growing",
+    scaling = Table(f"our worker ({tag}) by concurrency: where throughput stops growing",
                     ("streams", "tokens/s", "median TTFT s", "wall s", "x previous level"),
                     tuple(rows))
     goal = plan.goal_level
-    other = Table("bf16 and output agreement", ("figure", "value"), (
-        (f"bf16 worker tokens/s at {_streams(goal)}", get("bf16", goal, "output_tokens_per_s")),
+    other_tag = "fp32" if tag == "bf16" else "bf16"
+    other = Table("bf16 against fp32, and output agreement", ("figure", "value"), (
+        (f"{other_tag} worker tokens/s at {_streams(goal)}",
+         get(other_tag, goal, "output_tokens_per_s")),
         (f"bf16 / fp32 tokens/s at {_streams(goal)}", by_name["bf16.speedup_vs_fp32"]),
         ("bf16 outputs identical to fp32 (fraction)", by_name["bf16.identical_outputs"]),
         ("bf16 tokens matching fp32 before the first difference (fraction)",
@@ -689,7 +719,8 @@ def _vs_tables(figures: list[Figure], plan: VsPlan, rounds: int,
 
 def _measure_vs_serve(args: argparse.Namespace, rounds: int,
                       progress: Progress) -> BenchResult:
-    """Our worker against `transformers serve --continuous-batching`, then alone, then bf16."""
+    """Our worker against `transformers serve --continuous-batching`, then alone, then in the
+    other dtype."""
     plan = vs_plan(args.streams, args.more_streams)
     progress(f"resolving --model {args.model}")
     folder = _model_folder(args.model)
@@ -705,9 +736,9 @@ def _measure_vs_serve(args: argparse.Namespace, rounds: int,
              f"{_streams(plan.goal_level)}")
     notes: list[str] = []
     run = _vs_run(args, folder, plan, rounds, progress)
-    if "bf16" in args.skip:
-        notes.append("--skip bf16: its figures are not measured")
-    ignored = sorted(set(args.skip) - {"bf16"})
+    if "dtype" in args.skip:
+        notes.append("--skip dtype: the worker in the other dtype is not measured")
+    ignored = sorted(set(args.skip) - {"dtype"})
     if ignored:
         notes.append(f"--skip {', '.join(ignored)}: not part of --vs-transformers-serve")
     return _vs_result(args, plan, rounds, run, folder, notes)

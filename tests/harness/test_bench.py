@@ -178,8 +178,8 @@ def test_vs_transformers_serve_reports_ratios_and_misses_goals_honestly(
     run = engine._VsRun(
         ours={n: [_batch(n, v, 0.5)] for n, v in ours.items()},
         theirs={n: [_batch(n, v, 1.2)] for n, v in theirs.items()},
-        bf16=[_batch(16, 400.0, 0.3)], ready_s={"ours": 2.0, "transformers_serve": 4.0},
-        texts={})
+        other=[_batch(16, 100.0, 0.3)], ready_s={"ours": 2.0, "transformers_serve": 4.0},
+        texts={}, dtype="bfloat16")
     folder = _hf_folder(tmp_path / "model")
     monkeypatch.setattr(engine, "_model_folder", lambda model: folder)
     monkeypatch.setattr(engine, "_vs_run", lambda *args: run)
@@ -193,7 +193,10 @@ def test_vs_transformers_serve_reports_ratios_and_misses_goals_honestly(
             pytest.approx(ours[level] / value)
     assert figures["ours.streams_64.output_tokens_per_s"] == pytest.approx(262.0)
     assert figures["ours.peak_streams"] == 64
+    # ours runs in bf16 here, the other worker in fp32 at 100 tokens/s
     assert figures["bf16.speedup_vs_fp32"] == pytest.approx(2.0)
+    assert figures["fp32.streams_16.output_tokens_per_s"] == pytest.approx(100.0)
+    assert data["config"]["dtype"] == "bfloat16"
     assert figures["prompt_tokens.same_fraction"] == 1.0
     goals = {g["name"]: g for g in data["goals"]}
     assert goals["vs_transformers_serve"]["expression"] == \
@@ -202,7 +205,7 @@ def test_vs_transformers_serve_reports_ratios_and_misses_goals_honestly(
     assert [goals[g]["met"] for g in ("vs_transformers_serve", "ttft")] == [False, False]
     assert data["all_goals_met"] is False and data["config"]["more_streams"] == [32, 64]
     printed = capsys.readouterr().out
-    assert "ours vs transformers serve --continuous-batching" in printed
+    assert "ours (bf16) vs transformers serve --continuous-batching (fp32)" in printed
     assert "where throughput stops growing" in printed
     # with --check a missed goal is exit status 1
     assert main(["bench", "engine", "--vs-transformers-serve", "--check"]) == 1

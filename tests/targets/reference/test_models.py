@@ -1,0 +1,38 @@
+"""What `--dtype auto` resolves to, from the CPU's flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from targets.reference.models import ModelError, cpu_has_native_bf16, default_dtype, load_model
+
+
+def _cpuinfo(tmp_path: Path, flags: str) -> Path:
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 avx2 {flags}\n\n")
+    return path
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    assert cpu_has_native_bf16(_cpuinfo(tmp_path, "avx512f avx512_bf16 avx512_vnni"))
+    assert cpu_has_native_bf16(_cpuinfo(tmp_path, "amx_tile amx_bf16"))
+    # AVX512 without its BF16 extension emulates bf16: float32 is as fast there
+    assert not cpu_has_native_bf16(_cpuinfo(tmp_path, "avx512f avx512bw avx512_vnni"))
+    assert not cpu_has_native_bf16(tmp_path / "missing")
+
+
+def test_auto_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    import targets.reference.models as models
+
+    assert default_dtype("cuda") == "bfloat16"
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert default_dtype("cpu") == "bfloat16"
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert default_dtype("cpu") == "float32"
+
+
+def test_int8_needs_float32(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="--quantize int8 needs float32 weights; drop --dtype"):
+        load_model(tmp_path, "cpu", "bfloat16", "int8")

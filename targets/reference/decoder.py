@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["BatchDecoder", "UnsupportedModel"]
@@ -45,6 +48,57 @@ def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     return torch.from_numpy(raw).view(dtype).view(shape)
 
 
+Projection = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _side_by_side(mods: list[Any]) -> Projection:
+    """One projection computing the Linear layers `mods` at once, outputs concatenated.
+
+    Plain layers become one matrix (one matmul instead of three for q, k and v; the module
+    weights become views of it, so no memory is added); others (dynamic int8) run in turn.
+    """
+    found = [getattr(m, "weight", None) for m in mods]
+    weights = [w.detach() for w in found if isinstance(w, torch.Tensor)]
+    if len(weights) != len(mods):
+        return lambda x: torch.cat([m(x) for m in mods], dim=-1)
+    rows = [w.shape[0] for w in weights]
+    weight = torch.cat(weights)
+    biases = [m.bias for m in mods]
+    bias = None
+    if any(b is not None for b in biases):
+        bias = torch.cat([b.detach() if b is not None else weight.new_zeros(n)
+                          for b, n in zip(biases, rows, strict=True)])
+    for m, view in zip(mods, torch.split(weight, rows), strict=True):
+        m.weight = nn.Parameter(view, requires_grad=False)
+    return lambda x: F.linear(x, weight, bias)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One decoder layer as the fast path runs it."""
+
+    qkv: Projection  # [.., hidden] -> [.., (heads + 2 kv heads) * head_dim]
+    o: Projection
+    gate_up: Projection  # [.., hidden] -> [.., 2 * inner]
+    down: Projection
+    norm1: torch.Tensor  # RMSNorm weights in float32, for the float32 residual stream
+    norm2: torch.Tensor
+    eps: float
+
+    @classmethod
+    def of(cls, layer: Any) -> _Layer:
+        attn, mlp = layer.self_attn, layer.mlp
+        ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
+        eps = getattr(ln1, "eps", None) or ln1.variance_epsilon  # ours, or transformers'
+        return cls(_side_by_side([attn.q_proj, attn.k_proj, attn.v_proj]), attn.o_proj,
+                   _side_by_side([mlp.gate_proj, mlp.up_proj]), mlp.down_proj,
+                   ln1.weight.detach().float(), ln2.weight.detach().float(), float(eps))
+
+    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(h).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -62,7 +116,8 @@ class BatchDecoder:
             )
         inner = model.model
         self.embed = inner.embed_tokens
-        self.layers = list(inner.layers)
+        self.layers = [_Layer.of(layer) for layer in inner.layers]
+        self.hidden = config.hidden_size
         self.norm = inner.norm
         self.lm_head = model.lm_head
         self.n_heads = config.num_attention_heads
@@ -87,6 +142,10 @@ class BatchDecoder:
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return x * cos + _rotate_half(x) * sin
+
+    def _rms(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """RMSNorm of the float32 residual stream, cast to the weights' dtype."""
+        return F.rms_norm(x, (self.hidden,), weight, eps).to(self.dtype)
 
     def prefill(self, slot: int, token_ids: list[int], start: int = 0) -> torch.Tensor:
         """Run `token_ids[start:]` of one sequence into `slot` (positions before `start` are
@@ -114,14 +173,12 @@ class BatchDecoder:
                  torch.arange(total, device=self.device)[None, :]
                  <= torch.arange(start, total, device=self.device)[:, None]
                  for _, start, total in spans]
+        heads = self.n_heads + self.n_kv  # query and key heads, rotated together
         for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x).to(self.dtype)
-            q = attn.q_proj(h).view(1, n, self.n_heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(1, n, self.n_kv, self.head_dim).transpose(1, 2)
-            q = self._rope(q, cos, sin)
-            k = self._rope(k, cos, sin)
+            h = self._rms(x, layer.norm1, layer.eps)
+            qkv = layer.qkv(h).view(1, n, heads + self.n_kv, self.head_dim).transpose(1, 2)
+            qk = self._rope(qkv[:, :heads], cos, sin)
+            q, k, v = qk[:, :self.n_heads], qk[:, self.n_heads:], qkv[:, heads:]
             kc, vc = self.k_cache[i], self.v_cache[i]
             kc[slot_idx, :, pos_idx] = k[0].transpose(0, 1)
             vc[slot_idx, :, pos_idx] = v[0].transpose(0, 1)
@@ -141,8 +198,8 @@ class BatchDecoder:
                 outs.append(o)
                 offset += count
             o = torch.cat(outs, dim=2)
-            x = x + attn.o_proj(o.transpose(1, 2).reshape(1, n, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x).to(self.dtype))
+            x = x + layer.o(o.transpose(1, 2).reshape(1, n, -1))
+            x = x + layer.mlp(self._rms(x, layer.norm2, layer.eps))
         ends = torch.tensor(list(itertools.accumulate(total - start
                                                       for _, start, total in spans))) - 1
         return self._logits(x[0, ends])
@@ -184,25 +241,26 @@ class BatchDecoder:
         length = int(positions.max().item()) + 1
         rows = torch.arange(b, device=self.device)
         x = self.embed(token_ids).float()  # [B, hidden], the residual stream in float32
-        cos = self.cos[positions][:, None, None, :]  # [B, 1, 1, d]
-        sin = self.sin[positions][:, None, None, :]
+        cos = self.cos[positions][:, None, :]  # [B, 1, d]
+        sin = self.sin[positions][:, None, :]
         # additive mask over each slot's own length, in float32 like the scores
         bias = torch.zeros(b, 1, 1, length, device=self.device)
         bias.masked_fill_(torch.arange(length, device=self.device)[None, None, None, :]
                           > positions[:, None, None, None], float("-inf"))
         scale = self.head_dim ** -0.5
+        heads = self.n_heads + self.n_kv  # query and key heads, rotated together
         for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x).to(self.dtype)
-            # query heads grouped under their key/value head: [B, kv, group, d]
-            q = self._rope(attn.q_proj(h).view(b, self.n_kv, groups, self.head_dim), cos, sin)
-            k = self._rope(attn.k_proj(h).view(b, self.n_kv, 1, self.head_dim), cos, sin)
+            h = self._rms(x, layer.norm1, layer.eps)
+            qkv = layer.qkv(h).view(b, heads + self.n_kv, self.head_dim)
+            qk = self._rope(qkv[:, :heads], cos, sin)
             kc, vc = self.k_cache[i], self.v_cache[i]
-            kc[rows, :, positions] = k[:, :, 0]
-            vc[rows, :, positions] = attn.v_proj(h).view(b, self.n_kv, self.head_dim)
+            kc[rows, :, positions] = qk[:, self.n_heads:]
+            vc[rows, :, positions] = qkv[:, heads:]
+            # query heads grouped under their key/value head: [B, kv, group, d]
+            q = qk[:, :self.n_heads].view(b, self.n_kv, groups, self.head_dim)
             o = self._attend(q, kc[:b, :, :length], vc[:b, :, :length], bias, scale)
-            x = x + attn.o_proj(o.reshape(b, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x).to(self.dtype))
+            x = x + layer.o(o.reshape(b, -1))
+            x = x + layer.mlp(self._rms(x, layer.norm2, layer.eps))
         return self._logits(x)
 
     @staticmethod

@@ -338,7 +338,8 @@ def serve(args: Any) -> int:
         if args.worker_memory_limit else None,
         stall_timeout=args.stall_timeout, target_ongoing=args.target_ongoing,
         upscale_delay=args.upscale_delay, downscale_delay=args.downscale_delay,
-        autoscale=args.max_workers is not None or args.min_workers is not None)
+        autoscale=args.max_workers is not None or args.min_workers is not None,
+        router_port=args.port)
     router_settings = RouterSettings(request_timeout=args.request_timeout,
                                      max_attempts=args.max_attempts,
                                      worker_capacity=args.worker_capacity,

@@ -56,6 +56,9 @@ class FleetSettings:
     downscale_delay: float = 5.0
     autoscale: bool = True
     worker_env: dict[str, str] = field(default_factory=dict)
+    # the router's own port: free until uvicorn binds it after the first spawns, so the OS may
+    # offer it to a worker (seen once in CI: the worker then answered on the router's address)
+    router_port: int | None = None
 
     @property
     def floor(self) -> int:
@@ -73,12 +76,15 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def _free_port() -> int:
+def _free_port(avoid: int | None = None) -> int:
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port != avoid:
+            return port
 
 
 class Supervisor:
@@ -105,7 +111,7 @@ class Supervisor:
     # -- processes ----------------------------------------------------------------------------
 
     def _spawn(self, worker: WorkerInfo) -> None:
-        worker.port = _free_port()
+        worker.port = _free_port(avoid=self.settings.router_port)
         log = open(self.settings.log_dir / f"{worker.id}.log", "ab")  # noqa: SIM115
         cmd = [sys.executable, "-m", "targets.reference", "worker", "--model", worker.model,
                "--host", "127.0.0.1", "--port", str(worker.port),

@@ -114,24 +114,14 @@ def _start_fleet(model: str, workers: int, resume_streams: bool, args: Sequence[
 
 
 def _wait_live(target: ReferenceTarget, want: int, timeout: float) -> None:
-    import time
+    from .errors import TargetError
+    from .target import Target
 
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    live = 0
-    while time.monotonic() < deadline:
+    with Target(target.url, target.admin_token, pid=target.pid) as admin:
         try:
-            workers = httpx.get(target.url + "/admin/workers", headers=target.headers,
-                                timeout=5.0).json()["workers"]
-            live = sum(w.get("state") == "live" for w in workers)
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
-            live = 0
-        if live >= want:
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"the reference target has {live} live worker(s) after {timeout:.0f} s, "
-                       f"wanted {want} (log: {target.log_path})")
+            admin.wait_live(want, timeout)
+        except TargetError as exc:
+            raise TimeoutError(f"{exc} (log: {target.log_path})") from exc
 
 
 @pytest.fixture

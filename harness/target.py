@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -109,6 +110,21 @@ class Target:
             raise TargetError(f"GET {self.url}/admin/workers answered {resp.status_code}: "
                               f"{resp.text[:200]}")
         return [Worker.from_json(w) for w in resp.json()["workers"]]
+
+    def wait_live(self, want: int, timeout: float) -> None:
+        """Wait until at least `want` workers are live; TargetError after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        live = 0
+        while time.monotonic() < deadline:
+            try:
+                live = sum(w.state == "live" for w in self.workers())
+            except TargetError:
+                live = 0
+            if live >= want:
+                return
+            time.sleep(0.1)
+        raise TargetError(f"the reference target has {live} live worker(s) after "
+                          f"{timeout:.0f} s, wanted {want}")
 
     def faults(self) -> list[dict[str, Any]]:
         """The admin faults active on the router and its workers."""

@@ -149,21 +149,6 @@ def _start_target(experiment: Experiment, run_dir: Path, token: str) -> ServerPr
     return ServerProcess(cmd, f"http://127.0.0.1:{port}", run_dir / "target.log")
 
 
-def _wait_workers(target: Target, want: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    live = 0
-    while time.monotonic() < deadline:
-        try:
-            live = sum(w.state == "live" for w in target.workers())
-        except TargetError:
-            live = 0
-        if live >= want:
-            return
-        time.sleep(0.1)
-    raise TargetError(f"the reference target has {live} live worker(s) after {timeout:.0f} s, "
-                      f"wanted {want}")
-
-
 def _fetch_events(url: str, token: str | None, path: Path) -> int:
     """The target's event backlog (`/admin/events?follow=false`) as events.jsonl."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -275,7 +260,7 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
         target = stack.enter_context(Target(url, admin_token,
                                             pid=server.pid if server else None))
         if server is not None:
-            _wait_workers(target, cfg.min_workers if cfg.min_workers is not None
+            target.wait_live(cfg.min_workers if cfg.min_workers is not None
                           else cfg.workers, TARGET_READY_TIMEOUT)
         injector = FaultInjector(target, steps, seed=experiment.seed, recorder=recorder,
                                  blast_radius=experiment.nemesis.blast_radius, abort=aborts)

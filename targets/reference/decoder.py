@@ -89,7 +89,7 @@ class _Layer:
     def of(cls, layer: Any) -> _Layer:
         attn, mlp = layer.self_attn, layer.mlp
         ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
-        eps = getattr(ln1, "eps", None) or ln1.variance_epsilon  # ours, or transformers'
+        eps = ln1.eps if hasattr(ln1, "eps") else ln1.variance_epsilon  # ours, transformers'
         return cls(_side_by_side([attn.q_proj, attn.k_proj, attn.v_proj]), attn.o_proj,
                    _side_by_side([mlp.gate_proj, mlp.up_proj]), mlp.down_proj,
                    ln1.weight.detach().float(), ln2.weight.detach().float(), float(eps))

@@ -23,9 +23,19 @@ __all__ = ["ServerProcess", "free_port", "start_worker", "stop_tree"]
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct TCP ports that were free a moment ago. All are held at once while
+    they are picked: two free_port() calls in a row can get the same port back (seen in CI:
+    a proxy's listener and its API on one port)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                 for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def stop_tree(popen: subprocess.Popen[Any], timeout: float = 10.0,
@@ -79,6 +89,7 @@ class ServerProcess:
         with httpx.Client(timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if self.popen.poll() is not None:
+                    self.stop()  # its children, and our handle on its log
                     raise TargetError(f"{self.cmd[0]} exited with status {self.popen.returncode}"
                                       f" before it was ready:\n{self.log_tail()}")
                 try:

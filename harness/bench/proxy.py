@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from ..errors import TargetError, UsageError
-from ..launcher import ServerProcess, free_port, start_worker
+from ..launcher import ServerProcess, free_ports, start_worker
 from .result import BenchResult, Figure, Goal, Table
 from .runner import Benchmark, Progress
 
@@ -99,7 +99,7 @@ def interleaved(direct: str, proxied: str, n: int, max_tokens: int
 
 def start_proxy(upstream: str, logs: Path, timeout: float = 60.0) -> tuple[ServerProcess, str]:
     """Start `llm-chaos proxy` in front of `upstream`; return it and its proxy's URL."""
-    listen, api = free_port(), free_port()
+    listen, api = free_ports(2)
     proc = ServerProcess([sys.executable, "-m", "harness.cli", "proxy", "--listen",
                           f"127.0.0.1:{listen}", "--upstream", upstream, "--api",
                           f"127.0.0.1:{api}"], f"http://127.0.0.1:{api}",

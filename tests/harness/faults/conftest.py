@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from harness.launcher import ServerProcess, free_port
+from harness.launcher import ServerProcess, free_port, free_ports
 from harness.target import Target
 
 TOKEN = "faults-test-token"
@@ -199,7 +199,7 @@ class ChaosProxy:
     """`llm-chaos proxy` as a process: proxy `llm` on `listen` forwarding to `upstream`."""
 
     def __init__(self, upstream: str, log: Path) -> None:
-        port, api = free_port(), free_port()
+        port, api = free_ports(2)
         self.listen = f"127.0.0.1:{port}"
         self.url = f"http://127.0.0.1:{api}"
         cmd = [sys.executable, "-m", "harness.cli", "proxy", "--listen", self.listen,

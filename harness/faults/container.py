@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,12 +33,13 @@ def docker_client() -> Any:
     if problem is not None:
         raise UsageError(f"container faults need a Docker engine, and none is reachable "
                          f"(DOCKER_HOST={_docker_host()}): {problem}")
-    # A fixed, old API version for the probe: with `auto`, from_env itself calls the engine
-    # and leaks its socket when none answers.
+    # A fixed API version for the client that probes: with `auto`, from_env itself calls the
+    # engine and leaks its socket when none answers. The probe asks the unversioned /version,
+    # which every engine answers: a versioned path below the engine's minimum (1.44 from
+    # Engine 29 on) is refused with 400.
     probe = docker.from_env(version="1.24", timeout=5)
     try:
-        probe.ping()
-        version = str(probe.version()["ApiVersion"])
+        version = str(probe.api.version(api_version=False)["ApiVersion"])
     except DockerException as exc:
         raise UsageError(f"container faults need a Docker engine, and none is reachable "
                          f"(DOCKER_HOST={_docker_host()}): {exc}") from exc
@@ -101,7 +103,8 @@ class ContainerFault:
         client = docker_client()
         try:
             if not self._containers(client):
-                raise UsageError(f"no running container matches {self._selector()}")
+                raise UsageError(f"no running container matches {self._selector()}"
+                                 + (f" on network {self.network}" if self.network else ""))
         finally:
             client.close()
 
@@ -117,7 +120,8 @@ class ContainerFault:
 
         found = sorted(self._containers(client), key=lambda c: str(c.name))
         if not found:
-            raise TargetError(f"no running container matches {self._selector()}")
+            raise TargetError(f"no running container matches {self._selector()}"
+                              + (f" on network {self.network}" if self.network else ""))
         victims = rng.sample(found, min(self.count, len(found)))
         done: list[str] = []
         for container in victims:
@@ -133,7 +137,15 @@ class ContainerFault:
                 else:
                     assert self.network is not None
                     net = client.networks.get(self.network)
-                    ledger.note(DockerConnect(net.id, container.id))
+                    # the heal is noted before the disconnect (write-ahead), so it must only
+                    # ever reconnect a container that was on the network, with its aliases
+                    endpoint = _endpoint(container, str(net.name))
+                    if endpoint is None:
+                        raise TargetError(f"container {container.name} is not on network "
+                                          f"{self.network}")
+                    ledger.note(DockerConnect(
+                        net.id, container.id, aliases=tuple(endpoint.get("Aliases") or ()),
+                        ipv4=(endpoint.get("IPAMConfig") or {}).get("IPv4Address") or None))
                     net.disconnect(container)
             except APIError as exc:
                 raise TargetError(f"{self.action} of container {container.name} failed: "
@@ -150,6 +162,23 @@ class ContainerFault:
                 else f"label={self.label}")
 
     def _containers(self, client: Any) -> list[Any]:
-        filters = ({"name": self.container} if self.container is not None
-                   else {"label": self.label})
-        return list(client.containers.list(filters=filters))
+        """The running containers selected (for a disconnect: those on its network)."""
+        if self.container is None:
+            found = list(client.containers.list(filters={"label": self.label}))
+        else:
+            # the engine's `name` filter is an unanchored regex on part of the name: anchor
+            # it, and keep only the exact name (`web` must not select `web-2`)
+            found = [c for c in client.containers.list(
+                         filters={"name": f"^/?{re.escape(self.container)}$"})
+                     if str(c.name) == self.container.lstrip("/")]
+        if self.action == "disconnect" and self.network is not None:
+            name = str(client.networks.get(self.network).name)
+            found = [c for c in found if _endpoint(c, name) is not None]
+        return found
+
+
+def _endpoint(container: Any, network: str) -> dict[str, Any] | None:
+    """The container's endpoint on `network` as the engine reports it, or None if not on it."""
+    networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
+    endpoint = networks.get(network)
+    return endpoint if isinstance(endpoint, dict) else None

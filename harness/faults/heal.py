@@ -218,6 +218,11 @@ class DockerConnect:
     kind: ClassVar[str] = "docker_connect"
     network: str
     container: str
+    aliases: tuple[str, ...] = ()  # its names on the network (a compose service name)
+    ipv4: str | None = None  # a static address it had there
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "aliases", tuple(self.aliases))  # a list, read from JSON
 
     def apply(self) -> str:
         from docker.errors import APIError, NotFound
@@ -230,7 +235,7 @@ class DockerConnect:
             net = client.networks.get(self.network)
             if net.name in networks:
                 return f"container {self.container} is on network {self.network}"
-            net.connect(container)
+            net.connect(container, aliases=list(self.aliases) or None, ipv4_address=self.ipv4)
         except NotFound:
             return f"container {self.container} or network {self.network} is gone"
         except APIError as exc:

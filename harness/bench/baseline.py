@@ -1,7 +1,8 @@
 """Reference lines from transformers itself, measured in their own process.
 
 `python -m harness.bench.baseline --request IN.json --out OUT.json` loads a local Hugging Face
-folder and times, on the same chat prompts the worker gets (same template, same token ids):
+folder (in the request's dtype, float32 unless it says otherwise) and times, on the same chat
+prompts the worker gets (same template, same token ids):
 - `generate_batch`: transformers' continuous batching with paged attention, every prompt
   submitted at once, EOS disabled so each request makes exactly `max_new_tokens`;
 - `static_generate`: `model.generate` on one left-padded batch, EOS suppressed by
@@ -45,15 +46,16 @@ class BaselineRun:
 
 
 def run_baseline(folder: Path, prompts: Sequence[str], max_new_tokens: int, *,
-                 modes: Sequence[str] = MODES, rounds: int = 1,
+                 modes: Sequence[str] = MODES, rounds: int = 1, dtype: str = "float32",
                  progress: Callable[[str], None] | None = None) -> dict[str, BaselineRun]:
-    """Run the baselines in a child process; raise TargetError when it fails."""
+    """Run the baselines in a child process, the model in `dtype` (a torch dtype's name:
+    float32, bfloat16); raise TargetError when it fails."""
     with tempfile.TemporaryDirectory(prefix="llm-chaos-baseline-") as tmp:
         request = Path(tmp) / "request.json"
         out = Path(tmp) / "result.json"
         request.write_text(json.dumps({"folder": str(folder), "prompts": list(prompts),
                                        "max_new_tokens": max_new_tokens, "modes": list(modes),
-                                       "rounds": rounds}))
+                                       "rounds": rounds, "dtype": dtype}))
         cmd = [sys.executable, "-m", "harness.bench.baseline", "--request", str(request),
                "--out", str(out)]
         tail: collections.deque[str] = collections.deque(maxlen=30)
@@ -176,13 +178,14 @@ def _child(request_path: Path, out_path: Path) -> int:
     tf.utils.logging.set_verbosity_error()
     tf.utils.logging.disable_progress_bar()
     folder = request["folder"]
+    dtype = request.get("dtype", "float32")
     tok = tf.AutoTokenizer.from_pretrained(folder)
-    model = tf.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = tf.AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
     # the worker's tokenization of a chat: the template's text, no extra special tokens
     inputs = [tok(tok.apply_chat_template([{"role": "user", "content": p}],
                                           add_generation_prompt=True, tokenize=False),
                   add_special_tokens=False)["input_ids"] for p in request["prompts"]]
-    _log(f"loaded {folder} in {time.perf_counter() - start:.1f} s, "
+    _log(f"loaded {folder} ({dtype}) in {time.perf_counter() - start:.1f} s, "
          f"{torch.get_num_threads()} torch threads")
     runners = {"generate_batch_default": _generate_batch_default,
                "generate_batch": _generate_batch, "static_generate": _static_generate}

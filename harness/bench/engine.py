@@ -1,13 +1,15 @@
 """`llm-chaos bench engine`: the reference worker's throughput against transformers itself.
 
-One run, one heavy process at a time, on the CPU:
+One run, one heavy process at a time, on the CPU, in one dtype throughout (`--dtype`; auto:
+as the worker picks it, bfloat16 on CPUs with AVX512-BF16 or AMX, else float32):
 1. cold start: spawn a worker (model already converted in the cache) and time it to the first
    200 of /health, several times;
-2. the fp32 worker over HTTP: batches of 1, 4 and 16 concurrent streaming chats (greedy,
+2. the worker over HTTP: batches of 1, 4 and 16 concurrent streaming chats (greedy,
    `ignore_eos`, 64 output tokens): aggregate output tokens/s and median TTFT per level;
-3. the same at the highest level with `--quantize int8`, and whether the greedy text changed;
-4. transformers in its own process on the same prompts: `generate_batch` (continuous
-   batching, paged attention) and `generate` on one padded static batch.
+3. the same at the highest level with `--quantize int8` and in float32 (int8's reference; the
+   run in step 2 when that is float32), and whether int8's greedy text changed;
+4. transformers in its own process on the same prompts, in the same dtype: `generate_batch`
+   (continuous batching, paged attention) and `generate` on one padded static batch.
 
 With `--vs-transformers-serve`, instead: the worker and `transformers serve
 --continuous-batching` run side by side (both up, measured one at a time), on the same model and
@@ -118,11 +120,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--continuous-batching` at --streams (interleaved), the worker alone "
                         "at --more-streams, and bf16 greedy tokens against fp32")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="with --vs-transformers-serve: our worker's dtype (default auto, as "
-                        "the worker picks it: bfloat16 on CPUs with AVX512-BF16 or AMX, else "
-                        "float32); the worker in the other dtype runs at the goal level for "
-                        "speed and token agreement. The default run is float32 throughout, "
-                        "like the transformers baselines")
+                   help="our worker's dtype (default auto, as the worker picks it: bfloat16 "
+                        "on CPUs with AVX512-BF16 or AMX, else float32). The default run "
+                        "loads the transformers baselines in the same dtype; with "
+                        "--vs-transformers-serve the worker in the other dtype runs at the "
+                        "goal level for speed and token agreement")
     p.add_argument("--more-streams", type=_levels, default=[32, 64], metavar="N,N,...",
                    help="with --vs-transformers-serve: levels for the worker alone "
                         "(default 32,64), to show where its throughput stops growing")
@@ -273,26 +275,45 @@ def _baseline_figures(mode: str, label: str, run: BaselineRun | None,
     ]
 
 
-def _result(args: argparse.Namespace, levels: list[int], rounds: int, cold: list[float],
-            fp32: _WorkerRun, int8: _WorkerRun | None, base: dict[str, BaselineRun],
+@dataclass(frozen=True)
+class _DefaultRun:
+    """What the default run measured: our worker in `dtype` at every level, the float32
+    worker at the top level (int8's reference: `ours` itself when `dtype` is float32), int8,
+    cold starts, and the transformers baselines in `dtype`."""
+
+    dtype: str
+    ours: _WorkerRun
+    fp32: _WorkerRun | None
+    int8: _WorkerRun | None
+    cold: list[float]
+    base: dict[str, BaselineRun]
+
+
+def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _DefaultRun,
             folder: Path | None, notes: list[str]) -> BenchResult:
     low, top = levels[0], levels[-1]
+    tag = _SHORT[run.dtype]
+    ours, fp32, int8, cold, base = run.ours, run.fp32, run.int8, run.cold, run.base
     figures: list[Figure] = []
     for level in levels:
-        figures += _level_figures("ours", "reference worker (fp32)", level, fp32.batches[level])
+        figures += _level_figures("ours", f"reference worker ({tag})", level,
+                                  ours.batches[level])
+    figures += _level_figures("fp32", "reference worker (fp32)", top,
+                              fp32.batches[top] if fp32 else [])
     figures += _baseline_figures("generate_batch_default",
-                                 "transformers generate_batch, default configuration",
+                                 f"transformers generate_batch ({tag}), default configuration",
                                  base.get("generate_batch_default"), top)
-    figures += _baseline_figures("generate_batch", "transformers generate_batch, cache sized "
-                                 "to the workload", base.get("generate_batch"), top)
-    figures += _baseline_figures("static_generate", "transformers generate, padded batch",
-                                 base.get("static_generate"), top)
+    figures += _baseline_figures("generate_batch", f"transformers generate_batch ({tag}), "
+                                 "cache sized to the workload", base.get("generate_batch"), top)
+    figures += _baseline_figures("static_generate", f"transformers generate ({tag}), padded "
+                                 "batch", base.get("static_generate"), top)
 
     def value(name: str) -> float | None:
         return next(f.value for f in figures if f.name == name)
 
     ours_low = value(f"ours.streams_{low}.output_tokens_per_s")
     ours_top = value(f"ours.streams_{top}.output_tokens_per_s")
+    fp32_top = value(f"fp32.streams_{top}.output_tokens_per_s")
     static = base.get("static_generate")
     figures += [
         Figure("ours.scaling", _ratio(ours_top, ours_low), "x",
@@ -301,7 +322,8 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, cold: list
         # issue 9's table measured); the hand-sized one is reported beside it.
         Figure("ours.vs_generate_batch",
                _ratio(ours_top, value("generate_batch_default.output_tokens_per_s")), "x",
-               f"tokens/s at {top} streams / transformers generate_batch (default config)"),
+               f"tokens/s at {top} streams / transformers generate_batch (default config), "
+               f"both {tag}"),
         Figure("ours.vs_generate_batch_sized",
                _ratio(ours_top, value("generate_batch.output_tokens_per_s")), "x",
                f"tokens/s at {top} streams / generate_batch with a cache sized to the work"),
@@ -309,8 +331,10 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, cold: list
                _ratio(ours_top, value("static_generate.output_tokens_per_s")), "x",
                f"tokens/s at {top} streams / transformers generate on a padded batch"),
         Figure("ours.identical_to_static_generate",
-               _identical(fp32.texts, static.texts) if static else None, "fraction",
-               "greedy outputs of the fp32 worker identical to transformers generate"),
+               _identical(ours.texts, static.texts) if static else None, "fraction",
+               f"greedy outputs of the worker identical to transformers generate, both {tag}"),
+        Figure("ours.speedup_vs_fp32", _ratio(ours_top, fp32_top), "x",
+               f"{tag} / fp32 tokens/s of the worker at {top} streams"),
         Figure("cold_start.median_s", _median(cold), "s",
                f"worker spawn to first 200 of /health, median of {len(cold)}"),
         Figure("cold_start.best_s", min(cold) if cold else None, "s",
@@ -322,39 +346,42 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, cold: list
     figures += [
         Figure("int8.ready_s", int8.ready_s if int8 else None, "s",
                "int8 worker spawn to ready (quantizes at load; not the cold-start goal)"),
-        Figure("int8.speedup_vs_fp32", _ratio(int8_top, ours_top), "x",
+        Figure("int8.speedup_vs_fp32", _ratio(int8_top, fp32_top), "x",
                f"int8 / fp32 tokens/s at {top} streams"),
-        Figure("int8.identical_outputs", _identical(fp32.texts, int8.texts) if int8 else None,
+        Figure("int8.identical_outputs",
+               _identical(fp32.texts, int8.texts) if fp32 and int8 else None,
                "fraction", "greedy outputs identical between int8 and fp32"),
         Figure("int8.matching_tokens",
-               _matching_tokens(fp32.texts, int8.texts, folder) if int8 else None, "fraction",
-               "mean share of output tokens before int8 and fp32 first differ"),
+               _matching_tokens(fp32.texts, int8.texts, folder) if fp32 and int8 else None,
+               "fraction", "mean share of output tokens before int8 and fp32 first differ"),
     ]
     goals = (
         Goal("scaling", "ours.scaling", ">=", SCALING_GOAL,
              f"{_streams(top)} >= {SCALING_GOAL:g}x {_streams(low)}"),
         Goal("vs_generate_batch", "ours.vs_generate_batch", ">=", VS_GENERATE_BATCH_GOAL,
-             f"{_streams(top)} >= {VS_GENERATE_BATCH_GOAL:g}x generate_batch"),
+             f"{_streams(top)} >= {VS_GENERATE_BATCH_GOAL:g}x generate_batch, both {tag}"),
         Goal("cold_start", "cold_start.median_s", "<=", COLD_START_GOAL_S,
              f"cold start <= {COLD_START_GOAL_S:g} s"),
     )
     return BenchResult(
         bench="engine",
-        config={"model": args.model, "device": "cpu", "streams": levels,
+        config={"model": args.model, "device": "cpu", "dtype": run.dtype, "streams": levels,
                 "max_tokens": args.max_tokens, "rounds": rounds, "cold_starts": len(cold),
                 "quick": args.quick, "skip": sorted(set(args.skip)),
                 "prompts": list(PROMPTS)},
-        figures=tuple(figures), goals=goals, tables=_tables(figures, levels, rounds, args),
+        figures=tuple(figures), goals=goals,
+        tables=_tables(figures, levels, rounds, args, tag, separate_fp32=fp32 is not ours),
         notes=tuple(notes),
-        details={"cold_start_s": cold, "fp32": fp32.details(),
+        details={"cold_start_s": cold, "ours": ours.details(),
+                 "fp32": fp32.details() if fp32 else None,
                  "int8": int8.details() if int8 else None,
                  "baselines": {mode: {"wall_s": list(r.walls), "output_tokens": r.output_tokens,
                                       "detail": r.detail, "texts": list(r.texts)}
                                for mode, r in base.items()}})
 
 
-def _tables(figures: list[Figure], levels: list[int], rounds: int,
-            args: argparse.Namespace) -> tuple[Table, ...]:
+def _tables(figures: list[Figure], levels: list[int], rounds: int, args: argparse.Namespace,
+            tag: str, separate_fp32: bool) -> tuple[Table, ...]:
     by_name = {f.name: f.value for f in figures}
     top, low = levels[-1], levels[0]
     base_tps = by_name[f"ours.streams_{low}.output_tokens_per_s"]
@@ -368,14 +395,17 @@ def _tables(figures: list[Figure], levels: list[int], rounds: int,
         tps = by_name[f"{mode}.output_tokens_per_s"]
         return (label, top, tps, None, by_name[f"{mode}.wall_s"], _ratio(tps, base_tps))
 
-    rows = [row("reference worker fp32", "ours", level) for level in levels]
+    rows = [row(f"reference worker {tag}", "ours", level) for level in levels]
+    if separate_fp32:
+        rows.append(row("reference worker fp32", "fp32", top))
     rows += [row("reference worker int8", "int8", top),
-             base_row("transformers generate_batch (defaults)", "generate_batch_default"),
-             base_row("transformers generate_batch (sized cache)", "generate_batch"),
-             base_row("transformers generate, padded batch", "static_generate")]
+             base_row(f"transformers generate_batch {tag} (defaults)",
+                      "generate_batch_default"),
+             base_row(f"transformers generate_batch {tag} (sized cache)", "generate_batch"),
+             base_row(f"transformers generate {tag}, padded batch", "static_generate")]
     throughput = Table(
-        f"output tokens/s: {args.model}, CPU, {args.max_tokens} output tokens per request, "
-        f"median of {rounds} round(s)",
+        f"output tokens/s: {args.model}, CPU, {tag}, {args.max_tokens} output tokens per "
+        f"request, median of {rounds} round(s)",
         ("engine", "streams", "tokens/s", "median TTFT s", "wall s", f"x {_streams(low)}"),
         tuple(rows))
     other = Table("cold start, int8 and output agreement", ("figure", "value"), (
@@ -387,8 +417,9 @@ def _tables(figures: list[Figure], levels: list[int], rounds: int,
         ("int8 outputs identical to fp32 (fraction)", by_name["int8.identical_outputs"]),
         ("int8 tokens matching fp32 before the first difference (fraction)",
          by_name["int8.matching_tokens"]),
-        ("fp32 outputs identical to transformers generate (fraction)",
+        (f"{tag} outputs identical to transformers generate {tag} (fraction)",
          by_name["ours.identical_to_static_generate"]),
+        (f"{tag} / fp32 tokens/s at {top} streams", by_name["ours.speedup_vs_fp32"]),
     ))
     return throughput, other
 
@@ -414,10 +445,18 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
         cold: list[float] = []
         if "cold-start" not in skip and n_cold > 0:
             cold = _cold_starts(args.model, n_cold, logs, args.ready_timeout, progress)
-        fp32 = _worker_run(args.model, ["--dtype", "float32"], levels, rounds,
-                           args.max_tokens, logs, args.ready_timeout, "fp32", progress)
+        dtype = ours_dtype(args.dtype)
+        tag = _SHORT[dtype]
+        progress(f"our worker and the baselines in {dtype}")
+        ours = _worker_run(args.model, ["--dtype", dtype], levels, rounds,
+                           args.max_tokens, logs, args.ready_timeout, tag, progress)
+        fp32 = ours if dtype == "float32" else None
         int8 = None
         if "int8" not in skip:
+            if fp32 is None:  # int8's reference, and what the lower precision buys
+                fp32 = _worker_run(args.model, ["--dtype", "float32"], [top], rounds,
+                                   args.max_tokens, logs, args.ready_timeout, "fp32",
+                                   progress)
             int8 = _worker_run(args.model, ["--quantize", "int8"], [top], rounds,
                                args.max_tokens, logs, args.ready_timeout, "int8", progress)
     base: dict[str, BaselineRun] = {}
@@ -425,13 +464,14 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
         if folder is None:
             notes.append(f"no local folder for --model {args.model}: baselines not run")
         else:
-            progress(f"transformers baselines on {top} requests (own process)")
+            progress(f"transformers baselines in {dtype} on {top} requests (own process)")
             base = run_baseline(folder, _prompts(top), args.max_tokens, rounds=rounds,
-                                progress=progress)
+                                dtype=dtype, progress=progress)
     for part in sorted(skip):
         notes.append(f"--skip {part}: " + ("not part of the default run" if part == "dtype"
                                            else "its figures are not measured"))
-    return _result(args, levels, rounds, cold, fp32, int8, base, folder, notes)
+    return _result(args, levels, rounds, _DefaultRun(dtype, ours, fp32, int8, cold, base),
+                   folder, notes)
 
 # -- --vs-transformers-serve -------------------------------------------------------------------
 

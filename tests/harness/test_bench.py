@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.bench import BenchResult, Figure, Goal, Table, engine
+from harness.bench.baseline import BaselineRun
 from harness.bench.engine import vs_plan
 from harness.bench.result import render_table
 from harness.bench.runner import exit_status
@@ -31,13 +32,14 @@ def _expected_figures(levels: tuple[int, ...]) -> set[str]:
     top = levels[-1]
     per_level = ("output_tokens_per_s", "ttft_median_s", "wall_s")
     names = {f"ours.streams_{c}.{k}" for c in levels for k in per_level}
-    names |= {f"int8.streams_{top}.{k}" for k in per_level}
+    names |= {f"{run}.streams_{top}.{k}" for run in ("int8", "fp32") for k in per_level}
     names |= {f"{mode}.{k}" for mode in ("generate_batch_default", "generate_batch",
                                          "static_generate")
               for k in ("output_tokens_per_s", "wall_s")}
     names |= {"ours.scaling", "ours.vs_generate_batch", "ours.vs_generate_batch_sized",
               "ours.vs_static_generate",
-              "ours.identical_to_static_generate", "cold_start.median_s", "cold_start.best_s",
+              "ours.identical_to_static_generate", "ours.speedup_vs_fp32",
+              "cold_start.median_s", "cold_start.best_s",
               "int8.ready_s", "int8.speedup_vs_fp32", "int8.identical_outputs",
               "int8.matching_tokens"}
     return names
@@ -45,9 +47,11 @@ def _expected_figures(levels: tuple[int, ...]) -> set[str]:
 
 @pytest.mark.timeout(180)
 def test_bench_engine_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # bf16: the worker and the baselines in bf16, the fp32 worker at the top level beside them
     out = tmp_path / "bench.json"
     code = main(["bench", "engine", "--model", "tiny", "--quick", "--streams",
-                 ",".join(map(str, LEVELS)), "--max-tokens", "8", "--json", str(out)])
+                 ",".join(map(str, LEVELS)), "--max-tokens", "8", "--dtype", "bfloat16",
+                 "--json", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
 
@@ -63,13 +67,18 @@ def test_bench_engine_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
         assert goal["figure"] in figures and goal["expression"].startswith(goal["figure"])
     assert data["all_goals_met"] == all(g["met"] for g in data["goals"])
     assert data["config"]["streams"] == list(LEVELS)
-    assert set(data["details"]["fp32"]["rounds"]) == {str(c) for c in LEVELS}
+    assert data["config"]["dtype"] == "bfloat16"
+    assert set(data["details"]["ours"]["rounds"]) == {str(c) for c in LEVELS}
+    assert set(data["details"]["fp32"]["rounds"]) == {str(LEVELS[-1])}
+    assert "loaded" in captured.err and "(bfloat16)" in captured.err  # the baselines' dtype
 
-    # the printed throughput table has one fp32 row per concurrency level, and the baselines
+    # the printed throughput table: one bf16 row per concurrency level, fp32 at the top level,
+    # and the baselines in bf16
     rows = [line.split() for line in captured.out.splitlines()]
+    bf16_levels = [int(r[3]) for r in rows if r[:3] == ["reference", "worker", "bf16"]]
     fp32_levels = [int(r[3]) for r in rows if r[:3] == ["reference", "worker", "fp32"]]
-    assert fp32_levels == list(LEVELS)
-    assert "transformers generate_batch" in captured.out
+    assert bf16_levels == list(LEVELS) and fp32_levels == [LEVELS[-1]]
+    assert "transformers generate_batch bf16" in captured.out
     assert "goals" in captured.out and "vs_generate_batch" in captured.out
     assert "[bench engine" in captured.err  # progress goes to stderr
 
@@ -209,3 +218,31 @@ def test_vs_transformers_serve_reports_ratios_and_misses_goals_honestly(
     assert "where throughput stops growing" in printed
     # with --check a missed goal is exit status 1
     assert main(["bench", "engine", "--vs-transformers-serve", "--check"]) == 1
+
+
+def test_default_run_in_float32_is_its_own_int8_reference(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """In float32 the worker's run at the top level is int8's reference: no second fp32 row,
+    and the goal compares against generate_batch in float32 too."""
+    levels = [1, 16]
+    runs = {n: [_batch(n, v, 0.2)] for n, v in {1: 25.0, 16: 210.0}.items()}
+    ours = engine._WorkerRun(2.0, runs, tuple(f"text {i}" for i in range(16)))
+    int8 = engine._WorkerRun(3.0, {16: [_batch(16, 630.0, 0.1)]},
+                             tuple(f"other {i}" for i in range(16)))
+    base = {"generate_batch_default": BaselineRun("generate_batch_default", (1024 / 70.0,),
+                                                  1024, (), "d")}
+    args = build_parser().parse_args(["bench", "engine", "--dtype", "float32"])
+    result = engine._result(args, levels, 1,
+                            engine._DefaultRun("float32", ours, ours, int8, [2.1], base),
+                            None, [])
+    figures = {f.name: f.value for f in result.figures}
+    assert figures["ours.speedup_vs_fp32"] == pytest.approx(1.0)
+    assert figures["int8.speedup_vs_fp32"] == pytest.approx(3.0)
+    assert figures["int8.identical_outputs"] == 0.0
+    assert figures["ours.vs_generate_batch"] == pytest.approx(3.0)
+    assert result.config["dtype"] == "float32"
+    goal = next(g for g in result.goals if g.name == "vs_generate_batch")
+    assert goal.description.endswith("both fp32")
+    rows = [row[0] for row in result.tables[0].rows]
+    assert rows.count("reference worker fp32") == 2  # 1 and 16 streams, no extra row
+    assert "transformers generate_batch fp32 (defaults)" in rows

@@ -419,7 +419,8 @@ def _tables(figures: list[Figure], levels: list[int], rounds: int, args: argpars
          by_name["int8.matching_tokens"]),
         (f"{tag} outputs identical to transformers generate {tag} (fraction)",
          by_name["ours.identical_to_static_generate"]),
-        (f"{tag} / fp32 tokens/s at {top} streams", by_name["ours.speedup_vs_fp32"]),
+        *([(f"{tag} / fp32 tokens/s at {top} streams", by_name["ours.speedup_vs_fp32"])]
+          if separate_fp32 else []),
     ))
     return throughput, other
 

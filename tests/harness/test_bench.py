@@ -246,3 +246,4 @@ def test_default_run_in_float32_is_its_own_int8_reference(
     rows = [row[0] for row in result.tables[0].rows]
     assert rows.count("reference worker fp32") == 2  # 1 and 16 streams, no extra row
     assert "transformers generate_batch fp32 (defaults)" in rows
+    assert not any(str(row[0]).startswith("fp32 / fp32") for row in result.tables[1].rows)

@@ -278,7 +278,11 @@ class Supervisor:
                 self.registry.set_state(worker, WorkerState.LIVE, "ready")
             return
         if answered and not stalled:
-            self.registry.set_state(worker, WorkerState.LIVE, "progressing")
+            # a probe that failed keeps a live worker live until the liveness timeout, but
+            # does not bring back one the router took out for refusing a connection (a
+            # draining worker): only an answer does
+            if stats or worker.state != WorkerState.UNLIVE:
+                self.registry.set_state(worker, WorkerState.LIVE, "progressing")
         elif worker.state == WorkerState.LIVE:
             why = "engine made no progress" if answered else "not answering"
             self.registry.set_state(worker, WorkerState.UNLIVE, why)

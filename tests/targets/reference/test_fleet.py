@@ -322,6 +322,37 @@ def test_sigterm_drains_and_exits_zero(start_fleet: FleetFactory) -> None:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
+def test_requests_wait_for_the_restart_of_a_draining_worker(start_fleet: FleetFactory) -> None:
+    """A worker sent SIGTERM stops accepting connections and drains its streams. The router
+    takes it out of routing at the first refused connection; the supervisor's next probe, which
+    fails too, must not put it back on the strength of the answer before (`llm-chaos explore`
+    once saw a 502 that way: three attempts spent on refusing workers in 20 ms). New requests
+    wait for the restart instead."""
+    fleet = start_fleet("--model", "sim", "--workers", "1", "--worker-arg=--sim-ttft=0.01",
+                        "--worker-arg=--sim-itl=0.02")
+    (before,) = workers(fleet)
+
+    async def scenario() -> tuple[StreamResult, list[httpx.Response]]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            draining = StreamResult(started_at=time.monotonic())
+            stream = asyncio.create_task(stream_chat(client, fleet.url, 100, result=draining))
+            while draining.first_content_at is None:  # it streams for 2 s: the drain
+                await asyncio.sleep(0.01)
+            os.kill(before["pid"], signal.SIGTERM)
+            await asyncio.sleep(0.1)
+            late = []
+            for _ in range(4):  # one at a time, through the drain and the restart
+                late.append(await client.post(fleet.url + "/v1/completions", json={
+                    "model": "sim", "prompt": "x", "max_tokens": 2}))
+            return await stream, late
+
+    drained, late = asyncio.run(scenario())
+    assert drained.done and drained.finish_reason == "length" and drained.error is None
+    assert [r.status_code for r in late] == [200] * 4, [r.text for r in late]
+    (after,) = workers(fleet)
+    assert after["pid"] != before["pid"] and after["restarts"] == 1
+
+
 def add_fault(fleet: ServerProcess, **spec: Any) -> dict[str, Any]:
     resp = httpx.post(fleet.url + "/admin/faults", json=spec, headers=AUTH, timeout=10)
     assert resp.status_code == 201, resp.text

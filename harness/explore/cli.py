@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
 
 from ..experiment import FAULT_KINDS
-from ..faults import Terminated
+from ..faults.injector import exit_143_when_terminated
 
 __all__ = ["add_parser"]
 
@@ -32,13 +31,8 @@ def _run(args: argparse.Namespace) -> int:
                              vary_load=args.vary_load)
     if args.kinds is not None:
         config = dataclasses.replace(config, kinds=args.kinds)
-    try:
-        result = explore(args.experiment, args.set or (), config, out_dir=args.out)
-    except Terminated:
-        print("llm-chaos explore: terminated (every fault reverted, every process stopped)",
-              file=sys.stderr)
-        return 143
-    return result.exit_code
+    return exit_143_when_terminated("explore", lambda: explore(
+        args.experiment, args.set or (), config, out_dir=args.out).exit_code)
 
 
 def add_parser(sub: Any) -> None:

@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -29,7 +30,8 @@ from .history import MemoryRecorder, Recorder
 from .schedule import AbortCondition, Step
 from .state import StateFile, default_state_dir
 
-__all__ = ["FaultInjector", "RunResult", "Terminated", "sigterm_raises"]
+__all__ = ["FaultInjector", "RunResult", "Terminated", "exit_143_when_terminated",
+           "sigterm_raises"]
 
 PROCESS = "nemesis"
 
@@ -54,6 +56,17 @@ def sigterm_raises() -> Iterator[None]:
 
 class Terminated(BaseException):
     """SIGTERM arrived; raised in the main thread so every `finally` runs (like Ctrl-C)."""
+
+
+def exit_143_when_terminated(command: str, run: Callable[[], int]) -> int:
+    """`run()`'s exit status, or 143 (128 + SIGTERM) when a SIGTERM ended it, once every
+    `finally` below it has reverted its faults and stopped its processes."""
+    try:
+        return run()
+    except Terminated:
+        print(f"llm-chaos {command}: terminated (every fault reverted, every process stopped)",
+              file=sys.stderr)
+        return 143
 
 
 @dataclass

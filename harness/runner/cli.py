@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from ..faults import Terminated
+from ..faults.injector import exit_143_when_terminated
 
 __all__ = ["add_parser"]
 
@@ -15,13 +14,8 @@ __all__ = ["add_parser"]
 def _run(args: argparse.Namespace) -> int:
     from .lifecycle import run_experiment
 
-    try:
-        outcome = run_experiment(args.experiment, args.set or (), report_dir=args.report_dir)
-    except Terminated:
-        print("llm-chaos run: terminated (every fault reverted, every process stopped)",
-              file=sys.stderr)
-        return 143
-    return outcome.exit_code
+    return exit_143_when_terminated("run", lambda: run_experiment(
+        args.experiment, args.set or (), report_dir=args.report_dir).exit_code)
 
 
 def add_parser(sub: Any) -> None:

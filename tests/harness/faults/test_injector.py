@@ -15,6 +15,7 @@ from harness.errors import TargetError, UsageError
 from harness.faults import FaultInjector, MemoryRecorder, Step
 from harness.faults.base import Effect, Ledger
 from harness.faults.heal import KillProcess
+from harness.faults.injector import Terminated, exit_143_when_terminated
 from harness.target import Target
 
 from .conftest import status
@@ -183,3 +184,14 @@ def test_guard_starts_and_goes_with_a_clean_run(tmp_path: Path) -> None:
     injector._open = spy  # type: ignore[method-assign]
     injector.run(0.2)
     assert not state.exists() and status(guards[0]) == "gone"
+
+
+def test_a_terminated_command_exits_143_and_says_what_was_cleaned(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def stopped() -> int:
+        raise Terminated()
+
+    assert exit_143_when_terminated("run", lambda: 1) == 1
+    assert exit_143_when_terminated("explore", stopped) == 143
+    assert capsys.readouterr().err == ("llm-chaos explore: terminated (every fault reverted, "
+                                       "every process stopped)\n")

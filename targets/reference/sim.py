@@ -232,17 +232,25 @@ class SimEngine:
             if delay > 0:
                 time.sleep(delay)
             # Every token that is due now is stamped before any is handed over: a hand-off
-            # may give the GIL to the server's event loop for a while.
+            # may give the GIL to the server's event loop for a while. One token per stream
+            # at a time, like a decode step: a stream's next token, due at once with no
+            # inter-token delay, waits for the next round, so such a stream flows token by
+            # token instead of being stamped whole before its first token is handed over.
             with self._cond:
                 now = time.monotonic()
                 batch = []
+                following: list[tuple[float, int, _Stream, int]] = []
                 while self._heap and self._heap[0][0] <= now:
                     _, _, stream, index = heapq.heappop(self._heap)
-                    batch.append((stream.request, self._emit(stream, index)))
+                    batch.append((stream.request, self._emit(stream, index, following)))
+                for entry in following:
+                    heapq.heappush(self._heap, entry)
             for request, output in batch:
                 request.sink(output)
 
-    def _emit(self, stream: _Stream, index: int) -> Output:
+    def _emit(self, stream: _Stream, index: int,
+              following: list[tuple[float, int, _Stream, int]]) -> Output:
+        """Stamp token `index` of `stream`; its next token goes to `following`."""
         req = stream.request
         now = time.monotonic()
         self.step += 1
@@ -259,8 +267,8 @@ class SimEngine:
         if last:
             self._close(stream)
         else:
-            heapq.heappush(self._heap, (stream.schedule[index + 1], next(self._tiebreak), stream,
-                                        index + 1))
+            following.append((stream.schedule[index + 1], next(self._tiebreak), stream,
+                              index + 1))
         return Output(
             request_id=req.request_id,
             text=stream.words[index],

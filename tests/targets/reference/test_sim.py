@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import random
 import statistics
+import threading
+import time
 import uuid
 
 import httpx
 import pytest
 
 from harness.launcher import ServerProcess
-from targets.reference.sim import WORDS, Delay
+from targets.reference.params import GenerationRequest, Output, SamplingParams
+from targets.reference.sim import WORDS, Delay, SimEngine
 
 
 def test_delay_specs_parse_and_draw_seeded() -> None:
@@ -90,3 +93,29 @@ def test_64_streams_emit_on_schedule(sim_worker: ServerProcess) -> None:
     best = min(runs, key=lambda r: r[1])
     assert best[1] <= 0.001, f"p99 over 1 ms in every run (median, p99, max): {runs}"
     assert best[2] <= 0.005, runs
+
+
+def test_a_stream_without_delays_flows_token_by_token() -> None:
+    """With no time to first token and no inter-token delay every token is due at once; the
+    engine still hands them over one round at a time, one token per stream, like decode
+    steps: the first token is handed over before the last is stamped, not after the whole
+    stream was."""
+    engine = SimEngine(ttft=0, itl=0)
+    handed: list[tuple[float, Output]] = []
+    done = threading.Event()
+
+    def sink(output: Output) -> None:
+        handed.append((time.monotonic(), output))
+        if output.finished:
+            done.set()
+
+    engine.start()
+    try:
+        engine.submit(GenerationRequest("r", [0], SamplingParams(max_tokens=5000), sink,
+                                        prompt_text="x", received_at=time.monotonic()))
+        assert done.wait(30)
+    finally:
+        engine.stop()
+    assert len(handed) == 5000 and [o.completion_tokens for _, o in handed[:3]] == [1, 2, 3]
+    first_handed, last_stamped = handed[0][0], handed[-1][1].emitted_at
+    assert first_handed < last_stamped

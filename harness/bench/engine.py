@@ -110,9 +110,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="worker spawns to time (default 3, 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--skip", action="append", default=[], choices=PARTS,
-                   help="leave a part out (its figures are reported as not measured); "
-                        "dtype (the worker in the other dtype) is a part of "
-                        "--vs-transformers-serve, the others of the default run")
+                   help="leave a part out (its figures are reported as not measured): "
+                        "cold-start, int8 and baseline are parts of the default run, dtype "
+                        "(our worker in the other dtype: fp32 beside a bf16 run, bf16 beside "
+                        "an fp32 one with --vs-transformers-serve) of both")
     p.add_argument("--ready-timeout", type=float, default=300.0,
                    help="seconds a worker may take to become ready (default 300)")
     p.add_argument("--vs-transformers-serve", action="store_true",
@@ -133,11 +134,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 @dataclass(frozen=True)
 class _WorkerRun:
     """What one worker measured: the timed batches per concurrency level, and the texts of
-    the first batch at the highest level (one per prompt)."""
+    the first batch at the highest level (one per prompt); `dtype` as the worker reported it."""
 
     ready_s: float
     batches: dict[int, list[BatchTiming]]
     texts: tuple[str, ...]
+    dtype: str = "float32"
 
     def details(self) -> dict[str, object]:
         return {"ready_s": self.ready_s, "texts": list(self.texts), "rounds": {
@@ -167,11 +169,11 @@ def _model_folder(model: str) -> Path | None:
     return folder if folder is not None and (folder / "config.json").is_file() else None
 
 
-def _cold_starts(model: str, n: int, logs: Path, timeout: float,
+def _cold_starts(model: str, extra: Sequence[str], n: int, logs: Path, timeout: float,
                  progress: Progress) -> list[float]:
     times = []
     for i in range(n):
-        worker = start_worker(model, args=["--device", "cpu"], log_dir=logs)
+        worker = start_worker(model, args=["--device", "cpu", *extra], log_dir=logs)
         try:
             times.append(worker.wait_ready(timeout=timeout))
         finally:
@@ -197,7 +199,8 @@ def _worker_run(model: str, extra: Sequence[str], levels: Sequence[int], rounds:
         args += ["--max-num-seqs", str(top)]
     with start_worker(model, args=args, log_dir=logs) as worker:
         ready = worker.wait_ready(timeout=timeout)
-        progress(f"{label} worker ready in {ready:.1f} s (pid {worker.pid})")
+        dtype = engine_dtype(worker.url)
+        progress(f"{label} worker ready in {ready:.1f} s (pid {worker.pid}, {dtype})")
         name = _served_name(worker.url)
         # the first steps of a fresh process are slow (allocation, kernel selection)
         measure_batch(worker.url, name, _prompts(top), min(8, max_tokens))
@@ -213,7 +216,7 @@ def _worker_run(model: str, extra: Sequence[str], levels: Sequence[int], rounds:
                 progress(f"{label} {_streams(level)}, round {r + 1}/{rounds}: "
                          f"{batch.tokens_per_s:.1f} tokens/s, {batch.output_tokens} tokens "
                          f"in {batch.wall:.2f} s")
-    return _WorkerRun(ready, batches, texts)
+    return _WorkerRun(ready, batches, texts, dtype)
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -298,8 +301,9 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _Defa
     for level in levels:
         figures += _level_figures("ours", f"reference worker ({tag})", level,
                                   ours.batches[level])
-    figures += _level_figures("fp32", "reference worker (fp32)", top,
-                              fp32.batches[top] if fp32 else [])
+    separate = fp32 is not None and fp32 is not ours
+    figures += _level_figures("fp32", "the fp32 worker beside a run in another dtype", top,
+                              fp32.batches[top] if fp32 is not None and separate else [])
     figures += _baseline_figures("generate_batch_default",
                                  f"transformers generate_batch ({tag}), default configuration",
                                  base.get("generate_batch_default"), top)
@@ -313,7 +317,8 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _Defa
 
     ours_low = value(f"ours.streams_{low}.output_tokens_per_s")
     ours_top = value(f"ours.streams_{top}.output_tokens_per_s")
-    fp32_top = value(f"fp32.streams_{top}.output_tokens_per_s")
+    fp32_top = value(f"fp32.streams_{top}.output_tokens_per_s") if separate else \
+        ours_top if fp32 is ours else None
     static = base.get("static_generate")
     figures += [
         Figure("ours.scaling", _ratio(ours_top, ours_low), "x",
@@ -333,8 +338,9 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _Defa
         Figure("ours.identical_to_static_generate",
                _identical(ours.texts, static.texts) if static else None, "fraction",
                f"greedy outputs of the worker identical to transformers generate, both {tag}"),
-        Figure("ours.speedup_vs_fp32", _ratio(ours_top, fp32_top), "x",
-               f"{tag} / fp32 tokens/s of the worker at {top} streams"),
+        Figure("ours.speedup_vs_fp32", _ratio(ours_top, fp32_top) if separate else None, "x",
+               f"{tag} / fp32 tokens/s of the worker at {top} streams (a run in another "
+               "dtype than fp32)"),
         Figure("cold_start.median_s", _median(cold), "s",
                f"worker spawn to first 200 of /health, median of {len(cold)}"),
         Figure("cold_start.best_s", min(cold) if cold else None, "s",
@@ -370,7 +376,7 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _Defa
                 "quick": args.quick, "skip": sorted(set(args.skip)),
                 "prompts": list(PROMPTS)},
         figures=tuple(figures), goals=goals,
-        tables=_tables(figures, levels, rounds, args, tag, separate_fp32=fp32 is not ours),
+        tables=_tables(figures, levels, rounds, args, tag, separate_fp32=separate),
         notes=tuple(notes),
         details={"cold_start_s": cold, "ours": ours.details(),
                  "fp32": fp32.details() if fp32 else None,
@@ -406,7 +412,8 @@ def _tables(figures: list[Figure], levels: list[int], rounds: int, args: argpars
     throughput = Table(
         f"output tokens/s: {args.model}, CPU, {tag}, {args.max_tokens} output tokens per "
         f"request, median of {rounds} round(s)",
-        ("engine", "streams", "tokens/s", "median TTFT s", "wall s", f"x {_streams(low)}"),
+        ("engine", "streams", "tokens/s", "median TTFT s", "wall s",
+         f"x ours at {_streams(low)}"),
         tuple(rows))
     other = Table("cold start, int8 and output agreement", ("figure", "value"), (
         ("worker cold start from the cache, median (s)",
@@ -445,19 +452,18 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
         logs = Path(tmp)
         cold: list[float] = []
         if "cold-start" not in skip and n_cold > 0:
-            cold = _cold_starts(args.model, n_cold, logs, args.ready_timeout, progress)
-        dtype = ours_dtype(args.dtype)
-        tag = _SHORT[dtype]
-        progress(f"our worker and the baselines in {dtype}")
-        ours = _worker_run(args.model, ["--dtype", dtype], levels, rounds,
-                           args.max_tokens, logs, args.ready_timeout, tag, progress)
+            cold = _cold_starts(args.model, ["--dtype", args.dtype], n_cold, logs,
+                                args.ready_timeout, progress)
+        ours = _worker_run(args.model, ["--dtype", args.dtype], levels, rounds,
+                           args.max_tokens, logs, args.ready_timeout, "ours", progress)
+        dtype = ours.dtype
+        progress(f"our worker runs in {dtype}: the baselines will too")
         fp32 = ours if dtype == "float32" else None
+        if fp32 is None and "dtype" not in skip:  # what the lower precision buys; int8's
+            fp32 = _worker_run(args.model, ["--dtype", "float32"], [top], rounds,  # reference
+                               args.max_tokens, logs, args.ready_timeout, "fp32", progress)
         int8 = None
         if "int8" not in skip:
-            if fp32 is None:  # int8's reference, and what the lower precision buys
-                fp32 = _worker_run(args.model, ["--dtype", "float32"], [top], rounds,
-                                   args.max_tokens, logs, args.ready_timeout, "fp32",
-                                   progress)
             int8 = _worker_run(args.model, ["--quantize", "int8"], [top], rounds,
                                args.max_tokens, logs, args.ready_timeout, "int8", progress)
     base: dict[str, BaselineRun] = {}
@@ -469,8 +475,9 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
             base = run_baseline(folder, _prompts(top), args.max_tokens, rounds=rounds,
                                 dtype=dtype, progress=progress)
     for part in sorted(skip):
-        notes.append(f"--skip {part}: " + ("not part of the default run" if part == "dtype"
-                                           else "its figures are not measured"))
+        notes.append(f"--skip {part}: its figures are not measured"
+                     + (" (and int8 has no fp32 reference)" if part == "dtype"
+                        and dtype != "float32" else ""))
     return _result(args, levels, rounds, _DefaultRun(dtype, ours, fp32, int8, cold, base),
                    folder, notes)
 
@@ -544,16 +551,18 @@ def _vs_run(args: argparse.Namespace, folder: Path, plan: VsPlan, rounds: int,
     texts: dict[str, tuple[str, ...]] = {}
     ready: dict[str, float] = {}
     top, max_tokens, timeout = plan.ours[-1], args.max_tokens, args.ready_timeout
-    dtype = ours_dtype(args.dtype)
-    other_dtype = "float32" if dtype == "bfloat16" else "bfloat16"
     worker_args = ["--device", "cpu", "--max-num-seqs", str(max(32, top))]
     # every server is a child of this process, stopped by PID when its `with` ends: normal
     # end, error, Ctrl-C or SIGTERM
     with sigterm_raises(), tempfile.TemporaryDirectory(prefix="llm-chaos-bench-") as tmp:
         logs = Path(tmp)
-        with start_worker(args.model, args=[*worker_args, "--dtype", dtype],
+        with start_worker(args.model, args=[*worker_args, "--dtype", args.dtype],
                           log_dir=logs) as worker:
-            ready["ours"] = _ready(f"our worker ({_SHORT[dtype]})", worker, timeout, progress)
+            ready["ours"] = _ready(f"our worker (--dtype {args.dtype})", worker, timeout,
+                                   progress)
+            dtype = engine_dtype(worker.url)
+            other_dtype = "float32" if dtype == "bfloat16" else "bfloat16"
+            progress(f"our worker runs in {dtype}")
             ours_name = _served_name(worker.url)
             with start_transformers_serve(folder, log_dir=logs) as serve:
                 ready["transformers_serve"] = _ready(
@@ -591,13 +600,17 @@ def _vs_run(args: argparse.Namespace, folder: Path, plan: VsPlan, rounds: int,
     return _VsRun(ours, theirs, other.get(plan.goal_level, []), ready, texts, dtype)
 
 
-def ours_dtype(option: str) -> str:
-    """The dtype our worker runs in for `--dtype option` (auto: as the worker resolves it)."""
-    if option != "auto":
-        return option
-    from targets.reference.models import default_dtype
-
-    return default_dtype("cpu")
+def engine_dtype(url: str) -> str:
+    """The dtype a worker's engine runs in, as its /debug/engine reports it (`--dtype auto`
+    is resolved by the worker: the harness reaches it only over HTTP)."""
+    try:
+        dtype = httpx.get(url + "/debug/engine", timeout=10).json()["dtype"]
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        raise TargetError(f"{url}/debug/engine did not say its dtype: {exc!r}") from exc
+    if dtype not in _SHORT:
+        raise TargetError(f"{url} runs in {dtype}; the benchmark compares float32 and "
+                          "bfloat16 (drop --quantize, or pass --dtype)")
+    return str(dtype)
 
 
 

@@ -23,7 +23,8 @@ _ACTIONS = ("kill", "pause", "restart", "disconnect")
 
 
 def docker_client() -> Any:
-    """A Docker client that answered a ping; UsageError saying so when no engine is reachable."""
+    """A Docker client speaking the engine's API version, which the engine just reported;
+    UsageError saying so when no engine is reachable."""
     try:
         import docker
         from docker.errors import DockerException
@@ -102,7 +103,7 @@ class ContainerFault:
             raise UsageError(f"container fault count must be at least 1, not {self.count}")
         client = docker_client()
         try:
-            if not self._containers(client):
+            if not self._containers(client, UsageError):
                 raise UsageError(f"no running container matches {self._selector()}"
                                  + (f" on network {self.network}" if self.network else ""))
         finally:
@@ -118,7 +119,10 @@ class ContainerFault:
     def _inject(self, client: Any, rng: random.Random, ledger: Ledger) -> Effect:
         from docker.errors import APIError
 
-        found = sorted(self._containers(client), key=lambda c: str(c.name))
+        try:
+            found = sorted(self._containers(client, TargetError), key=lambda c: str(c.name))
+        except APIError as exc:
+            raise TargetError(f"listing containers ({self._selector()}) failed: {exc}") from exc
         if not found:
             raise TargetError(f"no running container matches {self._selector()}"
                               + (f" on network {self.network}" if self.network else ""))
@@ -143,9 +147,11 @@ class ContainerFault:
                     if endpoint is None:
                         raise TargetError(f"container {container.name} is not on network "
                                           f"{self.network}")
+                    ipam = endpoint.get("IPAMConfig") or {}
                     ledger.note(DockerConnect(
                         net.id, container.id, aliases=tuple(endpoint.get("Aliases") or ()),
-                        ipv4=(endpoint.get("IPAMConfig") or {}).get("IPv4Address") or None))
+                        ipv4=ipam.get("IPv4Address") or None,
+                        ipv6=ipam.get("IPv6Address") or None))
                     net.disconnect(container)
             except APIError as exc:
                 raise TargetError(f"{self.action} of container {container.name} failed: "
@@ -161,8 +167,11 @@ class ContainerFault:
         return (f"name={self.container}" if self.container is not None
                 else f"label={self.label}")
 
-    def _containers(self, client: Any) -> list[Any]:
-        """The running containers selected (for a disconnect: those on its network)."""
+    def _containers(self, client: Any, error: type[Exception]) -> list[Any]:
+        """The running containers selected (for a disconnect: those on its network); `error`
+        when the network does not exist."""
+        from docker.errors import NotFound
+
         if self.container is None:
             found = list(client.containers.list(filters={"label": self.label}))
         else:
@@ -172,7 +181,11 @@ class ContainerFault:
                          filters={"name": f"^/?{re.escape(self.container)}$"})
                      if str(c.name) == self.container.lstrip("/")]
         if self.action == "disconnect" and self.network is not None:
-            name = str(client.networks.get(self.network).name)
+            try:
+                name = str(client.networks.get(self.network).name)
+            except NotFound as exc:
+                raise error(f"container disconnect: no network {self.network!r} on the "
+                            "Docker engine (`docker network ls` lists them)") from exc
             found = [c for c in found if _endpoint(c, name) is not None]
         return found
 

@@ -219,7 +219,8 @@ class DockerConnect:
     network: str
     container: str
     aliases: tuple[str, ...] = ()  # its names on the network (a compose service name)
-    ipv4: str | None = None  # a static address it had there
+    ipv4: str | None = None  # static addresses it had there
+    ipv6: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "aliases", tuple(self.aliases))  # a list, read from JSON
@@ -235,7 +236,8 @@ class DockerConnect:
             net = client.networks.get(self.network)
             if net.name in networks:
                 return f"container {self.container} is on network {self.network}"
-            net.connect(container, aliases=list(self.aliases) or None, ipv4_address=self.ipv4)
+            net.connect(container, aliases=list(self.aliases) or None, ipv4_address=self.ipv4,
+                        ipv6_address=self.ipv6)
         except NotFound:
             return f"container {self.container} or network {self.network} is gone"
         except APIError as exc:

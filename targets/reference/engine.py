@@ -97,6 +97,8 @@ class BatchEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
+        # what the weights are held in (int8 layers keep float32 around them)
+        self.dtype = str(next(iter(model.parameters())).dtype).removeprefix("torch.")
         limit = getattr(model.config, "max_position_embeddings", max_model_len)
         self.max_model_len = min(max_model_len, limit)
         self.max_num_seqs = max_num_seqs
@@ -199,6 +201,7 @@ class BatchEngine:
                 "batch_sizes": dict(self.batch_sizes),
                 "max_num_seqs": self.max_num_seqs,
                 "max_model_len": self.max_model_len,
+                "dtype": self.dtype,
                 "finished": list(self.finished),
             }
 

@@ -296,6 +296,25 @@ def test_a_name_selects_only_the_container_of_that_name(engine: FakeEngine) -> N
     fault.revert(NOWHERE, effect)
 
 
+def test_a_name_with_its_leading_slash_and_a_network_by_id_are_understood(
+        engine: FakeEngine) -> None:
+    fault = ContainerFault("disconnect", container="/web", network=APP)
+    fault.validate(NOWHERE)
+    effect = fault.inject(NOWHERE, random.Random(0), Ledger(fault.name, 30))
+    assert effect.value["containers"] == ["web"] and "app" not in engine.boxes["web"].networks
+    fault.revert(NOWHERE, effect)
+    assert engine.boxes["web"].networks["app"] == ["svc"]
+
+
+def test_a_network_that_does_not_exist_is_named(engine: FakeEngine) -> None:
+    fault = ContainerFault("disconnect", label="llm-chaos=web", network="nonet")
+    with pytest.raises(UsageError, match="no network 'nonet' on the Docker engine"):
+        fault.validate(NOWHERE)
+    with pytest.raises(TargetError, match="no network 'nonet'"):
+        fault.inject(NOWHERE, random.Random(0), Ledger(fault.name, 30))
+    assert {call.method for call in engine.calls} == {"GET"}
+
+
 def test_a_disconnect_of_a_container_not_on_the_network_is_refused(engine: FakeEngine) -> None:
     """The heal is noted before the disconnect (write-ahead): a container that is not on the
     network must never be selected, or the revert would connect it to a network it was never

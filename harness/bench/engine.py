@@ -280,11 +280,10 @@ def _baseline_figures(mode: str, label: str, run: BaselineRun | None,
 
 @dataclass(frozen=True)
 class _DefaultRun:
-    """What the default run measured: our worker in `dtype` at every level, the float32
-    worker at the top level (int8's reference: `ours` itself when `dtype` is float32), int8,
-    cold starts, and the transformers baselines in `dtype`."""
+    """What the default run measured: our worker at every level, the float32 worker at the
+    top level (int8's reference: `ours` itself when that runs in float32), int8, cold starts,
+    and the transformers baselines in our worker's dtype."""
 
-    dtype: str
     ours: _WorkerRun
     fp32: _WorkerRun | None
     int8: _WorkerRun | None
@@ -295,7 +294,7 @@ class _DefaultRun:
 def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _DefaultRun,
             folder: Path | None, notes: list[str]) -> BenchResult:
     low, top = levels[0], levels[-1]
-    tag = _SHORT[run.dtype]
+    tag = _SHORT[run.ours.dtype]
     ours, fp32, int8, cold, base = run.ours, run.fp32, run.int8, run.cold, run.base
     figures: list[Figure] = []
     for level in levels:
@@ -371,7 +370,7 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _Defa
     )
     return BenchResult(
         bench="engine",
-        config={"model": args.model, "device": "cpu", "dtype": run.dtype, "streams": levels,
+        config={"model": args.model, "device": "cpu", "dtype": run.ours.dtype, "streams": levels,
                 "max_tokens": args.max_tokens, "rounds": rounds, "cold_starts": len(cold),
                 "quick": args.quick, "skip": sorted(set(args.skip)),
                 "prompts": list(PROMPTS)},
@@ -478,7 +477,7 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
         notes.append(f"--skip {part}: its figures are not measured"
                      + (" (and int8 has no fp32 reference)" if part == "dtype"
                         and dtype != "float32" else ""))
-    return _result(args, levels, rounds, _DefaultRun(dtype, ours, fp32, int8, cold, base),
+    return _result(args, levels, rounds, _DefaultRun(ours, fp32, int8, cold, base),
                    folder, notes)
 
 # -- --vs-transformers-serve -------------------------------------------------------------------

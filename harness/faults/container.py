@@ -104,8 +104,7 @@ class ContainerFault:
         client = docker_client()
         try:
             if not self._containers(client, UsageError):
-                raise UsageError(f"no running container matches {self._selector()}"
-                                 + (f" on network {self.network}" if self.network else ""))
+                raise UsageError(self._no_match())
         finally:
             client.close()
 
@@ -124,8 +123,7 @@ class ContainerFault:
         except APIError as exc:
             raise TargetError(f"listing containers ({self._selector()}) failed: {exc}") from exc
         if not found:
-            raise TargetError(f"no running container matches {self._selector()}"
-                              + (f" on network {self.network}" if self.network else ""))
+            raise TargetError(self._no_match())
         victims = rng.sample(found, min(self.count, len(found)))
         done: list[str] = []
         for container in victims:
@@ -162,6 +160,10 @@ class ContainerFault:
 
     def revert(self, target: Target, effect: Effect) -> None:
         revert_effect(effect)
+
+    def _no_match(self) -> str:
+        return (f"no running container matches {self._selector()}"
+                + (f" on network {self.network}" if self.network else ""))
 
     def _selector(self) -> str:
         return (f"name={self.container}" if self.container is not None

@@ -233,7 +233,7 @@ def test_default_run_in_float32_is_its_own_int8_reference(
                                                   1024, (), "d")}
     args = build_parser().parse_args(["bench", "engine", "--dtype", "float32"])
     result = engine._result(args, levels, 1,
-                            engine._DefaultRun("float32", ours, ours, int8, [2.1], base),
+                            engine._DefaultRun(ours, ours, int8, [2.1], base),
                             None, [])
     figures = {f.name: f.value for f in result.figures}
     # the fp32 run is its own reference: nothing to compare with, nothing measured twice

@@ -171,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
+    from .api import KEEP_ALIVE_S
     from .worker import create_app
 
     app = create_app(engine, args.served_model_name)
     print(f"llm-chaos worker: model={engine.model_name} pid={os.getpid()} "
           f"listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S)
     return 0

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter, Gauge, generate_latest
 from pydantic import ValidationError
 
-from .api import error_body, validation_message
+from .api import KEEP_ALIVE_S, error_body, validation_message
 from .audit import AuditLog, AuditSettings, register_metrics
 from .faults import FaultSpec
 from .registry import EventBus, Registry, WorkerState
@@ -353,7 +353,7 @@ def serve(args: Any) -> int:
         plant(args.planted_bug, fleet.registry, audit)
     app = _FastPath(create_fleet_app(fleet), fleet.router)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S)
     server = _DrainingServer(config)
     server.fleet = fleet
     fleet.server = server

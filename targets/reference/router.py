@@ -25,7 +25,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .api import error_body
+from .api import ROUTER_POOL_IDLE_S, error_body
 from .audit import AuditLog, AuditUnavailable, RequestTrail
 from .faults import FaultSet
 from .registry import Registry, WorkerInfo, WorkerState
@@ -211,7 +211,7 @@ class Router:
         # and this hop is the router's whole overhead on time to first token
         if self._client is None:
             self._client = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=ROUTER_POOL_IDLE_S),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0),
                 auto_decompress=False)
         return self._client

@@ -15,7 +15,11 @@ from ..errors import UsageError
 from .api import create_app
 from .proxy import ApiError, ProxyCollection, ProxyConfig, split_address
 
-__all__ = ["add_parser", "run", "serve"]
+__all__ = ["API_KEEP_ALIVE_S", "add_parser", "run", "serve"]
+
+# The control API keeps an idle connection longer than its clients do (httpx: 5 s); uvicorn's
+# default of 5 s would close it just as a client reuses it, and that request would be lost.
+API_KEEP_ALIVE_S = 65
 
 
 def add_parser(sub: Any) -> None:
@@ -69,7 +73,8 @@ async def serve(configs: list[ProxyConfig], api: str, seed: int) -> None:
         host, port = split_address(api)
         server = uvicorn.Server(uvicorn.Config(create_app(proxies), host=host, port=port,
                                                log_level="warning", lifespan="off",
-                                               access_log=False))
+                                               access_log=False,
+                                               timeout_keep_alive=API_KEEP_ALIVE_S))
         print(f"llm-chaos proxy: API on http://{host}:{port}", flush=True)
         await server.serve()
     finally:

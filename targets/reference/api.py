@@ -8,7 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 __all__ = [
     "KEEP_ALIVE_S",
-    "ROUTER_POOL_IDLE_S",
     "ApiError",
     "ChatCompletionRequest",
     "CompletionRequest",
@@ -19,11 +18,10 @@ __all__ = [
 MAX_STOP = 4
 
 # How long the worker and router servers keep an idle connection open (uvicorn's default is 5 s).
-# It must outlast every client's own idle limit: a server that closes an idle connection just as
-# the client reuses it loses that request (aiohttp: ServerDisconnectedError). httpx expires idle
-# connections after 5 s, the router's pool after ROUTER_POOL_IDLE_S.
+# A server that closes an idle connection just as the client reuses it loses that request
+# (aiohttp: ServerDisconnectedError), so it outlasts the clients' own idle limits: httpx's 5 s
+# and the router pool's `router.POOL_IDLE_S`.
 KEEP_ALIVE_S = 65
-ROUTER_POOL_IDLE_S = 30  # the router's idle connections to workers, closed by the router first
 
 
 class ApiError(Exception):

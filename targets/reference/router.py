@@ -25,7 +25,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .api import ROUTER_POOL_IDLE_S, error_body
+from .api import error_body
 from .audit import AuditLog, AuditUnavailable, RequestTrail
 from .faults import FaultSet
 from .registry import Registry, WorkerInfo, WorkerState
@@ -33,6 +33,7 @@ from .registry import Registry, WorkerInfo, WorkerState
 __all__ = ["Router", "RouterSettings"]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+POOL_IDLE_S = 30  # idle connections to workers: closed by the router before the worker does
 _BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
             10.0, 20.0, 40.0, 80.0)
 
@@ -211,7 +212,7 @@ class Router:
         # and this hop is the router's whole overhead on time to first token
         if self._client is None:
             self._client = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=ROUTER_POOL_IDLE_S),
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=POOL_IDLE_S),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=2.0),
                 auto_decompress=False)
         return self._client

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import time
 
+import httpx
+
+from harness.proxy.cli import API_KEEP_ALIVE_S
+
 from .conftest import Proxy, connect, recv_exactly
 
 
@@ -129,3 +133,9 @@ def test_toxic_ttl_expires_by_itself(fresh: Proxy, echo: str) -> None:
     assert fresh.api.get("/proxies/t/toxics").json() == []
     assert fresh.api.post("/proxies/t/toxics", json={"type": "latency", "ttl": 0}).json()[
         "status"] == 400
+
+
+def test_the_api_keeps_idle_connections_longer_than_httpx() -> None:
+    """Else the API could close an idle connection just as an httpx client reuses it."""
+    expiry = httpx.Limits().keepalive_expiry
+    assert expiry is not None and expiry < API_KEEP_ALIVE_S

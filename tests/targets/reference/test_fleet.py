@@ -21,6 +21,8 @@ import psutil
 import pytest
 
 from harness.launcher import ServerProcess, free_port
+from targets.reference.api import KEEP_ALIVE_S
+from targets.reference.router import POOL_IDLE_S
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -643,11 +645,18 @@ def _request(sock: socket.socket, port: int) -> bytes:
         answer += data
 
 
+def test_the_clients_close_idle_connections_before_the_servers() -> None:
+    """httpx and the router's pool give up an idle connection before the worker or router
+    at its other end closes it, so neither sends a request on a connection being closed."""
+    assert httpx.Limits().keepalive_expiry is not None
+    assert httpx.Limits().keepalive_expiry < POOL_IDLE_S < KEEP_ALIVE_S
+
+
 def test_idle_connections_outlive_the_clients_idle_limits(start_fleet: FleetFactory) -> None:
     """httpx drops an idle connection after 5 s, the router's pool after 30 s. A server that
     closes one first (uvicorn's default is 5 s) loses the request a client sends on it at
     that moment: aiohttp to one worker lost 61 of 480 requests sent after 4.96-5.03 s idle.
-    The router and the workers keep idle connections longer than any of their clients."""
+    The router and the workers keep an idle connection past httpx's limit."""
     fleet = start_fleet("--model", "sim", "--workers", "1")
     ports = [int(fleet.url.rpartition(":")[2]), workers(fleet)[0]["port"]]
     socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for port in ports]

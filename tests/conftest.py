@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 WorkerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_caches() -> dict[str, Path]:
+    """Build what the suite reads from the model cache before any test runs, in any order: the
+    SmolLM2 folder (its tokenizer counts tokens in every load run) and the tiny model folder.
+    `.ci/run` points LLM_CHAOS_CACHE at a new empty folder, so a cold cache is what CI tests;
+    on a warm cache this returns at once."""
+    from targets.reference.models import ensure_smollm2_folder, ensure_tiny_folder
+
+    return {"smollm2": ensure_smollm2_folder(), "tiny": ensure_tiny_folder()}
+
+
+@pytest.fixture(scope="session")
+def transformers_command() -> str:
+    """The `transformers` console script of this environment (the dev extras install it)."""
+    exe = Path(sys.executable).with_name("transformers")
+    if not exe.exists():
+        pytest.fail(f"no {exe}: the dev extras install `transformers[serving]`; run `make install`")
+    return str(exe)
 
 
 @pytest.fixture

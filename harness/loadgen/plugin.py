@@ -161,7 +161,7 @@ def _add_options(parser: Any) -> None:
                    help="model name to request (default: the first of GET /v1/models)")
     g.add_argument("--tokenizer", default=None,
                    help="folder with the target model's tokenizer.json, `whitespace` or `none` "
-                   "(default: ~/.cache/llm-chaos/smollm2-135m-instruct when present)")
+                   "(default: SmolLM2's in $LLM_CHAOS_CACHE or ~/.cache/llm-chaos, when present)")
     g.add_argument("--max-tokens", type=int, default=None,
                    help="max_tokens of every request (default: per scenario)")
     g.add_argument("--prompt-tokens", default=None,

@@ -8,9 +8,15 @@ from typing import Protocol
 
 from ..errors import UsageError
 
-__all__ = ["DEFAULT_TOKENIZER", "TokenCounter", "WhitespaceCounter", "load_tokenizer"]
+__all__ = ["TokenCounter", "WhitespaceCounter", "default_tokenizer_dir", "load_tokenizer"]
 
-DEFAULT_TOKENIZER = Path("~/.cache/llm-chaos/smollm2-135m-instruct").expanduser()
+
+def default_tokenizer_dir() -> Path:
+    """SmolLM2's folder in the reference target's model cache (`$LLM_CHAOS_CACHE`, default
+    `~/.cache/llm-chaos`), read at call time; the harness does not import the target, so the
+    cache's layout is named here too (`targets/reference/models.py` owns it)."""
+    root = os.environ.get("LLM_CHAOS_CACHE") or Path.home() / ".cache" / "llm-chaos"
+    return Path(root) / "smollm2-135m-instruct"
 
 
 class TokenCounter(Protocol):
@@ -63,7 +69,7 @@ def load_tokenizer(spec: str | None) -> TokenCounter | None:
     if spec is None:
         spec = os.environ.get("LLM_CHAOS_TOKENIZER")
         if spec is None:
-            default = DEFAULT_TOKENIZER / "tokenizer.json"
+            default = default_tokenizer_dir() / "tokenizer.json"
             return HFTokenizer(default) if default.is_file() else None
     if spec.lower() in ("none", ""):
         return None

@@ -18,17 +18,13 @@ from harness.loadgen.prompts import (
     SyntheticPrompts,
 )
 from harness.loadgen.shapes import ShapeSpec
-from harness.loadgen.tokens import DEFAULT_TOKENIZER, load_tokenizer
-
-needs_tokenizer = pytest.mark.skipif(not (DEFAULT_TOKENIZER / "tokenizer.json").is_file(),
-                                     reason="SmolLM2 tokenizer not in the cache")
+from harness.loadgen.tokens import default_tokenizer_dir, load_tokenizer
 
 
-@needs_tokenizer
 @pytest.mark.parametrize("spec", ["fixed:37", "uniform:10,200", "normal:100,30",
                                   "lognormal:64,0.7"])
 def test_synthetic_prompts_have_exact_token_lengths(spec: str) -> None:
-    tok = load_tokenizer(str(DEFAULT_TOKENIZER))
+    tok = load_tokenizer(str(default_tokenizer_dir()))
     assert tok is not None
     source = SyntheticPrompts(LengthDistribution.parse(spec), tok)
     rng = random.Random(5)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,21 +19,19 @@ from harness.launcher import ServerProcess, free_port
 from .conftest import LOCUSTFILES, RunLocust
 from .tapproxy import tap_proxy
 
-TINY = Path("~/.cache/llm-chaos/tiny-llama-seed0").expanduser()
 MAX_TOKENS = 8  # plain_chat.py's
 
 
 @pytest.fixture(scope="module")
-def transformers_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def transformers_serve(tmp_path_factory: pytest.TempPathFactory, transformers_command: str,
+                       model_caches: dict[str, Path]) -> Iterator[ServerProcess]:
     """`transformers serve` on the tiny model folder (this module's own; stopped by PID)."""
-    exe = Path(sys.executable).with_name("transformers")
-    if not exe.exists() or not (TINY / "config.json").exists():
-        pytest.skip("needs .venv/bin/transformers and the tiny model folder")
+    tiny = model_caches["tiny"]
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
     logs = tmp_path_factory.mktemp("transformers-serve")
-    proc = ServerProcess([str(exe), "serve", str(TINY), "--host", "127.0.0.1", "--port",
+    proc = ServerProcess([transformers_command, "serve", str(tiny), "--host", "127.0.0.1", "--port",
                           str(port), "--device", "cpu", "--dtype", "float32"],
                          f"http://127.0.0.1:{port}", logs / "serve.log", env=env)
     try:
@@ -48,12 +45,14 @@ def transformers_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
 
 
 def test_ttft_and_tokens_against_transformers_serve(transformers_serve: ServerProcess,
-                                                    run_locust: RunLocust) -> None:
+                                                    run_locust: RunLocust,
+                                                    model_caches: dict[str, Path]) -> None:
+    tiny = str(model_caches["tiny"])
     port = int(transformers_serve.url.rsplit(":", 1)[1])
     with tap_proxy(port) as proxy:
         run = run_locust("-f", str(LOCUSTFILES / "plain_chat.py"), "--headless", "-u", "2",
-                         "-r", "2", "-t", "5s", "--host", proxy.url, "--model", str(TINY),
-                         "--tokenizer", str(TINY))
+                         "-r", "2", "-t", "5s", "--host", proxy.url, "--model", tiny,
+                         "--tokenizer", tiny)
         oracle = proxy.first_content_times()
     assert run.code == 0, run.output[-3000:]
     records = [r["value"] for r in run.records() if r["type"] == "ok"]
@@ -67,8 +66,9 @@ def test_ttft_and_tokens_against_transformers_serve(transformers_serve: ServerPr
         assert v["output_tokens"] == v["output_tokens_usage"] <= MAX_TOKENS
         if v["finish_reason"] == "length":
             assert v["output_tokens_usage"] == MAX_TOKENS
-        # one token per content chunk in its stream
-        assert len(v["itl"]) + 1 == v["output_tokens_usage"]
+        # at most one content chunk per token: a random model's byte-fallback token that ends
+        # inside a UTF-8 character streams no text until the next one completes it
+        assert 1 <= len(v["itl"]) + 1 <= v["output_tokens_usage"]
         assert v["output_tokens_tokenizer"] is not None
         assert v["output_tokens_difference"] == (v["output_tokens_usage"]
                                                  - v["output_tokens_tokenizer"])

@@ -1,8 +1,9 @@
 """What a benchmark produces: figures, goals judged on them, and tables to print.
 
-Every benchmark returns one `BenchResult`; the runner prints its tables and the goals, and
-writes `to_json()` when asked. A figure that could not be measured is kept with value None,
-so the JSON always names every figure, and a goal on it is reported as not met and not measured.
+Every benchmark returns one `BenchResult`; the runner adds the machine it ran on, prints its
+tables and the goals, and writes `to_json()` when asked. A figure that could not be measured is
+kept with value None, so the JSON always names every figure, and a goal on it is reported as not
+met and not measured.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class BenchResult:
     notes: tuple[str, ...] = ()
     environment: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # raw samples behind the figures
+    machine: dict[str, Any] = field(default_factory=dict)  # harness.machine.describe()
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.figures]
@@ -123,6 +125,7 @@ class BenchResult:
         return {
             "bench": self.bench,
             "config": self.config,
+            "machine": self.machine,
             "environment": self.environment,
             "figures": [f.to_json() for f in self.figures],
             "goals": goals,

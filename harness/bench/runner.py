@@ -1,5 +1,5 @@
 """How every benchmark runs: its own options plus --json and --check, progress on stderr,
-the result printed as tables on stdout, and one exit status rule.
+the result printed as tables on stdout under the machine it ran on, and one exit status rule.
 
 Exit status: 0 when the benchmark ran (goals are reported, met or not); with --check, 1 when a
 measured goal was missed and 3 when none was missed but one could not be measured (the run's
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..machine import describe, one_line
 from .result import BenchResult, render_table
 
 __all__ = ["Benchmark", "Progress", "add_common_arguments", "exit_status", "run_benchmark"]
@@ -75,7 +76,10 @@ def exit_status(result: BenchResult, check: bool) -> int:
 
 
 def report(result: BenchResult, out: TextIO) -> None:
-    """Print the benchmark's tables and its goals."""
+    """Print the machine, the benchmark's tables and its goals."""
+    if result.machine:
+        print(f"machine: {one_line(result.machine)}", file=out)
+        print(file=out)
     for table in (*result.tables, result.goals_table()):
         print(render_table(table), file=out)
         print(file=out)
@@ -85,8 +89,7 @@ def report(result: BenchResult, out: TextIO) -> None:
     if "load_average" in env and "load_average_after" in env:
         # the 1-minute load before the run shows other work on the machine; after it, the
         # figure includes the benchmark's own processes
-        print(f"machine: {env.get('cpu_count')} CPUs, 1-minute load average "
-              f"{env['load_average'][0]:.2f} before the run, "
+        print(f"load: 1-minute load average {env['load_average'][0]:.2f} before the run, "
               f"{env['load_average_after'][0]:.2f} at its end", file=out)
 
 
@@ -94,7 +97,8 @@ def run_benchmark(bench: Benchmark, args: argparse.Namespace) -> int:
     """Measure, print, write the JSON if asked; return the exit status."""
     before = environment()
     result = bench.measure(args, stderr_progress(bench.name))
-    result = dataclasses.replace(result, environment={
+    # described after the run: torch's threads are known once the benchmark loaded it
+    result = dataclasses.replace(result, machine=describe(), environment={
         **before, **result.environment, "load_average_after": list(os.getloadavg())})
     report(result, sys.stdout)
     if args.json_path is not None:

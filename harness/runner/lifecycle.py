@@ -1,7 +1,8 @@
 """One experiment end to end, Chaos Toolkit's lifecycle with Jepsen's roles:
 
 validate (exit 2) -> run directory with the resolved experiment -> start the reference target
-(when the experiment names it) -> steady state before -> observer, Locust and the fault
+(when the experiment names it) -> the machine (and each worker's dtype and torch threads) printed
+and kept in `machine.json` -> steady state before -> observer, Locust and the fault
 schedule (relative to the load's start) -> every fault reverted however the run ends ->
 steady state after -> target events and audit log into the run directory -> checks -> report.
 
@@ -33,6 +34,7 @@ from ..experiment import Experiment, load_experiment
 from ..faults import FaultInjector, JsonlRecorder
 from ..faults.injector import sigterm_raises
 from ..launcher import ServerProcess, free_port
+from ..machine import describe, one_line
 from ..report import write_reports
 from ..target import Target
 from ..telemetry import Observer
@@ -43,6 +45,7 @@ from .probes import run_probes
 __all__ = ["RunOutcome", "judge_run", "run_experiment", "write_plan"]
 
 NEMESIS_FILE = "nemesis.jsonl"
+MACHINE_FILE = "machine.json"
 LOAD_START_TIMEOUT = 120.0
 TARGET_READY_TIMEOUT = 600.0  # the first start of the real model converts its GGUF file
 
@@ -178,6 +181,45 @@ def _merge_history(run_dir: Path) -> None:
     nemesis.unlink(missing_ok=True)
 
 
+def _worker_engines(target: Target) -> list[dict[str, Any]]:
+    """Each live worker's dtype and torch threads as its `/debug/engine` reports them (None
+    where it does not say: the simulated engine has no dtype)."""
+    if not target.is_local():
+        # the reference target's workers listen on its loopback only
+        raise TargetError(f"the target {target.url} is not on this machine")
+    engines = []
+    with httpx.Client(timeout=5.0) as client:
+        for worker in target.workers():
+            if worker.state != "live":
+                continue
+            resp = client.get(f"http://127.0.0.1:{worker.port}/debug/engine")
+            resp.raise_for_status()
+            stats = resp.json()
+            engines.append({"id": worker.id, "dtype": stats.get("dtype"),
+                            "threads": stats.get("threads")})
+    return engines
+
+
+def _describe_machine(target: Target, reference: bool, run_dir: Path) -> str:
+    """Write `machine.json` (this machine, and the reference target's workers) into `run_dir`
+    and return the line naming them; a worker that cannot be described is said, never raised."""
+    machine = describe()
+    line = f"machine: {one_line(machine)}"
+    if reference:
+        try:
+            engines = _worker_engines(target)
+        except Exception as exc:  # the line only informs: it must never fail the run
+            machine["workers_error"] = str(exc) or type(exc).__name__
+            line += f" (workers not described: {machine['workers_error']})"
+        else:
+            machine["workers"] = engines
+            line += "; workers: " + ", ".join(
+                f"{e['id']} {e['dtype'] or 'dtype ?'} threads "
+                f"{e['threads'] if isinstance(e['threads'], int) else '?'}" for e in engines)
+    (run_dir / MACHINE_FILE).write_text(json.dumps(machine, indent=2) + "\n", encoding="utf-8")
+    return line
+
+
 def _active_faults(injector: FaultInjector) -> list[str]:
     return [a.fault.name + (f" ({', '.join(sorted(a.effect.workers))})"
                             if a.effect.workers else "") for a in list(injector.active)]
@@ -262,6 +304,9 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
         if server is not None:
             target.wait_live(cfg.min_workers if cfg.min_workers is not None
                           else cfg.workers, TARGET_READY_TIMEOUT)
+        described = _describe_machine(target, cfg.adapter == "reference" and bool(admin_token),
+                                      run_dir)
+        print(f"  {described}", file=out, flush=True)
         injector = FaultInjector(target, steps, seed=experiment.seed, recorder=recorder,
                                  blast_radius=experiment.nemesis.blast_radius, abort=aborts)
         if steps:

@@ -7,6 +7,7 @@ here: on the tiny model the numbers mean nothing, only their presence and shape 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from harness.bench.transformers_serve import (
     serve_env,
 )
 from harness.cli import build_parser, main
+from harness.machine import describe
 
 LEVELS = (1, 2, 4)
 
@@ -81,6 +83,16 @@ def test_bench_engine_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "transformers generate_batch bf16" in captured.out
     assert "goals" in captured.out and "vs_generate_batch" in captured.out
     assert "[bench engine" in captured.err  # progress goes to stderr
+    _names_the_machine(data, captured.out)
+
+
+def _names_the_machine(data: dict[str, object], printed: str) -> None:
+    """The JSON carries the machine and the table starts with its line (issue 16)."""
+    machine = data["machine"]
+    assert isinstance(machine, dict)
+    assert machine["cpu_model"] == describe()["cpu_model"]
+    assert machine["cores"] == len(os.sched_getaffinity(0))
+    assert printed.startswith(f"machine: {machine['cpu_model']}, {machine['cores']} cores")
 
 
 def _result(value: float | None) -> BenchResult:
@@ -214,6 +226,7 @@ def test_vs_transformers_serve_reports_ratios_and_misses_goals_honestly(
     assert [goals[g]["met"] for g in ("vs_transformers_serve", "ttft")] == [False, False]
     assert data["all_goals_met"] is False and data["config"]["more_streams"] == [32, 64]
     printed = capsys.readouterr().out
+    _names_the_machine(data, printed)
     assert "ours (bf16) vs transformers serve --continuous-batching (fp32)" in printed
     assert "where throughput stops growing" in printed
     # with --check a missed goal is exit status 1

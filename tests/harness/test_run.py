@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from harness.cli import main
+from harness.machine import describe
 from harness.report import REPORT_FILES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,6 +107,13 @@ def test_gameday_passes_on_the_reference_target(tmp_path: Path,
     assert "verdict: valid (exit 0)" in out
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["exit_code"] == 0 and summary["requests"] > 50
+    # the machine, named before the load and kept with the run, with each worker's engine
+    machine = json.loads((run_dir / "machine.json").read_text())
+    assert machine["cpu_model"] == describe()["cpu_model"]
+    assert [w["id"] for w in machine["workers"]] and "workers_error" not in machine
+    line = next(x for x in out.splitlines() if x.strip().startswith("machine: "))
+    assert machine["cpu_model"] in line and "; workers: " in line
+    assert out.index(line) < out.index("starting load")
 
 
 def test_weakened_twin_fails_the_recovery_check(tmp_path: Path,

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-waiting", type=int, default=1024,
                    help="queued requests beyond which new ones get 429")
     w.add_argument("--stall-timeout", type=float, default=15.0,
-                   help="seconds without engine progress (while busy) before /health fails")
+                   help="seconds without engine progress (while busy) before /health fails "
+                        "(a floor: it stretches to 10 times the slowest recent step)")
     w.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     w.add_argument("--sim-ttft", default="0.05",
                    help="simulated time to first token: seconds, uniform:LO,HI, normal:M,S, exp:M")
@@ -85,7 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recycle (drain, restart) a worker whose private memory (RSS less "
                         "shared, file-backed pages such as the mapped weights) exceeds this")
     f.add_argument("--stall-timeout", type=float, default=3.0,
-                   help="a busy worker whose engine makes no progress this long is unlive")
+                   help="a busy worker whose engine makes no progress this long is unlive "
+                        "(a floor: it stretches to 10 times the worker's slowest recent step)")
+    f.add_argument("--worker-threads", type=int, default=0,
+                   help="torch threads of each worker (0: the usable cores split between the "
+                        "starting workers, at least 1)")
     f.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM, seconds to let in-flight requests finish")
     f.add_argument("--admin-token", default=None,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .decoder import BatchDecoder
+from .liveness import StepTimes
 from .params import GenerationRequest, Output
 from .protocol import EngineFull, Prompt
 
@@ -102,7 +103,7 @@ class BatchEngine:
         self.max_num_seqs = max_num_seqs
         self.max_batched_tokens = max_batched_tokens
         self.max_waiting = max_waiting
-        self.stall_timeout = stall_timeout
+        self.step_times = StepTimes(floor=stall_timeout)
         self.decoder = BatchDecoder(model, max_num_seqs, self.max_model_len)
         self.detok = _Detokenizer(tokenizer)
         self.eos_ids = self._eos_ids(model, tokenizer)
@@ -188,7 +189,7 @@ class BatchEngine:
             return False, "engine thread is not running"
         busy = bool(self._running or self._waiting or self._inbox)
         idle_for = time.monotonic() - self.last_progress
-        if busy and idle_for > self.stall_timeout:
+        if busy and idle_for > self.step_times.stall_limit:
             return False, f"engine has work but made no progress for {idle_for:.1f} s"
         return True, "ok"
 
@@ -206,6 +207,10 @@ class BatchEngine:
                 "max_num_seqs": self.max_num_seqs,
                 "max_model_len": self.max_model_len,
                 "dtype": self.dtype,
+                "threads": self.threads,
+                # the supervisor's liveness follows these (targets/reference/liveness.py)
+                "step_s_max": self.step_times.slowest,
+                "stall_after_s": self.step_times.stall_limit,
                 "finished": list(self.finished),
             }
 
@@ -284,6 +289,7 @@ class BatchEngine:
                 self._emit(seq, "", finished=True, reason=reason)
 
     def _step(self) -> None:
+        began = time.monotonic()
         with self._cond:
             self._drop_cancelled()
         decoding = len(self._running)
@@ -292,6 +298,7 @@ class BatchEngine:
             self._decode(decoding)
         self.step += 1
         self.last_progress = time.monotonic()
+        self.step_times.record(self.last_progress - began)
 
     def _admit(self) -> None:
         """Admit waiting requests within the step's token budget and prefill them together."""

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from .api import KEEP_ALIVE_S, error_body, validation_message
 from .audit import AuditLog, AuditSettings, register_metrics
 from .faults import FaultSpec
+from .liveness import threads_per_worker, usable_cores
 from .registry import EventBus, Registry, WorkerState
 from .router import Router, RouterSettings
 from .supervisor import FleetSettings, Supervisor
@@ -331,8 +332,13 @@ def serve(args: Any) -> int:
     token, token_path = _admin_token(args.admin_token, args.admin_token_file, args.port)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="llm-chaos-fleet-"))
     worker_args = list(args.worker_arg or [])
+    models = args.model or ["smollm2"]
+    threads: int | str = "as --worker-arg sets"
+    if not any(a.split("=")[0] == "--threads" for a in worker_args):
+        threads = args.worker_threads or threads_per_worker(args.workers * len(models))
+        worker_args.append(f"--threads={threads}")
     fleet_settings = FleetSettings(
-        models=args.model or ["smollm2"], workers=args.workers, min_workers=args.min_workers,
+        models=models, workers=args.workers, min_workers=args.min_workers,
         max_workers=args.max_workers, worker_args=worker_args, log_dir=log_dir,
         memory_limit_bytes=int(args.worker_memory_limit * 2**20)
         if args.worker_memory_limit else None,
@@ -358,7 +364,8 @@ def serve(args: Any) -> int:
     server.fleet = fleet
     fleet.server = server
     print(f"llm-chaos serve: router pid={os.getpid()} on http://{args.host}:{args.port}, "
-          f"models={','.join(fleet_settings.models)}, admin token "
+          f"models={','.join(fleet_settings.models)}, torch threads per worker: {threads} "
+          f"({usable_cores()} cores), admin token "
           f"{'in ' + str(token_path) if token_path else 'given'}, worker logs in {log_dir}",
           file=sys.stderr, flush=True)
     try:

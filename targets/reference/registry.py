@@ -45,6 +45,8 @@ class WorkerInfo:
     last_step: int = -1
     last_progress: float = 0.0  # monotonic time the engine's step counter last moved
     engine_busy: bool = False
+    step_s_max: float = 0.0  # the engine's slowest recent step, as last probed
+    stall_after: float = 0.0  # seconds without a step (while busy) the engine itself allows
     prompt_tokens: int = 0  # the engine's counters, as last probed (reset by a restart)
     generated_tokens: int = 0
     crash_times: list[float] = field(default_factory=list)

@@ -5,7 +5,9 @@ Liveness is pulled: every `probe_interval` the supervisor asks each worker for i
 step counter (GET /debug/engine). A worker is live while it answers within
 `liveness_timeout` and, when it has work, its step counter moved within `stall_timeout`.
 A paused (SIGSTOP) worker stops answering; a hung engine answers but stops stepping: both
-leave the routing set, and come back when they recover.
+leave the routing set, and come back when they recover. The three timeouts are floors: each
+stretches with the worker's own measured step time (`liveness.py`), so a slow CPU or a core
+taken by another process slows a worker down without getting it declared lost.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ class Supervisor:
         worker.last_seen = 0.0
         worker.last_step = -1
         worker.last_progress = time.monotonic()
+        worker.step_s_max = worker.stall_after = 0.0
         worker.ongoing = 0
         worker.prompt_tokens = worker.generated_tokens = 0
         worker.became_live = False
@@ -238,7 +241,9 @@ class Supervisor:
             return
         now = time.monotonic()
         try:
-            resp = await self._client.get(worker.url + "/debug/engine")
+            resp = await self._client.get(worker.url + "/debug/engine",
+                                          timeout=max(self.settings.probe_timeout,
+                                                      2 * worker.step_s_max))
             stats: dict[str, Any] = resp.json() if resp.status_code == 200 else {}
         except (httpx.HTTPError, ValueError):
             stats = {}
@@ -251,6 +256,8 @@ class Supervisor:
                 # through the idle spell before it, which is not a stall
                 worker.last_progress = now
             worker.engine_busy = busy
+            worker.step_s_max = float(stats.get("step_s_max") or 0.0)
+            worker.stall_after = float(stats.get("stall_after_s") or 0.0)
             prompt, generated = int(stats.get("prompt_tokens", 0)), int(
                 stats.get("generated_tokens", 0))
             self.on_tokens(worker.model, max(0, prompt - worker.prompt_tokens),
@@ -270,8 +277,11 @@ class Supervisor:
             self._restarting.add(worker.id)
             self._spawn_task(self._recycle(worker))
             return
-        answered = worker.last_seen > 0 and now - worker.last_seen < self.settings.liveness_timeout
-        stalled = worker.engine_busy and now - worker.last_progress > self.settings.stall_timeout
+        # a worker busy with slow steps answers slowly too (its server shares the GIL)
+        answer_within = max(self.settings.liveness_timeout, 4 * worker.step_s_max)
+        answered = worker.last_seen > 0 and now - worker.last_seen < answer_within
+        stalled = worker.engine_busy and now - worker.last_progress > max(
+            self.settings.stall_timeout, worker.stall_after)
         if worker.state == WorkerState.STARTING:
             if answered:
                 worker.became_live = True

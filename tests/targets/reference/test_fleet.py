@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -669,3 +670,35 @@ def test_idle_connections_outlive_the_clients_idle_limits(start_fleet: FleetFact
     finally:
         for sock in socks:
             sock.close()
+
+
+@pytest.mark.smollm2
+def test_two_workers_under_cpu_contention_lose_no_stream(start_fleet: FleetFactory) -> None:
+    """Two SmolLM2 workers split the cores between them, and with a busy process taking a core
+    their slower steps stretch the stall limit instead of getting them declared lost (an AVX2
+    machine saw 22 of 200 streams fail "engine made no progress" under a fixed 3 s limit)."""
+    from targets.reference.liveness import threads_per_worker
+
+    fleet = start_fleet("--model", "smollm2", "--workers", "2")
+    wait_for(lambda: sum(w["state"] == "live" for w in workers(fleet)) == 2, 120, "2 live")
+    for w in workers(fleet):
+        engine = httpx.get(f"http://127.0.0.1:{w['port']}/debug/engine", timeout=10).json()
+        assert engine["threads"] == threads_per_worker(2), engine
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        async def streams() -> list[StreamResult]:
+            async with httpx.AsyncClient(timeout=300) as client:
+                return await asyncio.gather(*(stream_chat(client, fleet.url, 48, "smollm2")
+                                              for _ in range(16)))
+        results = asyncio.run(streams())
+    finally:
+        busy.kill()
+        busy.wait()
+    broken = [(r.status, r.error, r.finish_reason, r.done) for r in results
+              if r.status != 200 or r.error or not r.finish_reason or not r.done]
+    assert broken == [], broken
+    resp = httpx.get(fleet.url + "/admin/events?follow=false", headers=AUTH, timeout=5)
+    events = [json.loads(line[5:]) for line in resp.text.splitlines()
+              if line.startswith("data:")]
+    lost = [e for e in events if e.get("type") == "state" and e.get("new") != "live"]
+    assert lost == [], lost

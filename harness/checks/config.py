@@ -1,17 +1,28 @@
 """`checks.yaml`: the service levels and limits a run is judged against (pydantic at the YAML
-boundary; a mistake is a UsageError naming the field)."""
+boundary; a mistake is a UsageError naming the field).
+
+A latency percentile bound is either seconds (`p95: 0.5`) or relative to the run's own baseline
+phase (`p95: 3x baseline`: three times the same percentile of the same metric over the requests
+sent before the first fault), so that a slower machine is held to its own pace.
+`recovery.max_time` may be relative too, naming the figure it scales
+(`max_time: 20x baseline e2e p95`). `thresholds.py` resolves relative bounds per run.
+"""
 
 from __future__ import annotations
 
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
 
 from ..errors import UsageError
 
-__all__ = ["CHECK_NAMES", "PHASES", "CheckConfig", "MemoryConfig", "load_config"]
+__all__ = ["CHECK_NAMES", "METRICS", "PHASES", "QUANTILES", "CheckConfig", "MemoryConfig",
+           "Relative", "load_config"]
 
 PHASES = ("baseline", "fault", "recovery", "steady")
 Phase = Literal["baseline", "fault", "recovery", "steady"]
@@ -21,6 +32,70 @@ CHECK_NAMES: tuple[CheckName, ...] = ("slo", "recovery", "scaling", "audit", "st
 # memory needs its bound (`memory.max_mb`), so it runs only when named
 DEFAULT_CHECKS: tuple[CheckName, ...] = ("slo", "recovery", "scaling", "audit", "steady_state")
 Positive = Field(default=None, gt=0)
+METRICS = ("ttft", "itl", "tpot", "e2e")
+QUANTILES = ("p50", "p95", "p99")
+
+
+@dataclass(frozen=True)
+class Relative:
+    """A bound written `<factor>x baseline`: `factor` times a figure of the run's baseline
+    phase (the bound's own percentile, or `metric` `quantile` where it names one)."""
+
+    factor: float
+    metric: str | None = None
+    quantile: str | None = None
+
+    def __str__(self) -> str:
+        of = f" {self.metric} {self.quantile}" if self.metric else ""
+        return f"{self.factor:g}x baseline{of}"
+
+
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_SAME = re.compile(rf"{_NUMBER}\s*x\s+baseline", re.IGNORECASE)
+_NAMED = re.compile(rf"{_NUMBER}\s*x\s+baseline\s+({'|'.join(METRICS)})\s+"
+                    rf"({'|'.join(QUANTILES)})", re.IGNORECASE)
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _bound(value: Any, named: bool) -> float | Relative:
+    forms = ("a number of seconds > 0 (e.g. 20) or '<k>x baseline <metric> <p50|p95|p99>' "
+             "(e.g. '20x baseline e2e p95')" if named else
+             "a number of seconds > 0 (e.g. 0.5) or '<k>x baseline' (e.g. '3x baseline')")
+    seconds = _seconds(value)
+    if seconds is not None:
+        if math.isfinite(seconds) and seconds > 0:
+            return seconds
+        raise ValueError(f"must be {forms}, not {value!r}")
+    match = (_NAMED if named else _SAME).fullmatch(value.strip()) \
+        if isinstance(value, str) else None
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"must be {forms}, not {value!r}")
+    factor = float(match.group(1))
+    if named:
+        return Relative(factor, match.group(2).lower(), match.group(3).lower())
+    return Relative(factor)
+
+
+def _written(value: float | Relative) -> float | str:
+    return str(value) if isinstance(value, Relative) else value
+
+
+# seconds, or `<k>x baseline` (the same percentile of the same metric over the baseline phase)
+Bound = Annotated[float | Relative, PlainValidator(lambda v: _bound(v, named=False)),
+                  PlainSerializer(_written)]
+# seconds, or `<k>x baseline <metric> <pNN>` (a duration with no percentile of its own)
+NamedBound = Annotated[float | Relative, PlainValidator(lambda v: _bound(v, named=True)),
+                       PlainSerializer(_written)]
 
 
 class _Model(BaseModel):
@@ -28,11 +103,12 @@ class _Model(BaseModel):
 
 
 class Percentiles(_Model):
-    """Upper bounds (seconds) on a latency's percentiles; unset ones are not judged."""
+    """Upper bounds on a latency's percentiles, in seconds or `<k>x baseline`; unset ones are
+    not judged."""
 
-    p50: float | None = Positive
-    p95: float | None = Positive
-    p99: float | None = Positive
+    p50: Bound | None = None
+    p95: Bound | None = None
+    p99: Bound | None = None
 
 
 class RequestSlo(_Model):
@@ -60,12 +136,14 @@ class SloConfig(_Model):
 
 class RecoveryConfig(_Model):
     """How recovery is found: a sliding window over request start times must meet the SLOs
-    (the `slo` percentiles and error rate) from some point on, and keep meeting them."""
+    (the `slo` percentiles and error rate) from some point on, and keep meeting them.
+    `window` and `step` are minimums: a sparse run gets longer windows (see timeline.py)."""
 
     window: float = Field(default=5.0, gt=0)
     step: float = Field(default=0.5, gt=0)
     min_requests: int = Field(default=3, ge=1)
-    max_time: float | None = Positive  # longest acceptable time to recover
+    # longest acceptable time to recover: seconds, or `<k>x baseline <metric> <pNN>`
+    max_time: NamedBound | None = None
     max_budget_burn: float | None = Positive  # share of the run's error budget one fault may burn
 
 
@@ -124,6 +202,7 @@ def load_config(path: Path | None) -> CheckConfig:
         return CheckConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise UsageError(f"check: {path}: {_where(first['loc'])}: {first['msg']}"
+        msg = first["msg"].removeprefix("Value error, ")
+        raise UsageError(f"check: {path}: {_where(first['loc'])}: {msg}"
                          + (f" (and {exc.error_count() - 1} more)"
                             if exc.error_count() > 1 else "")) from exc

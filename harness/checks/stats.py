@@ -10,7 +10,8 @@ from typing import Any
 from .config import RequestSlo, SloConfig
 from .run import Request
 
-__all__ = ["LATENCIES", "Stats", "meets_request_slo", "percentile", "stats", "violations"]
+__all__ = ["LATENCIES", "QUANTILES", "Stats", "latency_samples", "meets_request_slo",
+           "percentile", "stats", "tokens", "violations"]
 
 LATENCIES = ("ttft", "itl", "tpot", "e2e")
 QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
@@ -27,12 +28,19 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def _samples(requests: Sequence[Request], metric: str) -> list[float]:
+def latency_samples(requests: Sequence[Request], metric: str) -> list[float]:
+    """The completed requests' samples of `metric` (ITL: every gap of every stream)."""
     ok = [r for r in requests if r.ok]
     if metric == "itl":
         return [g for r in ok for g in r.itl]
     values = (getattr(r, metric) for r in ok)
     return [v for v in values if v is not None]
+
+
+def tokens(requests: Sequence[Request]) -> int:
+    """Output tokens the completed requests streamed (the evidence behind ITL and TPOT)."""
+    return sum(r.output_tokens if r.output_tokens is not None else len(r.itl) + 1
+               for r in requests if r.ok)
 
 
 def meets_request_slo(r: Request, slo: RequestSlo) -> bool:
@@ -54,6 +62,7 @@ class Stats:
     duration: float
     latency: dict[str, dict[str, float | None]]
     good: int
+    tokens: int = 0
 
     @property
     def error_rate(self) -> float | None:
@@ -71,17 +80,18 @@ class Stats:
         return {"requests": self.requests, "ok": self.ok, "failed": self.failed,
                 "duration_s": round(self.duration, 6), "error_rate": self.error_rate,
                 "throughput_rps": self.throughput, "goodput_rps": self.goodput,
-                "good": self.good, "latency_s": self.latency}
+                "good": self.good, "tokens": self.tokens, "latency_s": self.latency}
 
 
 def stats(requests: Sequence[Request], duration: float, slo: SloConfig) -> Stats:
     """Figures of the counted requests (the test's own interruptions left out)."""
     counted = [r for r in requests if r.counted]
     ok = sum(1 for r in counted if r.ok)
-    latency = {m: {name: percentile(_samples(counted, m), q) for name, q in QUANTILES}
+    latency = {m: {name: percentile(latency_samples(counted, m), q) for name, q in QUANTILES}
                for m in LATENCIES}
     good = sum(1 for r in counted if meets_request_slo(r, slo.request))
-    return Stats(len(counted), ok, len(counted) - ok, duration, latency, good)
+    return Stats(len(counted), ok, len(counted) - ok, duration, latency, good,
+                 tokens(counted))
 
 
 def violations(s: Stats, slo: SloConfig, *, goodput: bool = True) -> list[str]:

@@ -5,6 +5,17 @@ revert (or from a kill, which has nothing to revert) until the service is back w
 steady after that. Recovery is found with a sliding window over request start times: the
 service recovered at the start of the first window that meets the SLOs and after which every
 window with enough requests keeps meeting them, up to the next fault or the end of the run.
+
+The window is sized from the run's own pace, so a slower machine (fewer requests a second) gets
+longer windows rather than windows too thin to judge. With `rate` the counted requests sent
+per second over the baseline phase (over the whole run when the baseline holds none):
+
+    window = min(max(recovery.window, 2 * recovery.min_requests / rate), cap)
+    cap    = max(recovery.window, run length / 2)
+    step   = recovery.step * window / recovery.window
+
+so a window is expected to hold twice the requests it needs. The SLOs the windows judge are
+the run's resolved thresholds (thresholds.py): relative bounds in seconds of this run.
 """
 
 from __future__ import annotations
@@ -15,12 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import PHASES, CheckConfig
+from .config import PHASES, CheckConfig, RecoveryConfig
 from .run import FaultOp, Request, RunData
-from .stats import stats, violations
+from .stats import stats, tokens, violations
+from .thresholds import Thresholds, resolve
 
-__all__ = ["FaultWindow", "Recovery", "Timeline", "WindowResult", "build_timeline",
-           "fault_windows"]
+__all__ = ["FaultWindow", "Recovery", "Timeline", "WindowResult", "Windowing", "build_timeline",
+           "fault_windows", "size_windows"]
 
 # Faults that leave nothing to revert: the target heals itself (a supervisor restarts the
 # process), so recovery is timed from the fault itself, not from its no-op revert.
@@ -56,14 +68,35 @@ class WindowResult:
 
 
 @dataclass(frozen=True)
+class Windowing:
+    """The recovery windows' effective length and step, and the request rate they came from
+    (`rate_from`: baseline or run; rate None when no request was counted)."""
+
+    window: float
+    step: float
+    rate: float | None
+    rate_from: str
+    configured_window: float
+    capped: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"window_s": self.window, "step_s": self.step, "rate_rps": self.rate,
+                "rate_from": self.rate_from, "configured_window_s": self.configured_window,
+                "capped": self.capped}
+
+
+@dataclass(frozen=True)
 class Recovery:
-    """The service's way back after one fault, observed until `horizon`."""
+    """The service's way back after one fault, observed until `horizon`; `judged_requests`
+    and `judged_tokens` are what the windows with enough requests rested on."""
 
     fault: FaultWindow
     start: float
     horizon: float
     recovered_at: float | None
     windows: tuple[WindowResult, ...]
+    judged_requests: int = 0
+    judged_tokens: int = 0
 
     @property
     def time_to_recover(self) -> float | None:
@@ -76,12 +109,15 @@ class Recovery:
 
 @dataclass(frozen=True)
 class Timeline:
-    """The run's span, its faults and recoveries; `phase(t)` names the phase at time t."""
+    """The run's span, its faults and recoveries, the thresholds and windows they were judged
+    with; `phase(t)` names the phase at time t."""
 
     start: float
     end: float
     faults: tuple[FaultWindow, ...]
     recoveries: tuple[Recovery, ...]
+    thresholds: Thresholds
+    windowing: Windowing
 
     def phase(self, t: float) -> str:
         if any(f.start <= t < f.end for f in self.faults):
@@ -125,9 +161,13 @@ class Timeline:
                        for f in self.faults],
             "recoveries": [{"inject": r.fault.inject_id, "start": r.start,
                             "horizon": r.horizon, "recovered_at": r.recovered_at,
-                            "time_to_recover_s": r.time_to_recover}
+                            "time_to_recover_s": r.time_to_recover,
+                            "judged_requests": r.judged_requests,
+                            "judged_tokens": r.judged_tokens}
                            for r in self.recoveries],
             "phases": [{"start": a, "end": b, "phase": p} for a, b, p in self.segments()],
+            "thresholds": self.thresholds.to_json(),
+            "windowing": self.windowing.to_json(),
         }
 
 
@@ -174,22 +214,49 @@ def fault_windows(ops: Sequence[FaultOp], run_end: float) -> tuple[FaultWindow, 
     return tuple(sorted(windows, key=lambda w: w.start))
 
 
+def size_windows(requests: Sequence[Request], start: float, end: float,
+                 first_fault: float | None, rc: RecoveryConfig) -> Windowing:
+    """The effective recovery window and step for a run (the rule in the module docstring)."""
+    cut = end if first_fault is None else first_fault
+    base = sum(1 for r in requests if r.counted and r.sent_at < cut)
+    rate: float | None = None
+    rate_from = "baseline"
+    if base and cut > start:
+        rate = base / (cut - start)
+    else:
+        rate_from = "run"
+        counted = sum(1 for r in requests if r.counted)
+        rate = counted / (end - start) if counted and end > start else None
+    window, capped = rc.window, False
+    if rate is not None:
+        needed = 2 * rc.min_requests / rate
+        cap = max(rc.window, (end - start) / 2)
+        window = min(max(rc.window, needed), cap)
+        capped = needed > cap
+    return Windowing(window, rc.step * window / rc.window, rate, rate_from, rc.window, capped)
+
+
 def _windows(requests: Sequence[Request], starts: list[float], begin: float, horizon: float,
-             config: CheckConfig) -> list[WindowResult]:
-    rc = config.recovery
+             config: CheckConfig, sizing: Windowing, thresholds: Thresholds
+             ) -> tuple[list[WindowResult], list[Request]]:
+    """The windows from `begin` to `horizon`, and the requests the judged ones rested on."""
+    minimum = config.recovery.min_requests
+    slo = thresholds.slo
     out: list[WindowResult] = []
+    judged: set[int] = set()
     t = begin
     while t < horizon:
-        hi = min(t + rc.window, horizon)
-        chosen = requests[bisect.bisect_left(starts, t):bisect.bisect_left(starts, hi)]
-        counted = [r for r in chosen if r.counted]
-        if len(counted) < rc.min_requests:
+        hi = min(t + sizing.window, horizon)
+        lo_i, hi_i = bisect.bisect_left(starts, t), bisect.bisect_left(starts, hi)
+        counted = [r for r in requests[lo_i:hi_i] if r.counted]
+        if len(counted) < minimum:
             out.append(WindowResult(t, len(counted), None))
         else:
-            why = violations(stats(counted, hi - t, config.slo), config.slo, goodput=False)
+            judged.update(range(lo_i, hi_i))
+            why = violations(stats(counted, hi - t, slo), slo, goodput=False)
             out.append(WindowResult(t, len(counted), not why, tuple(why)))
-        t += rc.step
-    return out
+        t += sizing.step
+    return out, [requests[i] for i in sorted(judged) if requests[i].counted]
 
 
 def _recovered_at(windows: Sequence[WindowResult]) -> float | None:
@@ -209,12 +276,19 @@ def build_timeline(run: RunData, config: CheckConfig) -> Timeline:
     faults = fault_windows(run.faults, end)
     requests = run.requests  # sorted by sent_at
     starts = [r.sent_at for r in requests]
+    first_fault = faults[0].start if faults else None
+    # the baseline ends at the first fault whatever the SLOs say: resolve them against it first
+    baseline = requests[:bisect.bisect_left(starts, first_fault)] \
+        if first_fault is not None else requests
+    thresholds = resolve(baseline, config)
+    sizing = size_windows(requests, start, end, first_fault, config.recovery)
     recoveries: list[Recovery] = []
     for i, fault in enumerate(faults):
         begin = fault.recovery_from
         nexts = [f.start for f in faults[i + 1:] if f.start >= begin]
         horizon = min([end, *nexts])
-        windows = _windows(requests, starts, begin, horizon, config)
+        windows, judged = _windows(requests, starts, begin, horizon, config, sizing,
+                                   thresholds)
         recoveries.append(Recovery(fault, begin, horizon, _recovered_at(windows),
-                                   tuple(windows)))
-    return Timeline(start, end, faults, tuple(recoveries))
+                                   tuple(windows), len(judged), tokens(judged)))
+    return Timeline(start, end, faults, tuple(recoveries), thresholds, sizing)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.audit.chain import GENESIS, canonical, record_hash
+from harness.checks.run import read_jsonl
 
 T0 = 1_700_000_000.0
 
@@ -122,3 +123,40 @@ class RunBuilder:
 
 def _jsonl(path: Path, lines: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def slowed_copy(src: Path, dst: Path, factor: float) -> Path:
+    """A copy of run directory `src` as a machine `factor` times slower would have recorded
+    it: every duration (TTFT, each ITL gap, TPOT, e2e) times `factor`, and every time stretched
+    about the run's start, so the same requests arrive `factor` times further apart."""
+    skipped: dict[str, int] = {}
+    history = read_jsonl(src / "history.jsonl", skipped)
+    assert not skipped, skipped
+    start = min(line["value"]["sent_at"] if line.get("f") == "chat" else line["time"]
+                for line in history)
+
+    def at(t: float) -> float:
+        return start + (t - start) * factor
+
+    out: list[dict[str, Any]] = []
+    for line in history:
+        line = json.loads(json.dumps(line))
+        line["time"] = at(line["time"])
+        value = line.get("value", {})
+        if line.get("f") == "chat":
+            for key in ("sent_at", "scheduled_at"):
+                value[key] = at(value[key])
+            for key in ("ttft", "tpot", "e2e"):
+                if value.get(key) is not None:
+                    value[key] *= factor
+            value["itl"] = [g * factor for g in value.get("itl") or []]
+        out.append(line)
+    dst.mkdir(parents=True, exist_ok=True)
+    _jsonl(dst / "history.jsonl", out)
+    for name in ("telemetry.jsonl", "events.jsonl"):
+        if (src / name).is_file():
+            lines = read_jsonl(src / name, skipped)
+            _jsonl(dst / name, [{**x, "time": at(x["time"])} for x in lines])
+    if (src / "experiment.yaml").is_file():  # an audit log is hash-chained: not copied
+        (dst / "experiment.yaml").write_bytes((src / "experiment.yaml").read_bytes())
+    return dst

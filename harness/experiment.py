@@ -25,8 +25,12 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
     Tag,
     ValidationError,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import ErrorDetails
@@ -36,6 +40,7 @@ from .errors import UsageError
 
 __all__ = [
     "ADMIN_KINDS",
+    "AUTO_SHAPES",
     "CONTAINER_ACTIONS",
     "FAULT_KINDS",
     "PROCESS_ACTIONS",
@@ -181,11 +186,21 @@ class TargetConfig(_Model):
 
 # -- load --------------------------------------------------------------------------------------
 
+AUTO_SHAPES = ("steady", "ramp", "step", "soak")
+
+
 class LoadConfig(_Model):
-    """The Locust run: scenario locustfile(s), users, shape, duration, arrival process."""
+    """The Locust run: scenario locustfile(s), users, shape, duration, arrival process.
+
+    `users: auto` sizes the load to the target: the runner measures its capacity before the load
+    (`harness/runner/capacity.py`) and runs `sized(n)`. Until then `users` holds `max_users`
+    (the most it may become) and `auto_users` is true; the file form `auto` is dumped back.
+    """
 
     locustfile: tuple[str, ...] = ("scenarios/chat_qa.py",)
     users: int = Field(default=4, ge=1)
+    utilization: float = Field(default=0.5, gt=0, le=1)
+    max_users: int = Field(default=64, ge=1, le=10000)
     spawn_rate: float = Field(default=1.0, gt=0)
     duration: PositiveSeconds
     shape: Literal["steady", "ramp", "step", "spike", "soak"] = "steady"
@@ -201,12 +216,60 @@ class LoadConfig(_Model):
     prompt_tokens: str | None = None
     request_timeout: PositiveSeconds = 300.0
 
+    # `users: auto` is kept out of the `users` field so that the field stays an int for every
+    # reader (explore, the --chaos-plan plugin); a frozen model may still set a private attr
+    _auto: bool = PrivateAttr(default=False)
+
     @model_validator(mode="before")
     @classmethod
     def _one_locustfile(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("locustfile"), str):
             return {**data, "locustfile": [data["locustfile"]]}
         return data
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _auto_users(cls, data: Any, handler: ModelWrapValidatorHandler[LoadConfig]
+                    ) -> LoadConfig:
+        users = data.get("users") if isinstance(data, dict) else None
+        auto = users == "auto"
+        if isinstance(users, str) and not auto and not users.strip().isdigit():
+            raise ValueError(f"users: must be a number of users (1 or more) or auto (sized "
+                             f"from the target's capacity measured before the load); got "
+                             f"{_short(users)}")
+        if auto:
+            data = {**data, "users": 1}  # max_users once that is validated
+        load = handler(data)
+        if auto:
+            load = load.model_copy(update={"users": load.max_users})
+            if load.arrival != "closed":
+                raise ValueError(f"users: auto needs arrival: closed (a closed-loop user's "
+                                 f"rate is what the capacity measurement sizes); with arrival "
+                                 f"{load.arrival!r} give users a number")
+            if load.shape not in AUTO_SHAPES:
+                raise ValueError(f"users: auto works with the shapes {', '.join(AUTO_SHAPES)}; "
+                                 f"shape {load.shape!r} has a fixed spike_users, so give users "
+                                 "a number")
+            load._auto = True
+        return load
+
+    @model_serializer(mode="wrap")
+    def _dump_auto(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if self._auto and isinstance(data, dict):
+            data["users"] = "auto"
+        return data
+
+    @property
+    def auto_users(self) -> bool:
+        """Whether the file said `users: auto` and the users are not measured yet."""
+        return self._auto
+
+    def sized(self, users: int) -> LoadConfig:
+        """This load with `users` fixed (what the capacity measurement chose)."""
+        load = self.model_copy(update={"users": users})
+        load._auto = False
+        return load
 
     @model_validator(mode="after")
     def _rate(self) -> LoadConfig:
@@ -219,6 +282,9 @@ class LoadConfig(_Model):
 
     def locust_args(self, seed: int) -> list[str]:
         """Locust's and the harness plugin's options for this load (host and run dir aside)."""
+        if self._auto:
+            raise UsageError("load.users: auto is sized from the target's capacity before the "
+                             "load starts (llm-chaos run measures it); give users a number here")
         # one -f, comma-separated: Locust keeps only the last of several -f options
         args = ["-f", ",".join(self.locustfile), "--headless",
                 "-u", str(self.users), "-r", f"{self.spawn_rate:g}",

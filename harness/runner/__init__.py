@@ -4,6 +4,7 @@ state before, load with the fault schedule, always revert, steady state after, c
 - `faults`: the experiment's fault specs as the injector's steps and abort conditions.
 - `probes`: steady-state probes (HTTP status, a metric within bounds).
 - `locust`: Locust as a headless subprocess, and when its load started.
+- `capacity`: the target's capacity measured before the load, for `load.users: auto`.
 - `lifecycle`: the run itself; `cli`: the subcommand.
 """
 

@@ -2,9 +2,11 @@
 
 validate (exit 2) -> run directory with the resolved experiment -> start the reference target
 (when the experiment names it) -> the machine (and each worker's dtype and torch threads) printed
-and kept in `machine.json` -> steady state before -> observer, Locust and the fault
-schedule (relative to the load's start) -> every fault reverted however the run ends ->
-steady state after -> target events and audit log into the run directory -> checks -> report.
+and kept in `machine.json` -> steady state before -> with `load.users: auto`, the target's
+capacity measured and the users sized from it (`capacity.json`; experiment.yaml rewritten with
+them) -> observer, Locust and the fault schedule (relative to the load's start) -> every
+fault reverted however the run ends -> steady state after -> target events and audit log into
+the run directory -> checks -> report.
 
 Every process it starts is stopped by PID on every path (normal end, error, Ctrl-C, SIGTERM).
 The injector and the probes record into `nemesis.jsonl` while Locust writes `history.jsonl`
@@ -38,6 +40,7 @@ from ..machine import describe, one_line
 from ..report import write_reports
 from ..target import Target
 from ..telemetry import Observer
+from .capacity import measure_capacity
 from .faults import abort_conditions, build_steps
 from .locust import LocustProcess
 from .probes import run_probes
@@ -318,6 +321,17 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
         for name, ok in before:
             print(f"  probe {name}: {'ok' if ok else 'FAILED'} (before)", file=out)
 
+        load = experiment.load
+        if load.auto_users:
+            # before the observer: its figures, like the history, are of the run's own load
+            progress.set("measuring capacity")
+            capacity = measure_capacity(url, load)
+            capacity.write(run_dir)
+            print(f"  {capacity.line()}", file=out, flush=True)
+            load = load.sized(capacity.users)
+            # experiment.yaml says the users the load ran (capacity.json says why)
+            write_plan(experiment.model_copy(update={"load": load}), run_dir)
+
         if admin_token is not None:
             observer = Observer(url, admin_token, run_dir / "telemetry.jsonl",
                                 interval=experiment.report.telemetry_interval,
@@ -326,7 +340,7 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
             observer.start()
 
         progress.set("starting load")
-        locust = LocustProcess([*experiment.load.locust_args(experiment.seed), "--host", url,
+        locust = LocustProcess([*load.locust_args(experiment.seed), "--host", url,
                                 "--run-dir", str(run_dir), "--only-summary"],
                                run_dir / "locust.log")
         stack.callback(locust.stop)

@@ -118,6 +118,42 @@ def test_resolved_file_round_trips(tmp_path: Path) -> None:
     assert load_experiment(path) == exp
 
 
+def test_auto_users_load_round_trip_and_are_sized(tmp_path: Path) -> None:
+    closed = GAMEDAY.replace("  arrival: poisson\n  rate: 5\n", "")
+    exp = load_experiment(write(tmp_path, closed), ["load.users=auto",
+                                                    "load.utilization=0.3",
+                                                    "load.max_users=12"])
+    assert exp.load.auto_users and exp.load.utilization == 0.3 and exp.load.max_users == 12
+    assert exp.load.users == 12  # until measured: the most it may become
+    path = exp.write_resolved(tmp_path / "run")
+    assert yaml.safe_load(path.read_text())["load"]["users"] == "auto"
+    assert load_experiment(path) == exp
+    with pytest.raises(UsageError, match=r"load\.users: auto is sized from the target's"):
+        exp.load.locust_args(7)  # Locust never gets the placeholder
+    sized = exp.load.sized(5)
+    assert not sized.auto_users and sized.users == 5 and sized.utilization == 0.3
+    assert sized.locust_args(7)[sized.locust_args(7).index("-u") + 1] == "5"
+    assert sized.model_dump(mode="json")["users"] == 5
+    # a fixed count keeps the defaults of the sizing fields, unused
+    assert not load_experiment(write(tmp_path, closed, "fixed.yaml")).load.auto_users
+
+
+@pytest.mark.parametrize(("load", "names", "says"), [
+    ("users: auto, arrival: poisson, rate: 5", "load.users", "needs arrival: closed"),
+    ("users: auto, shape: spike, spike_users: 8", "load.users",
+     "steady, ramp, step, soak; shape 'spike'"),
+    ("users: automatic", "load.users", "a number of users (1 or more) or auto"),
+    ("users: auto, utilization: 0", "load.utilization", "greater than 0"),
+    ("users: auto, utilization: 1.5", "load.utilization", "less than or equal to 1"),
+    ("users: auto, max_users: 0", "load.max_users", "greater than or equal to 1"),
+])
+def test_bad_auto_users_name_the_field(tmp_path: Path, load: str, names: str,
+                                       says: str) -> None:
+    with pytest.raises(UsageError) as info:
+        load_experiment(write(tmp_path, f"target: {{}}\nload: {{duration: 10, {load}}}\n"))
+    assert f"{names}: " in str(info.value) and says in str(info.value)
+
+
 def test_set_overrides(tmp_path: Path) -> None:
     path = write(tmp_path, GAMEDAY)
     exp = load_experiment(path, ["target.model=tiny", "faults[0].at=3", "load.users=2",

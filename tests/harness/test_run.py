@@ -12,6 +12,7 @@ from typing import Any
 
 import psutil
 import pytest
+import yaml
 
 from harness.cli import main
 from harness.machine import describe
@@ -119,6 +120,47 @@ def test_gameday_passes_on_the_reference_target(tmp_path: Path,
 def test_weakened_twin_fails_the_recovery_check(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     _twin_fails(tmp_path, capsys, "target.resume_streams=false", "recovery", "error budget")
+
+
+def test_gameday_with_users_sized_from_the_measured_capacity(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`load.users: auto`: the capacity is measured after the steady-state probes, its line
+    printed before the load, Locust runs exactly the users chosen, every check stays valid."""
+    code, run_dir = _run(tmp_path, "--set", "load.users=auto")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert _verdicts(run_dir) == {"slo": "valid", "recovery": "valid", "audit": "valid",
+                                  "steady_state": "valid"}
+    capacity = json.loads((run_dir / "capacity.json").read_text())
+    users = capacity["users"]
+    assert capacity["requested"] == "auto" and 1 <= users <= 64
+    assert capacity["streams"] == capacity["streams_completed"] == 16
+    assert capacity["tokens"] == capacity["max_tokens"] == 32  # chat_qa's, the sim ignores EOS
+    assert users == max(1, min(64, round(0.5 * capacity["tokens_per_s"] * capacity["e2e_1"]
+                                         / capacity["tokens"])))
+    line = next(x for x in out.splitlines() if x.strip().startswith("capacity: "))
+    assert line.strip().endswith(f"-> {users} users (utilization 0.5)"), line
+    assert out.index("probe models listed: ok (before)") < out.index(line) \
+        < out.index("starting load")
+    # what ran: Locust's own count, and the resolved experiment says it too
+    log = (run_dir / "locust.log").read_text()
+    assert f"All users spawned: {{\"ChatQAUser\": {users}}} ({users} total users)" in log
+    assert yaml.safe_load((run_dir / "experiment.yaml").read_text())["load"]["users"] == users
+    # the measurement's streams are audited but are not the run's requests
+    history = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
+    chats = [x for x in history if x["f"] == "chat"]
+    checks = json.loads((run_dir / "checks.json").read_text())["checks"]
+    audit = next(c for c in checks if c["name"] == "audit")
+    assert audit["evidence"]["client_requests"] == len(chats)
+    assert audit["evidence"]["audited_not_in_history"] >= 2 + 16
+
+
+def test_users_auto_with_a_spike_exits_2(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(SCALE_UP), "--report-dir", str(tmp_path),
+                 "--set", "load.users=auto"]) == 2
+    err = capsys.readouterr().err
+    assert "load.users: auto works with the shapes steady, ramp, step, soak" in err
 
 
 def test_scale_up_gameday_passes_on_the_reference_target(

@@ -228,6 +228,9 @@ def test_demo_twin_with_a_lossy_audit_log_fails_the_audit_check(
                 ("recovery", "memory"), gameday=DEMO, fast=DEMO_FAST, min_processes=4)
 
 
+# make test-all: the demo game day (default run) passes the same router latency; the
+# latency twin below stays in the default run
+@pytest.mark.slow
 def test_latency_gameday_passes_on_the_reference_target(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, run_dir = _run(tmp_path, gameday=LATENCY, fast=LATENCY_FAST)
@@ -249,6 +252,9 @@ def test_latency_twin_with_a_tight_deadline_fails_the_recovery_check(
                 gameday=LATENCY, fast=LATENCY_FAST)
 
 
+# make test-all: the demo game day (default run) passes the same leak and recycle; the
+# leak twin below stays in the default run
+@pytest.mark.slow
 def test_memory_leak_gameday_passes_on_the_reference_target(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, run_dir = _run(tmp_path, gameday=LEAK, fast=LEAK_FAST, min_processes=4)

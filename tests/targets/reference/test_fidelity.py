@@ -137,6 +137,9 @@ def test_bf16_teacher_forced_tokens_match_fp32() -> None:
                            f"positions (goal {GOAL:.0%})")
 
 
+# make test-all: a known shortfall measured (xfail); the teacher-forced agreement above runs
+# by default
+@pytest.mark.slow
 @pytest.mark.smollm2
 @pytest.mark.timeout(900)
 @pytest.mark.xfail(strict=True, reason=f"issue 9: bf16 keeps {MEASURED_BF16:.1%} of fp32's "

@@ -54,7 +54,8 @@ async def _run(url: str, direct: str, api: str
         expected = await asyncio.gather(*(_stream(client, direct, i) for i in range(STREAMS)))
         tasks = [asyncio.create_task(_stream(client, url, i)) for i in range(STREAMS)]
         await asyncio.sleep(0.25)  # every stream is under way, data held in both toxics
-        assert not any(t.done() for t in tasks)
+        early = [t.exception() or t.result()[-300:] for t in tasks if t.done()]
+        assert early == [], f"{len(early)} stream(s) ended before the toxics were removed"
         # timed from another thread: this loop is busy reading the 64 streams
         removals = await asyncio.to_thread(_remove, api)
         got = await asyncio.wait_for(asyncio.gather(*tasks), 30)

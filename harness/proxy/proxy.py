@@ -140,14 +140,18 @@ class Pipe:
         self._dest_ready.set_result(None)
         self.source_eof = False
         self.finished = False  # nothing more will be written to dest
+        self.ready = False  # both sockets connected and the toxics attached
 
     # -- reading side ----------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
         if self.finished:
             return
-        if (not self.toxics and self._worker is None and self.dest is not None
+        # the fast path only while nothing is queued: bytes that arrived before the upstream
+        # connection (or while the destination was paused) go first
+        if (self.ready and not self.toxics and self._worker is None and not self._queue
                 and self._dest_ready.done()):
+            assert self.dest is not None
             self.dest.write(data)
             return
         self._queue.append(Chunk(data, self.link.clock()))
@@ -164,7 +168,7 @@ class Pipe:
         self._kick()
 
     def _kick(self) -> None:
-        if self._worker is None and self.dest is not None:
+        if self._worker is None and self.ready:
             self._worker = asyncio.get_running_loop().create_task(self._work())
 
     def toxics_changed(self) -> None:
@@ -351,6 +355,7 @@ class Link:
         if self.client is not None and self.client.transport is not None:
             self.client.transport.resume_reading()
         for pipe in (self.up, self.down):
+            pipe.ready = True
             pipe._kick()
 
     def pipe_finished(self, pipe: Pipe) -> None:

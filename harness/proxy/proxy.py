@@ -140,7 +140,6 @@ class Pipe:
         self._dest_ready.set_result(None)
         self.source_eof = False
         self.finished = False  # nothing more will be written to dest
-        self.ready = False  # both sockets connected and the toxics attached
 
     # -- reading side ----------------------------------------------------------------------
 
@@ -149,7 +148,7 @@ class Pipe:
             return
         # the fast path only while nothing is queued: bytes that arrived before the upstream
         # connection (or while the destination was paused) go first
-        if (self.ready and not self.toxics and self._worker is None and not self._queue
+        if (self.link.connected and not self.toxics and self._worker is None and not self._queue
                 and self._dest_ready.done()):
             assert self.dest is not None
             self.dest.write(data)
@@ -168,7 +167,7 @@ class Pipe:
         self._kick()
 
     def _kick(self) -> None:
-        if self._worker is None and self.ready:
+        if self._worker is None and self.link.connected:
             self._worker = asyncio.get_running_loop().create_task(self._work())
 
     def toxics_changed(self) -> None:
@@ -271,6 +270,7 @@ class Link:
         self.client: _Side | None = None
         self.server: _Side | None = None
         self.closed = False
+        self.connected = False  # both sockets made and the toxics attached: the pipes may run
         self._connecting: asyncio.Task[None] | None = None
 
     # LinkControl, for the toxics
@@ -354,8 +354,8 @@ class Link:
         self.proxy.attach_all(self)
         if self.client is not None and self.client.transport is not None:
             self.client.transport.resume_reading()
+        self.connected = True
         for pipe in (self.up, self.down):
-            pipe.ready = True
             pipe._kick()
 
     def pipe_finished(self, pipe: Pipe) -> None:

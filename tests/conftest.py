@@ -29,6 +29,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 WorkerFactory = Callable[..., ServerProcess]
 
+# Sim worker arguments for the worker-kill twins. With the default fixed TTFT and ITL every
+# request of a closed-loop user lasts the same, so users spawned together run in lockstep, and
+# about one kill in seven lands while all the victim's streams wait for their first token:
+# the router retries them elsewhere and a twin without stream resumption passes. Jittered
+# timings spread the users out, so a kill finds streams under way.
+SIM_DEPHASED = ("--sim-ttft=uniform:0.03,0.07", "--sim-itl=uniform:0.006,0.014")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def model_caches() -> dict[str, Path]:

@@ -27,6 +27,8 @@ from harness.launcher import ServerProcess, free_port, stop_tree
 from harness.loadgen.chaos_plan import copy_audit_log, load_plan
 from harness.report import REPORT_FILES
 
+from ..conftest import SIM_DEPHASED
+
 ROOT = Path(__file__).resolve().parents[2]
 GAMEDAY = ROOT / "scenarios" / "gameday_worker_kill.yaml"
 TOKEN = "chaos-plan-test-token"
@@ -48,7 +50,8 @@ def start_fleet(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
         audit.parent.mkdir()
         cmd = [sys.executable, "-m", "targets.reference", "serve", "--model", "sim",
                "--workers", "2", "--port", str(port), f"--admin-token={TOKEN}",
-               "--audit-log", str(audit), "--log-dir", str(audit.parent), *args]
+               "--audit-log", str(audit), "--log-dir", str(audit.parent),
+               *(f"--worker-arg={arg}" for arg in SIM_DEPHASED), *args]
         proc = ServerProcess(cmd, f"http://127.0.0.1:{port}", tmp_path / f"fleet-{port}.log")
         started.append(proc)
         proc.wait_ready(timeout=60)

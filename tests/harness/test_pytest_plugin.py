@@ -13,11 +13,15 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ..conftest import SIM_DEPHASED
+
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[2]
 GAMEDAY = ROOT / "scenarios" / "gameday_worker_kill.yaml"
 INNER_TIMEOUT = 85.0
+# the fleet's sim workers with jittered timings (see SIM_DEPHASED), as `serve` arguments
+TARGET_ARGS = [f"--worker-arg={arg}" for arg in SIM_DEPHASED]
 
 USER_TEST = f'''
 import json
@@ -71,7 +75,8 @@ def _fleet_stopped(note: Path) -> None:
 
 def test_resilience_test_passes_against_reference_target(pytester: pytest.Pytester,
                                                           fleet_cleanup: Path) -> None:
-    pytester.makepyfile(test_user=USER_TEST.replace("MARK\n", ""))
+    pytester.makepyfile(test_user=USER_TEST.replace(
+        "MARK", f"@pytest.mark.llm_chaos_target(args={TARGET_ARGS!r})"))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s",
                                            timeout=INNER_TIMEOUT)
     result.assert_outcomes(passed=1)
@@ -83,7 +88,7 @@ def test_weakened_target_is_reported_as_a_failure(pytester: pytest.Pytester,
                                                   fleet_cleanup: Path) -> None:
     # no stream resumption: the streams on the killed worker fail, the recovery check too
     pytester.makepyfile(test_user=USER_TEST.replace(
-        "MARK", "@pytest.mark.llm_chaos_target(resume_streams=False)"))
+        "MARK", f"@pytest.mark.llm_chaos_target(resume_streams=False, args={TARGET_ARGS!r})"))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers",
                                            timeout=INNER_TIMEOUT)
     result.assert_outcomes(failed=1)

@@ -18,11 +18,13 @@ from harness.cli import main
 from harness.machine import describe
 from harness.report import REPORT_FILES
 
+from ..conftest import SIM_DEPHASED
+
 ROOT = Path(__file__).resolve().parents[2]
 GAMEDAY = ROOT / "scenarios" / "gameday_worker_kill.yaml"
 # CI speed: the simulated engine, and a shorter run with the kill moved to keep its shape
 FAST = ["--set", "target.model=sim", "--set", "load.duration=20", "--set", "faults[0].at=8",
-        "--set", "faults[0].for=4"]
+        "--set", "faults[0].for=4", "--set", f"target.worker_args={json.dumps(SIM_DEPHASED)}"]
 SCALE_UP = ROOT / "scenarios" / "gameday_scale_up.yaml"
 # the spike (2 -> 8 users) moved earlier and shortened, still longer than `up_within` (10 s) so
 # the pinned twin misses it, with time left after it for the scale-down (downscale delay 5 s)

@@ -128,7 +128,7 @@ def _wait_live(target: ReferenceTarget, want: int, timeout: float) -> None:
 def reference_target(request: pytest.FixtureRequest,
                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReferenceTarget]:
     """A reference fleet for this test (`@pytest.mark.llm_chaos_target(...)` configures it),
-    stopped with all its processes (by PID) after the test."""
+    stopped with all its processes (by PID) after the test, or by its guard if pytest dies."""
     marker = request.node.get_closest_marker(MARKER)
     opts: dict[str, Any] = dict(marker.kwargs) if marker else {}
     unknown = sorted(set(opts) - {"model", "workers", "resume_streams", "args"})
@@ -137,15 +137,20 @@ def reference_target(request: pytest.FixtureRequest,
                                 "model, workers, resume_streams or args")
     model = str(opts.get("model") or request.config.getoption("--llm-chaos-model") or "sim")
     workers = int(opts.get("workers", 2))
-    proc, target = _start_fleet(model, workers, bool(opts.get("resume_streams", True)),
-                                [str(a) for a in opts.get("args", ())],
-                                tmp_path_factory.mktemp("reference-target"))
-    try:
-        proc.wait_ready(timeout=READY_TIMEOUT)
-        _wait_live(target, workers, READY_TIMEOUT)
-        yield target
-    finally:
-        proc.stop()
+    from .faults.guard import RunGuard
+
+    # the guard stops the fleet if pytest itself is killed outright (SIGKILL)
+    with RunGuard() as guard:
+        proc, target = _start_fleet(model, workers, bool(opts.get("resume_streams", True)),
+                                    [str(a) for a in opts.get("args", ())],
+                                    tmp_path_factory.mktemp("reference-target"))
+        try:
+            guard.track(proc.pid)
+            proc.wait_ready(timeout=READY_TIMEOUT)
+            _wait_live(target, workers, READY_TIMEOUT)
+            yield target
+        finally:
+            proc.stop()
 
 
 # -- chaos_run ---------------------------------------------------------------------------------

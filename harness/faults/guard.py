@@ -5,6 +5,11 @@ harness process (a pidfd on Linux, so even a SIGKILL is seen at once) and the st
 applies a heal when its deadline (the fault's TTL) passes, and all of them, in reverse order,
 when the owner dies or the guard is asked to stop; then it deletes the state file and exits.
 It only reads the state file while the owner lives.
+
+`RunGuard` opens a run's state file and guard before the run starts anything, and notes each
+process the run starts (a target, Locust) as a `StopProcess` heal: a harness killed outright
+(SIGKILL) leaves neither faults nor processes behind, and `llm-chaos faults clear` stops what a
+run left when its guard died with it.
 """
 
 from __future__ import annotations
@@ -16,19 +21,22 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
+from types import FrameType, TracebackType
 
 import psutil
 
 from ..errors import HarnessError, TargetError
 from .base import revert_heals
-from .state import Entry, read_state
+from .heal import StopProcess
+from .state import Entry, StateFile, default_state_dir, read_state
 
-__all__ = ["heal_state_file", "main", "start_guard"]
+__all__ = ["RunGuard", "heal_state_file", "main", "start_guard"]
 
 POLL_S = 0.2
+NEVER = 1e12  # the deadline of a heal applied only when the run ends (Unix time, year 33658)
 
 
 def _alive(pid: int, create_time: float) -> bool:
@@ -151,3 +159,53 @@ def start_guard(state: Path, owner: int | None = None, timeout: float = 10.0
         proc.wait()
         raise TargetError(f"the fault guard did not start (exit status {proc.poll()})")
     return proc
+
+
+class RunGuard:
+    """A run's state file and guard process, held for the whole run (a context manager).
+
+    `track(pid)` notes a process the run started; on a clean exit every heal still noted is
+    applied (processes already stopped are "gone") and the file deleted. If the harness dies,
+    the guard applies them: faults first (noted later), then the processes."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or default_state_dir() / f"run-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
+        self.state: StateFile | None = None
+        self._guard: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> RunGuard:
+        me = psutil.Process()
+        self.state = StateFile(self.path, me.pid, me.create_time())
+        try:
+            self._guard = start_guard(self.path, me.pid)
+        except BaseException:
+            self.state.delete()
+            raise
+        return self
+
+    def track(self, pid: int, grace: float = 3.0) -> str:
+        """Note process `pid` (started by the run) to be stopped if the run dies; its entry id."""
+        assert self.state is not None, "RunGuard.track outside its `with` block"
+        try:
+            create_time = psutil.Process(pid).create_time()
+        except psutil.NoSuchProcess:
+            return ""  # already gone: nothing to stop
+        return self.state.add(StopProcess(pid, create_time, grace), NEVER).id
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            _, errors = _heal_all(self.path)
+            for line in errors:
+                print(f"llm-chaos: {line} (run `llm-chaos faults clear --state {self.path}`)",
+                      file=sys.stderr)
+        finally:
+            if self._guard is not None:
+                self._guard.terminate()
+                try:
+                    self._guard.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self._guard.kill()
+                    self._guard.wait()
+            self._guard = None
+            self.state = None

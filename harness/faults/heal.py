@@ -8,6 +8,7 @@ same way. Every heal is idempotent: applying it twice, or after the thing alread
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -29,6 +30,7 @@ __all__ = [
     "RemoveAdminFault",
     "RemoveToxic",
     "ResumeProcess",
+    "StopProcess",
     "heal_from_json",
     "heal_to_json",
 ]
@@ -99,6 +101,61 @@ class KillProcess:
         except psutil.NoSuchProcess:
             return f"pid {self.pid} is gone"
         return f"killed pid {self.pid}"
+
+
+@dataclass(frozen=True)
+class StopProcess:
+    """Stop a process a run started (its target, Locust) and everything under it: SIGTERM to
+    the process (a router stops its own workers), SIGKILL to what is left after `grace` s."""
+
+    kind: ClassVar[str] = "stop_process"
+    pid: int
+    create_time: float
+    grace: float = 3.0
+
+    def apply(self) -> str:
+        proc = _same_process(self.pid, self.create_time)
+        if proc is None:
+            return f"pid {self.pid} is gone"
+        try:
+            tree = [proc, *proc.children(recursive=True)]
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            return f"pid {self.pid} is gone"
+        deadline = time.monotonic() + self.grace
+        while _running(tree) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        left = _running(tree)
+        for _ in range(3):  # a child started while the root was stopping: kill it too
+            for p in list(left):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    left += [c for c in p.children(recursive=True) if c not in left]
+            for p in left:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+            end = time.monotonic() + _TIMEOUT
+            while _running(left) and time.monotonic() < end:
+                time.sleep(0.01)
+            left = _running(left)
+            if not left:
+                break
+        if left:
+            raise TargetError(f"pid {self.pid}: {len(left)} process(es) still running after "
+                              "SIGKILL: " + ", ".join(str(p.pid) for p in left))
+        with contextlib.suppress(psutil.Error, ChildProcessError):
+            if proc.ppid() == os.getpid():
+                proc.wait(timeout=_TIMEOUT)
+        return f"stopped pid {self.pid} and {len(tree) - 1} process(es) under it"
+
+
+def _running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """The processes of `procs` that still run (a zombie has ended: who reaps it is not ours)."""
+    alive = []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+    return alive
 
 
 @dataclass(frozen=True)
@@ -248,12 +305,12 @@ class DockerConnect:
         return f"connected container {self.container} to network {self.network}"
 
 
-Heal = (ResumeProcess | KillProcess | RemoveAdminFault | RemoveToxic | EnableProxy
-        | DockerUnpause | DockerStart | DockerConnect)
+Heal = (ResumeProcess | KillProcess | StopProcess | RemoveAdminFault | RemoveToxic
+        | EnableProxy | DockerUnpause | DockerStart | DockerConnect)
 
 _KINDS: dict[str, type[Heal]] = {cls.kind: cls for cls in (
-    ResumeProcess, KillProcess, RemoveAdminFault, RemoveToxic, EnableProxy, DockerUnpause,
-    DockerStart, DockerConnect)}
+    ResumeProcess, KillProcess, StopProcess, RemoveAdminFault, RemoveToxic, EnableProxy,
+    DockerUnpause, DockerStart, DockerConnect)}
 
 
 def heal_to_json(heal: Heal) -> dict[str, Any]:

@@ -96,7 +96,8 @@ class FaultInjector:
     def __init__(self, target: Target, steps: Sequence[Step], *, seed: int = 0,
                  recorder: Recorder | None = None, blast_radius: int | None = None,
                  abort: Sequence[AbortCondition] = (), guard: bool = True,
-                 state_path: Path | None = None, grace: float = 2.0, poll: float = 0.5,
+                 state_path: Path | None = None, state: StateFile | None = None,
+                 grace: float = 2.0, poll: float = 0.5,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         self.target = target
@@ -117,6 +118,8 @@ class FaultInjector:
         self.result = RunResult()
         self._stop = threading.Event()
         self._state: StateFile | None = None
+        # a run's own state file (RunGuard): its guard watches it, and it outlives the schedule
+        self._shared_state = state
         self._guard: subprocess.Popen[bytes] | None = None
 
     # -- public -------------------------------------------------------------------------------
@@ -268,6 +271,9 @@ class FaultInjector:
     # -- guard and signals --------------------------------------------------------------------
 
     def _open(self) -> None:
+        if self._shared_state is not None:
+            self._state = self._shared_state
+            return
         if not self.use_guard:
             return
         me = psutil.Process()
@@ -276,6 +282,9 @@ class FaultInjector:
 
     def _close(self) -> None:
         # only when everything was reverted may the guard go: else it heals what is left
+        if self._state is self._shared_state:
+            self._state = None  # the run's RunGuard heals what is left, at the run's end
+            return
         if self._state is not None and not self.active:
             failed_reverts = any(line.startswith("revert ") for line in self.result.failed)
             if not failed_reverts:

@@ -8,7 +8,9 @@ them) -> observer, Locust and the fault schedule (relative to the load's start) 
 fault reverted however the run ends -> steady state after -> target events and audit log into
 the run directory -> checks -> report.
 
-Every process it starts is stopped by PID on every path (normal end, error, Ctrl-C, SIGTERM).
+Every process it starts is stopped by PID on every path (normal end, error, Ctrl-C, SIGTERM),
+and noted in the run's fault state file first: if the harness itself is killed (SIGKILL), its
+guard heals the faults and stops the target and Locust (`faults.guard.RunGuard`).
 The injector and the probes record into `nemesis.jsonl` while Locust writes `history.jsonl`
 (two processes appending to one file could interleave a large batch); the harness's lines are
 merged into `history.jsonl` once Locust has exited, so the checks read one history.
@@ -34,6 +36,7 @@ from ..checks import load_run, run_checks
 from ..errors import TargetError, UsageError
 from ..experiment import Experiment, load_experiment
 from ..faults import FaultInjector, JsonlRecorder
+from ..faults.guard import RunGuard
 from ..faults.injector import sigterm_raises
 from ..launcher import ServerProcess, free_port
 from ..machine import describe, one_line
@@ -290,12 +293,16 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
     cfg = experiment.target
     assert experiment.seed is not None
     with contextlib.ExitStack() as stack:
+        # first in, last out: it stops what the callbacks below did not (and, if this process
+        # is killed outright, its guard does)
+        guard = stack.enter_context(RunGuard())
         server: ServerProcess | None = None
         if cfg.reference:
             token = cfg.admin_token or secrets.token_urlsafe(24)
             progress.set("starting target")
             server = _start_target(experiment, run_dir, token)
             stack.callback(server.stop)
+            guard.track(server.pid)
             server.wait_ready(timeout=TARGET_READY_TIMEOUT)
             url: str = server.url
             admin_token: str | None = token
@@ -311,7 +318,8 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
                                       run_dir)
         print(f"  {described}", file=out, flush=True)
         injector = FaultInjector(target, steps, seed=experiment.seed, recorder=recorder,
-                                 blast_radius=experiment.nemesis.blast_radius, abort=aborts)
+                                 blast_radius=experiment.nemesis.blast_radius, abort=aborts,
+                                 state=guard.state)
         if steps:
             injector.validate()  # against the live target, before any load
         progress.active = lambda: _active_faults(injector)
@@ -344,6 +352,7 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
                                 "--run-dir", str(run_dir), "--only-summary"],
                                run_dir / "locust.log")
         stack.callback(locust.stop)
+        guard.track(locust.pid)
         if not locust.wait_started(LOAD_START_TIMEOUT):
             raise TargetError(f"Locust did not start its load within {LOAD_START_TIMEOUT:.0f} s"
                               f" (log: {run_dir / 'locust.log'}):\n{locust.log_tail()}")

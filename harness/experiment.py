@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import reprlib
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -629,6 +630,62 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode,
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
                                  _construct_mapping)
 
+# An experiment file is a few hundred values. Anchors and aliases are allowed (to repeat a
+# probe, say), but not past this many values once expanded: a "billion laughs" file is nine
+# lines that expand to 10**9 strings, and everything that walks the data would expand it.
+MAX_FILE_CHARS = 1_000_000
+MAX_VALUES = 100_000
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """The YAML document in `text`, refused (UsageError) before it is built when its aliases
+    expand to more than MAX_VALUES values or refer to themselves."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        count = _expanded_size(node)
+        if count is None:
+            raise UsageError(f"{source}: an alias refers to its own anchor (a structure that "
+                             "contains itself); an experiment must be a tree")
+        if count > MAX_VALUES:
+            raise UsageError(f"{source}: its anchors and aliases expand to {count} values "
+                             f"(at most {MAX_VALUES}); repeat fewer aliases")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(root: yaml.Node) -> int | None:
+    """How many values `root` holds once every alias is expanded (each node counted once per
+    path to it, memoized per node, so it costs one pass over the file); None for a cycle."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children: list[yaml.Node] = (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+            else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if done:
+            on_path.discard(id(node))
+            # a huge count needs no exact figure: capped, so the sum stays cheap
+            sizes[id(node)] = min(1 + sum(sizes[id(c)] for c in children), 10 * MAX_VALUES)
+            continue
+        if id(node) in on_path:
+            return None
+        on_path.add(id(node))
+        stack.append((node, True))
+        for child in children:
+            if id(child) in on_path:
+                return None
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
 _Path = tuple[int | str, ...]
 
 
@@ -680,7 +737,7 @@ def _field_names() -> list[str]:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    text = reprlib.repr(value)  # bounded: never the whole of a large value
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -741,8 +798,11 @@ def parse_experiment(text: str, source: str = "<experiment>",
                      overrides: Sequence[str] = ()) -> Experiment:
     """Validate an experiment given as YAML text (`source` names it in errors); the seed is not
     resolved here."""
+    if len(text) > MAX_FILE_CHARS:
+        raise UsageError(f"{source}: {len(text)} characters; an experiment file is at most "
+                         f"{MAX_FILE_CHARS} (is it the right file?)")
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        data = _load_yaml(text, source)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
+    "INTERNAL_HEADER",
     "KEEP_ALIVE_S",
+    "MAX_BODY_BYTES",
+    "MAX_JSON_DEPTH",
     "ApiError",
     "ChatCompletionRequest",
     "CompletionRequest",
+    "check_content_type",
+    "decode_object",
     "error_body",
+    "read_body",
     "validation_message",
 ]
 
@@ -22,6 +29,15 @@ MAX_STOP = 4
 # (aiohttp: ServerDisconnectedError), so it outlasts the clients' own idle limits: httpx's 5 s
 # and the router pool's `router.POOL_IDLE_S`.
 KEEP_ALIVE_S = 65
+
+# Bounds on a request body, checked before (size) and while (depth) it is parsed: an OpenAI
+# request is a few levels deep (body > messages > message > content part > field).
+MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_JSON_DEPTH = 32
+# The header the router sends to its workers with the fleet's internal secret: only requests
+# that carry it may use the router's internal fields (`continuation`).
+INTERNAL_HEADER = "x-llm-chaos-internal"
+INTERNAL_FIELDS = ("continuation",)
 
 
 class ApiError(Exception):
@@ -41,6 +57,73 @@ def error_body(message: str, type_: str, param: str | None = None,
                code: str | int | None = None) -> dict[str, Any]:
     """The JSON body OpenAI sends with an error."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def check_content_type(value: str | None) -> None:
+    """415 unless the body is declared JSON (or not declared at all, as curl -d with no -H
+    and many scripts send it)."""
+    if not value:
+        return
+    media = value.split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return
+    raise ApiError(415, f"Content-Type {media!r} is not supported: send the body as JSON with "
+                   "`Content-Type: application/json`", type_="invalid_request_error")
+
+
+async def read_body(request: Any) -> bytes:
+    """A Starlette request's body, refused (413) once it passes MAX_BODY_BYTES, before the rest
+    is read (a declared Content-Length past it is refused before anything is read)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+    return bytes(body)
+
+
+def decode_object(body: bytes) -> dict[str, Any]:
+    """The JSON object in a request body, or an ApiError (413 or 400) that names the problem.
+
+    Size is checked before parsing; nesting deeper than the interpreter's stack is a
+    RecursionError in the parser and deeper than MAX_JSON_DEPTH is refused after it; a lone
+    surrogate (`\\ud800`), which no tokenizer or UTF-8 writer takes, is refused here rather
+    than fail later with a 500."""
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        data = json.loads(body)
+    except RecursionError as exc:
+        raise ApiError(400, f"request body is nested more than {MAX_JSON_DEPTH} levels deep"
+                       ) from exc
+    except (ValueError, UnicodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    if _deeper_than(data, MAX_JSON_DEPTH):
+        raise ApiError(400, f"request body is nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON text: {exc}") from exc
+    return data
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(
+            item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def validation_message(exc: ValidationError | Any) -> tuple[str, str | None]:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .api import ApiError, decode_object
+
 __all__ = [
     "GENESIS",
     "AuditLog",
@@ -480,9 +482,9 @@ class AuditLog:
                ) -> RequestTrail:
         """Write the request's `accepted` record (queued, before dispatch); its trail."""
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            payload = None
+            payload: dict[str, Any] | None = decode_object(body)
+        except ApiError:
+            payload = None  # the router refuses it: its record says how many bytes came
         fields: dict[str, Any] = {"request_id": request_id, "endpoint": endpoint,
                                   "client": client, "body_bytes": len(body)}
         if isinstance(payload, dict):

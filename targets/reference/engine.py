@@ -4,6 +4,10 @@ Iteration-level batching: every step first admits waiting requests (prefill, wit
 budget) into free cache slots, then decodes all running sequences in one batched forward.
 A request that arrives mid-generation joins at the next step; a finished or cancelled one
 leaves at once and its slot is reused.
+
+A request that fails inside the engine fails alone: a prefill that raises is redone one
+sequence at a time, and sampling or detokenizing errors end only their own sequence. Only a
+batched decode pass that raises (nothing to tell its sequences apart) fails the whole batch.
 """
 
 from __future__ import annotations
@@ -156,6 +160,19 @@ class BatchEngine:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def check_resume(self, token_ids: list[int], text_sent: int) -> str | None:
+        """Why a continuation could not come from this model, or None: every token id within
+        the vocabulary, and `text_sent` within the text the tokens decode to."""
+        vocab = int(self.model.config.vocab_size)
+        bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            return f"token id {bad} is outside the vocabulary (0..{vocab - 1})"
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        if text_sent > len(text):
+            return (f"text_sent {text_sent} is past the end of the text those tokens decode "
+                    f"to ({len(text)} characters)")
+        return None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -324,16 +341,52 @@ class BatchEngine:
             admitted.append((seq, context, reused))
         if not admitted:
             return
-        logits = self.decoder.prefill_many([(seq.slot, context, reused)
-                                            for seq, context, reused in admitted])
-        for row, (seq, context, reused) in enumerate(admitted):
+        for seq, context, reused, logits in self._prefill(admitted):
             self._keep_prefix(seq.slot, context)
             self.prompt_tokens += len(context)
             self.cached_prompt_tokens += reused
             seq.position = len(context)
-            token = self._sample(seq, logits[row : row + 1])[0]
-            self._advance(seq, token)
+            token = self._sample(seq, logits)[0]
+            if token is not None:
+                self._isolated(seq, self._advance, token)
         self._flush_removals()
+
+    def _prefill(self, admitted: list[tuple[_Seq, list[int], int]]
+                 ) -> list[tuple[_Seq, list[int], int, torch.Tensor]]:
+        """Prefill the admitted sequences together; if that fails, each alone, so a bad one
+        (a token id outside the vocabulary, say) fails by itself and the others go on."""
+        try:
+            logits = self.decoder.prefill_many([(seq.slot, context, reused)
+                                                for seq, context, reused in admitted])
+            return [(seq, context, reused, logits[row : row + 1])
+                    for row, (seq, context, reused) in enumerate(admitted)]
+        except Exception as exc:
+            if len(admitted) == 1:
+                self._fail_one(admitted[0][0], exc)
+                return []
+        done = []
+        for seq, context, reused in admitted:
+            try:
+                logits = self.decoder.prefill_many([(seq.slot, context, reused)])
+            except Exception as exc:
+                self._fail_one(seq, exc)
+                continue
+            done.append((seq, context, reused, logits))
+        return done
+
+    def _fail_one(self, seq: _Seq, exc: BaseException) -> None:
+        """End one sequence with an error; it leaves the batch at the end of this step."""
+        traceback.print_exception(exc)
+        self._emit(seq, "", finished=True, reason="error",
+                   error=f"engine error in this request: {type(exc).__name__}: {exc}")
+        self._pending.append(seq)
+
+    def _isolated(self, seq: _Seq, fn: Any, *args: Any) -> None:
+        """`fn(seq, *args)`; an exception fails `seq` alone, not the batch around it."""
+        try:
+            fn(seq, *args)
+        except Exception as exc:
+            self._fail_one(seq, exc)
 
     def _prefix_match(self, context: list[int]) -> tuple[Any, int]:
         """The longest cached prefix of `context` (saved KV, length), or (None, 0).
@@ -375,7 +428,8 @@ class BatchEngine:
             seq.position += 1
         sampled = self._sample_batch(seqs, logits)
         for seq, token in zip(seqs, sampled, strict=True):
-            self._advance(seq, token)
+            if token is not None:
+                self._isolated(seq, self._advance, token)
         self._flush_removals()
 
     def _flush_removals(self) -> None:
@@ -383,13 +437,22 @@ class BatchEngine:
         if pending:
             self._remove(pending, None)
 
-    def _sample_batch(self, seqs: list[_Seq], logits: torch.Tensor) -> list[int]:
+    def _sample_batch(self, seqs: list[_Seq], logits: torch.Tensor) -> list[int | None]:
+        """One token per sequence; None for a sequence whose sampling failed (it is failed
+        alone: the others in the batch go on)."""
         self._suppress_eos(seqs, logits)
         if all(s.request.params.greedy for s in seqs):
             return [int(t) for t in logits.argmax(dim=-1).tolist()]
-        return [self._sample_row(s, logits[i]) for i, s in enumerate(seqs)]
+        tokens: list[int | None] = []
+        for i, seq in enumerate(seqs):
+            try:
+                tokens.append(self._sample_row(seq, logits[i]))
+            except Exception as exc:
+                self._fail_one(seq, exc)
+                tokens.append(None)
+        return tokens
 
-    def _sample(self, seq: _Seq, logits: torch.Tensor) -> list[int]:
+    def _sample(self, seq: _Seq, logits: torch.Tensor) -> list[int | None]:
         return self._sample_batch([seq], logits)
 
     def _suppress_eos(self, seqs: list[_Seq], logits: torch.Tensor) -> None:

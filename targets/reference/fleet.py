@@ -53,6 +53,9 @@ class Fleet:
         self.admin_token = admin_token
         # workers serve their own /admin/faults to the router only, with the same token
         fleet.worker_env["LLM_CHAOS_ADMIN_TOKEN"] = admin_token
+        # and take the router's internal fields (a stream's continuation) from the router only
+        self.router.internal_token = secrets.token_urlsafe(24)
+        fleet.worker_env["LLM_CHAOS_INTERNAL_TOKEN"] = self.router.internal_token
         self.worker_auth = {"Authorization": f"Bearer {admin_token}"}
         self.admin_client = httpx.AsyncClient(timeout=5.0)
         self.drain_timeout = drain_timeout
@@ -168,10 +171,16 @@ def create_fleet_app(fleet: Fleet) -> FastAPI:
     async def health() -> JSONResponse:
         live = {m: sum(w.state == WorkerState.LIVE for w in fleet.registry.of_model(m))
                 for m in fleet.registry.models()}
-        ok = bool(live) and all(live.values()) and not fleet.router.draining
-        return JSONResponse({"status": "ok" if ok else "degraded", "live_workers": live,
-                             "draining": fleet.router.draining},
-                            status_code=200 if ok else 503)
+        # not ready while it refuses work: a load balancer must stop sending it requests
+        audit = fleet.router.audit
+        refusing = (audit is not None and audit.failure is not None
+                    and not audit.settings.fail_open)
+        ok = bool(live) and all(live.values()) and not fleet.router.draining and not refusing
+        body: dict[str, Any] = {"status": "ok" if ok else "degraded", "live_workers": live,
+                                "draining": fleet.router.draining}
+        if refusing:
+            body["audit"] = f"failed closed: {audit.failure}"  # type: ignore[union-attr]
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -374,6 +383,8 @@ def serve(args: Any) -> int:
         fleet.supervisor.kill_all_now()
         if audit is not None:
             audit.close()
+        if token_path is not None:  # generated for this run: useless once it stops
+            token_path.unlink(missing_ok=True)
     return 0 if server.started else 1
 
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import re
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,8 +25,17 @@ import aiohttp
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.requests import ClientDisconnect
 
-from .api import error_body
+from .api import (
+    INTERNAL_FIELDS,
+    INTERNAL_HEADER,
+    ApiError,
+    check_content_type,
+    decode_object,
+    error_body,
+    read_body,
+)
 from .audit import AuditLog, AuditUnavailable, RequestTrail
 from .faults import FaultSet
 from .registry import Registry, WorkerInfo, WorkerState
@@ -138,6 +148,8 @@ class Router:
         self.faults = FaultSet()
         self._flights: dict[str, set[_Flight]] = {}
         self.audit: AuditLog | None = None  # set by the fleet with --audit-log
+        # the fleet's secret: sent to workers, it lets them take the router's internal fields
+        self.internal_token = ""
         r = self.metrics_registry = CollectorRegistry()
         self.m_requests = Counter("llm_chaos_router_requests", "Requests by final HTTP status",
                                   ["status"], registry=r)
@@ -224,6 +236,8 @@ class Router:
         self._flights.setdefault(worker.id, set()).add(flight)
         session = self._session()
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+        if self.internal_token:
+            headers[INTERNAL_HEADER] = self.internal_token
 
         async def attempt() -> None:
             try:
@@ -264,27 +278,39 @@ class Router:
         """Admit, route and relay one OpenAI request."""
         request_id = request.headers.get("x-request-id", "").strip()[:200] or str(uuid.uuid4())
         started = time.monotonic()
-        if self.audit is not None:
-            return await self._handle_audited(request, path, request_id, started, self.audit)
+        body: bytes | ApiError
         try:
-            response = await self._handle(request, path, request_id, started)
+            body = await read_body(request)
+        except ApiError as exc:
+            body = exc  # too large: refused below, after its `accepted` record
+        except ClientDisconnect:
+            # gone before its request was whole: nothing was asked, nothing to record
+            print(f"router: client left before sending all of request {request_id}",
+                  file=sys.stderr, flush=True)
+            return Response(status_code=499)
+        if self.audit is not None:
+            return await self._handle_audited(request, path, body, request_id, started,
+                                              self.audit)
+        try:
+            response = await self._handle(request, path, body, request_id, started)
         except _Reject as exc:
             self.m_requests.labels(str(exc.status)).inc()
             return exc.response(request_id)
         return response
 
-    async def _handle_audited(self, request: Request, path: str, request_id: str,
-                              started: float, audit: AuditLog) -> Response:
+    async def _handle_audited(self, request: Request, path: str, body: bytes | ApiError,
+                              request_id: str, started: float, audit: AuditLog) -> Response:
         """`_handle` between an `accepted` record and exactly one durable terminal one."""
         client = f"{request.client.host}:{request.client.port}" if request.client else None
         try:
-            trail = audit.accept(request_id, path, await request.body(), client)
+            trail = audit.accept(request_id, path, body if isinstance(body, bytes) else b"",
+                                 client)
         except AuditUnavailable as exc:
             self.m_rejected.labels("audit_unavailable").inc()
             self.m_requests.labels("503").inc()
             return _audit_unavailable(request_id, exc)
         try:
-            response = await self._handle(request, path, request_id, started, trail)
+            response = await self._handle(request, path, body, request_id, started, trail)
         except _Reject as exc:
             self.m_requests.labels(str(exc.status)).inc()
             kind = ("timeout" if exc.status == 504 else "failed" if exc.status >= 500 and
@@ -305,19 +331,29 @@ class Router:
             raise
         return response
 
-    async def _handle(self, request: Request, path: str, request_id: str, started: float,
-                      trail: RequestTrail | None = None) -> Response:
+    async def _handle(self, request: Request, path: str, body: bytes | ApiError,
+                      request_id: str, started: float, trail: RequestTrail | None = None
+                      ) -> Response:
         if self.draining:
             self.m_rejected.labels("draining").inc()
             raise _Reject(503, "the server is shutting down; retry on another instance",
                           "service_unavailable", headers={"Retry-After": "1"})
-        body = await request.body()
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise _Reject(400, f"request body is not valid JSON: {exc}") from exc
-        if not isinstance(payload, dict):
-            raise _Reject(400, "request body must be a JSON object")
+            if isinstance(body, ApiError):
+                raise body
+            check_content_type(request.headers.get("content-type"))
+            payload = decode_object(body)
+        except ApiError as exc:
+            raise _Reject(exc.status, exc.message, exc.type, exc.param) from exc
+        if any(name in payload for name in INTERNAL_FIELDS):
+            # the router's own fields (it resumes streams with them): never a client's
+            for name in INTERNAL_FIELDS:
+                payload.pop(name, None)
+            body = json.dumps(payload).encode()
+        options = payload.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise _Reject(400, "stream_options: must be an object, such as "
+                          '{"include_usage": true}', param="stream_options")
         model = payload.get("model")
         if not isinstance(model, str) or model not in self.registry.models():
             raise _Reject(404, f"The model `{model}` does not exist; this server serves "

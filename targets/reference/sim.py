@@ -130,6 +130,18 @@ class SimEngine:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
+    def check_resume(self, token_ids: list[int], text_sent: int) -> str | None:
+        """Why a continuation could not come from this engine, or None (its token ids are
+        positions, and each of its tokens is a word)."""
+        bad = next((t for t in token_ids if not 0 <= t < self.max_model_len), None)
+        if bad is not None:
+            return f"token id {bad} is not one this engine generates (0..{self.max_model_len - 1})"
+        most = len(token_ids) * (max(len(w) for w in WORDS) + 1)
+        if text_sent > most:
+            return (f"text_sent {text_sent} is past the end of the text {len(token_ids)} "
+                    f"token(s) can make (at most {most} characters)")
+        return None
+
     def start(self) -> None:
         # The scheduler thread must get the GIL back within a fraction of a millisecond when a
         # token is due; CPython's default switch interval (5 ms) would make it late.

@@ -27,10 +27,14 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .api import (
+    INTERNAL_HEADER,
     ApiError,
     ChatCompletionRequest,
     CompletionRequest,
+    check_content_type,
+    decode_object,
     error_body,
+    read_body,
     validation_message,
 )
 from .faults import FaultSet, FaultSpec
@@ -40,7 +44,6 @@ from .protocol import Engine, EngineFull, Prompt
 
 __all__ = ["create_app"]
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -136,6 +139,7 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
     faults = FaultSet()
     app.state.faults = faults
     admin_token = os.environ.get("LLM_CHAOS_ADMIN_TOKEN", "")
+    internal_token = os.environ.get("LLM_CHAOS_INTERNAL_TOKEN", "")
 
     def admin_denied(request: Request) -> JSONResponse | None:
         if not admin_token:
@@ -220,24 +224,27 @@ def create_app(engine: Engine, served_names: list[str] | None = None) -> FastAPI
         return JSONResponse(found)
 
     async def parse(request: Request, schema: type[Any]) -> Any:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
+        check_content_type(request.headers.get("content-type"))
+        data = decode_object(await read_body(request))
         try:
-            data = json.loads(body)
-            # A `\ud800` escape decodes to a lone surrogate, which no tokenizer or UTF-8 writer
-            # takes; refuse it here rather than fail later with a 500.
-            json.dumps(data, ensure_ascii=False).encode()
-        # RecursionError: nesting deeper than the interpreter's stack (`[[[[...`).
-        except (json.JSONDecodeError, UnicodeError, RecursionError) as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ApiError(400, "request body must be a JSON object")
-        try:
-            return schema.model_validate(data)
+            body = schema.model_validate(data)
         except ValidationError as exc:
             message, param = validation_message(exc)
             raise ApiError(400, message, param=param) from exc
+        if body.continuation is not None:
+            check_continuation(request, body.continuation)
+        return body
+
+    def check_continuation(request: Request, continuation: Any) -> None:
+        # the router's own field (it resumes a stream with it): only with the fleet's secret,
+        # and only tokens this engine could have generated
+        given = request.headers.get(INTERNAL_HEADER, "")
+        if not internal_token or not secrets.compare_digest(given, internal_token):
+            raise ApiError(400, "continuation: an internal field the router sends when it "
+                           "resumes a stream; clients may not send it", param="continuation")
+        problem = engine.check_resume(continuation.token_ids, continuation.text_sent)
+        if problem is not None:
+            raise ApiError(400, f"continuation: {problem}", param="continuation")
 
     def check_model(model: str) -> str:
         if model not in names:

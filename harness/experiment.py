@@ -650,7 +650,8 @@ def _load_yaml(text: str, source: str) -> Any:
             raise UsageError(f"{source}: an alias refers to its own anchor (a structure that "
                              "contains itself); an experiment must be a tree")
         if count > MAX_VALUES:
-            raise UsageError(f"{source}: its anchors and aliases expand to {count} values "
+            many = f"at least {count}" if count >= 10 * MAX_VALUES else str(count)
+            raise UsageError(f"{source}: its anchors and aliases expand to {many} values "
                              f"(at most {MAX_VALUES}); repeat fewer aliases")
         return loader.construct_document(node)
     finally:

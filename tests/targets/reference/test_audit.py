@@ -305,6 +305,7 @@ def test_log_failure_fails_closed(audited_fleet: Any, tmp_path: Path) -> None:
     body = {"model": "sim", "max_tokens": 4, "stream": True,
             "messages": [{"role": "user", "content": "hi"}]}
     with httpx.Client(timeout=30) as client:
+        assert client.get(fleet.url + "/health").status_code == 200
         for _ in range(2):
             assert stream_text(client, fleet.url, body, "/v1/chat/completions")[1]
         # this one's accepted record is the one the disk refuses: its stream never completes
@@ -315,6 +316,9 @@ def test_log_failure_fails_closed(audited_fleet: Any, tmp_path: Path) -> None:
             resp = client.post(fleet.url + "/v1/chat/completions", json=body)
             assert resp.status_code == 503
             assert "audit log is unavailable" in resp.json()["error"]["message"]
+        # not ready while it refuses work: a load balancer must take it out
+        health = client.get(fleet.url + "/health")
+        assert health.status_code == 503 and "failed closed" in health.json()["audit"]
         metrics = client.get(fleet.url + "/metrics").text
     assert "llm_chaos_audit_available 0.0" in metrics
     assert "ALERT: audit log write failed" in fleet.log_tail(50)
@@ -330,6 +334,7 @@ def test_log_failure_can_fail_open(audited_fleet: Any, tmp_path: Path) -> None:
             resp = client.post(fleet.url + "/v1/completions",
                                json={"model": "sim", "prompt": "x", "max_tokens": 3})
             assert resp.status_code == 200
+        assert client.get(fleet.url + "/health").status_code == 200  # it serves: ready
         metrics = client.get(fleet.url + "/metrics").text
     assert "llm_chaos_audit_unaudited_requests 3.0" in metrics
     assert "UNAUDITED" in fleet.log_tail(50)

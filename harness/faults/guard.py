@@ -33,7 +33,7 @@ from .base import revert_heals
 from .heal import StopProcess
 from .state import Entry, StateFile, default_state_dir, read_state
 
-__all__ = ["RunGuard", "heal_state_file", "main", "start_guard"]
+__all__ = ["RunGuard", "heal_state_file", "main", "start_guard", "stop_guard"]
 
 POLL_S = 0.2
 NEVER = 1e12  # the deadline of a heal applied only when the run ends (Unix time, year 33658)
@@ -161,6 +161,16 @@ def start_guard(state: Path, owner: int | None = None, timeout: float = 10.0
     return proc
 
 
+def stop_guard(proc: subprocess.Popen[bytes]) -> None:
+    """Ask a guard to end (it heals what its state file still lists, then exits) and reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class RunGuard:
     """A run's state file and guard process, held for the whole run (a context manager).
 
@@ -201,11 +211,6 @@ class RunGuard:
                       file=sys.stderr)
         finally:
             if self._guard is not None:
-                self._guard.terminate()
-                try:
-                    self._guard.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    self._guard.kill()
-                    self._guard.wait()
+                stop_guard(self._guard)
             self._guard = None
             self.state = None

@@ -24,7 +24,7 @@ import psutil
 from ..errors import HarnessError
 from ..target import Target
 from .base import Effect, Fault, Ledger
-from .guard import start_guard
+from .guard import start_guard, stop_guard
 from .heal import Heal
 from .history import MemoryRecorder, Recorder
 from .schedule import AbortCondition, Step
@@ -290,12 +290,7 @@ class FaultInjector:
             if not failed_reverts:
                 self._state.delete()
         if self._guard is not None:
-            self._guard.terminate()
-            try:
-                self._guard.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._guard.kill()
-                self._guard.wait()
+            stop_guard(self._guard)
         self._guard = None
         self._state = None
 

@@ -478,13 +478,15 @@ class AuditLog:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def accept(self, request_id: str, endpoint: str, body: bytes, client: str | None
-               ) -> RequestTrail:
-        """Write the request's `accepted` record (queued, before dispatch); its trail."""
-        try:
-            payload: dict[str, Any] | None = decode_object(body)
-        except ApiError:
-            payload = None  # the router refuses it: its record says how many bytes came
+    def accept(self, request_id: str, endpoint: str, body: bytes, client: str | None, *,
+               payload: dict[str, Any] | None = None) -> RequestTrail:
+        """Write the request's `accepted` record (queued, before dispatch); its trail.
+        `payload` is `body` already decoded (the router's); else it is decoded here."""
+        if payload is None:
+            try:
+                payload = decode_object(body)
+            except ApiError:
+                payload = None  # the router refuses it: its record says how many bytes came
         fields: dict[str, Any] = {"request_id": request_id, "endpoint": endpoint,
                                   "client": client, "body_bytes": len(body)}
         if isinstance(payload, dict):

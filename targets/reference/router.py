@@ -278,39 +278,44 @@ class Router:
         """Admit, route and relay one OpenAI request."""
         request_id = request.headers.get("x-request-id", "").strip()[:200] or str(uuid.uuid4())
         started = time.monotonic()
-        body: bytes | ApiError
+        body = b""
+        payload: dict[str, Any] | ApiError
         try:
             body = await read_body(request)
+            check_content_type(request.headers.get("content-type"))
+            payload = decode_object(body)  # once: the audit record and the routing share it
         except ApiError as exc:
-            body = exc  # too large: refused below, after its `accepted` record
+            payload = exc  # refused below, after its `accepted` record
         except ClientDisconnect:
             # gone before its request was whole: nothing was asked, nothing to record
             print(f"router: client left before sending all of request {request_id}",
                   file=sys.stderr, flush=True)
             return Response(status_code=499)
         if self.audit is not None:
-            return await self._handle_audited(request, path, body, request_id, started,
-                                              self.audit)
+            return await self._handle_audited(request, path, body, payload, request_id,
+                                              started, self.audit)
         try:
-            response = await self._handle(request, path, body, request_id, started)
+            response = await self._handle(request, path, body, payload, request_id, started)
         except _Reject as exc:
             self.m_requests.labels(str(exc.status)).inc()
             return exc.response(request_id)
         return response
 
-    async def _handle_audited(self, request: Request, path: str, body: bytes | ApiError,
-                              request_id: str, started: float, audit: AuditLog) -> Response:
+    async def _handle_audited(self, request: Request, path: str, body: bytes,
+                              payload: dict[str, Any] | ApiError, request_id: str,
+                              started: float, audit: AuditLog) -> Response:
         """`_handle` between an `accepted` record and exactly one durable terminal one."""
         client = f"{request.client.host}:{request.client.port}" if request.client else None
         try:
-            trail = audit.accept(request_id, path, body if isinstance(body, bytes) else b"",
-                                 client)
+            trail = audit.accept(request_id, path, body, client,
+                                 payload=None if isinstance(payload, ApiError) else payload)
         except AuditUnavailable as exc:
             self.m_rejected.labels("audit_unavailable").inc()
             self.m_requests.labels("503").inc()
             return _audit_unavailable(request_id, exc)
         try:
-            response = await self._handle(request, path, body, request_id, started, trail)
+            response = await self._handle(request, path, body, payload, request_id, started,
+                                          trail)
         except _Reject as exc:
             self.m_requests.labels(str(exc.status)).inc()
             kind = ("timeout" if exc.status == 504 else "failed" if exc.status >= 500 and
@@ -331,20 +336,15 @@ class Router:
             raise
         return response
 
-    async def _handle(self, request: Request, path: str, body: bytes | ApiError,
-                      request_id: str, started: float, trail: RequestTrail | None = None
-                      ) -> Response:
+    async def _handle(self, request: Request, path: str, body: bytes,
+                      payload: dict[str, Any] | ApiError, request_id: str, started: float,
+                      trail: RequestTrail | None = None) -> Response:
         if self.draining:
             self.m_rejected.labels("draining").inc()
             raise _Reject(503, "the server is shutting down; retry on another instance",
                           "service_unavailable", headers={"Retry-After": "1"})
-        try:
-            if isinstance(body, ApiError):
-                raise body
-            check_content_type(request.headers.get("content-type"))
-            payload = decode_object(body)
-        except ApiError as exc:
-            raise _Reject(exc.status, exc.message, exc.type, exc.param) from exc
+        if isinstance(payload, ApiError):
+            raise _Reject(payload.status, payload.message, payload.type, payload.param)
         if any(name in payload for name in INTERNAL_FIELDS):
             # the router's own fields (it resumes streams with them): never a client's
             for name in INTERNAL_FIELDS:

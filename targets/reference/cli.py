@@ -23,6 +23,26 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="int8: dynamic int8 weights (CPU)")
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
+def _http_limits(p: argparse.ArgumentParser) -> None:
+    from .http_limits import MAX_HEADER_BYTES, MAX_HEADERS, READ_TIMEOUT_S
+
+    p.add_argument("--request-read-timeout", type=_positive_seconds, default=READ_TIMEOUT_S,
+                   metavar="S", help="a request's head must arrive within S seconds of its "
+                   "first byte (else 408), its body never S seconds without a byte (else the "
+                   f"connection closes); heads are limited to {MAX_HEADER_BYTES // 1024} KiB "
+                   f"and {MAX_HEADERS} header lines (else 431)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser for `python -m targets.reference` (also behind `llm-chaos worker`)."""
     parser = argparse.ArgumentParser(prog="python -m targets.reference",
@@ -51,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="simulated time to first token: seconds, uniform:LO,HI, normal:M,S, exp:M")
     w.add_argument("--sim-itl", default="0.01", help="simulated inter-token latency (same forms)")
     w.add_argument("--sim-seed", type=int, default=0)
+    _http_limits(w)
     w.add_argument("--log-level", default="warning")
     f = sub.add_parser("serve", help="a router and N workers, started and stopped together",
                        description="Serve models through a router in front of worker "
@@ -119,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--log-dir", default=None, help="where worker logs go (default: a temp dir)")
     f.add_argument("--worker-arg", action="append", default=None,
                    help="extra argument passed to every worker, e.g. --worker-arg=--sim-itl=0.02")
+    _http_limits(f)
     f.add_argument("--log-level", default="warning")
     p = sub.add_parser("prepare", help="convert/cache a model now (done on first use otherwise)")
     p.add_argument("--model", default="smollm2")
@@ -177,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from .api import KEEP_ALIVE_S
+    from .http_limits import guarded_protocol
     from .worker import create_app
 
     app = create_app(engine, args.served_model_name)
     print(f"llm-chaos worker: model={engine.model_name} pid={os.getpid()} "
           f"listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S)
+                timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S,
+                http=guarded_protocol(args.request_read_timeout))
     return 0

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from .api import KEEP_ALIVE_S, error_body, validation_message
 from .audit import AuditLog, AuditSettings, register_metrics
 from .faults import FaultSpec
+from .http_limits import guarded_protocol
 from .liveness import threads_per_worker, usable_cores
 from .registry import EventBus, Registry, WorkerState
 from .router import Router, RouterSettings
@@ -368,7 +369,8 @@ def serve(args: Any) -> int:
         plant(args.planted_bug, fleet.registry, audit)
     app = _FastPath(create_fleet_app(fleet), fleet.router)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S)
+                            timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S,
+                            http=guarded_protocol(args.request_read_timeout))
     server = _DrainingServer(config)
     server.fleet = fleet
     fleet.server = server

@@ -17,9 +17,9 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from fastapi import Request
@@ -75,6 +75,10 @@ class _Reject(Exception):
 
 class _WorkerLost(Exception):
     pass
+
+
+class _ClientLeft(Exception):
+    """The client disconnected before its answer was ready."""
 
 
 class _ResumeFailed(Exception):
@@ -182,13 +186,20 @@ class Router:
 
     # -- admission ----------------------------------------------------------------------------
 
-    async def _acquire(self, model: str, deadline: float, exclude: set[str]) -> WorkerInfo:
+    def _take(self, model: str, exclude: set[str]) -> WorkerInfo | None:
+        """A worker with room now, one not in `exclude` first, or None."""
         worker = self.registry.pick(model, self.settings.worker_capacity, exclude)
         if worker is None and exclude:
             # every other worker was tried: a restarted one may be back
             worker = self.registry.pick(model, self.settings.worker_capacity)
         if worker is not None:
             worker.ongoing += 1
+        return worker
+
+    async def _acquire(self, model: str, deadline: float, exclude: set[str]) -> WorkerInfo:
+        """A worker with room, waiting in the router's queue (to the deadline) if none has."""
+        worker = self._take(model, exclude)
+        if worker is not None:
             return worker
         if sum(self.queued.values()) >= self.settings.max_queue:
             self.m_rejected.labels("queue_full").inc()
@@ -205,10 +216,8 @@ class Router:
                                   "deadline", "timeout_error")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), min(remaining, 0.25))
-                worker = self.registry.pick(model, self.settings.worker_capacity, exclude) or \
-                    self.registry.pick(model, self.settings.worker_capacity)
+                worker = self._take(model, exclude)
                 if worker is not None:
-                    worker.ongoing += 1
                     return worker
         finally:
             self.queued[model] -= 1
@@ -254,7 +263,11 @@ class Router:
                                                   f"{type(exc).__name__}"))
 
         flight.task = asyncio.create_task(attempt())
-        kind, value = await flight.queue.get()
+        try:
+            kind, value = await flight.queue.get()
+        except asyncio.CancelledError:  # the client left, or the router stops
+            self._end(flight)
+            raise
         if kind != "status":
             self._end(flight)
             if kind == "refused" and worker.state == WorkerState.LIVE:
@@ -376,21 +389,32 @@ class Router:
         last_error = "no attempt"
         self.in_flight += 1
         handed_off = False
+        # an answer is whole before it is sent: a client that leaves meanwhile must not keep
+        # its worker busy to the end (a stream's relay sees the disconnect by itself)
+        left = None if stream else asyncio.ensure_future(_disconnected(request))
         try:
             for attempt in range(1, self.settings.max_attempts + 1):
                 if attempt > 1:
                     self.m_retries.inc()
-                worker = await self._acquire(model, deadline, tried)
+                worker = self._take(model, tried)  # no task to race when one has room now
+                if worker is None:
+                    worker = await _unless_left(self._acquire(model, deadline, tried), left,
+                                                self._release)
                 tried.add(worker.id)
                 if trail is not None:
                     trail.attempt(worker.id)
                 try:
-                    flight, status = await self._start(worker, path, body, request_id)
+                    flight, status = await _unless_left(
+                        self._start(worker, path, body, request_id), left,
+                        lambda started_flight: self._end(started_flight[0]))
                 except _WorkerLost as exc:
                     last_error = str(exc)
                     self._release(worker)
                     await asyncio.sleep(0.05)  # let the registry catch up with a dead worker
                     continue
+                except _ClientLeft:
+                    self._release(worker)
+                    raise
                 timer = asyncio.get_running_loop().call_at(
                     asyncio.get_running_loop().time() + (deadline - time.monotonic()),
                     flight.fail, "deadline exceeded")
@@ -430,15 +454,13 @@ class Router:
                         relay,
                         media_type="text/event-stream",
                         headers={**SSE_HEADERS, "X-Request-Id": request_id})
-                data = await self._collect(flight, request)
+                data = await self._collect(flight, left)
                 timer.cancel()
                 await self._close(flight)
                 if isinstance(data, str):
                     last_error = data
                     if data == "client disconnected":
-                        if trail is not None:
-                            trail.abandon("cancelled", data)
-                        return Response(status_code=499)
+                        raise _ClientLeft
                     continue
                 if trail is not None:
                     trail.observe_body(data)
@@ -452,7 +474,16 @@ class Router:
                           f"request failed after {self.settings.max_attempts} attempt(s) "
                           f"on {len(tried)} worker(s): {last_error}",
                           "server_error")
+        except _ClientLeft:
+            print(f"router: client left before the answer to request {request_id} was ready",
+                  file=sys.stderr, flush=True)
+            self.m_requests.labels("499").inc()
+            if trail is not None:
+                trail.abandon("cancelled", "client disconnected")
+            return Response(status_code=499)
         finally:
+            if left is not None:
+                left.cancel()
             if not handed_off:
                 self.in_flight -= 1
 
@@ -487,30 +518,23 @@ class Router:
         if buffer:
             yield bytes(buffer)
 
-    async def _collect(self, flight: _Flight, request: Request | None = None) -> bytes | str:
-        """The whole upstream body, or a string saying why there is none."""
+    async def _collect(self, flight: _Flight, left: asyncio.Future[None] | None = None
+                       ) -> bytes | str:
+        """The whole upstream body, or a string saying why there is none (`left`: done once
+        the client disconnected, which ends the wait)."""
         parts: list[bytes] = []
-        watcher = asyncio.ensure_future(_disconnected(request)) if request else None
-        try:
-            while True:
-                getter = asyncio.ensure_future(flight.queue.get())
-                waits: set[asyncio.Future[Any]] = {getter}
-                if watcher is not None:
-                    waits.add(watcher)
-                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    return "client disconnected"
-                kind, value = getter.result()
-                if kind == "data":
-                    parts.append(value if isinstance(value, bytes) else b"")
-                elif kind == "end":
-                    return b"".join(parts)
-                else:
-                    return str(value)
-        finally:
-            if watcher is not None:
-                watcher.cancel()
+        while True:
+            try:
+                kind, value = await _unless_left(flight.queue.get(), left)
+            except _ClientLeft:
+                return "client disconnected"
+            if kind == "data":
+                parts.append(value if isinstance(value, bytes) else b"")
+            elif kind == "end":
+                return b"".join(parts) if left is None or not left.done() else \
+                    "client disconnected"  # whole, but no one is left to take it
+            else:
+                return str(value)
 
     async def _head(self, flight: _Flight) -> bytes | str:
         """Read a stream until its first content-bearing event; bytes to send, or why not."""
@@ -814,5 +838,40 @@ async def _disconnected(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+_T = TypeVar("_T")
+
+
+async def _unless_left(work: Awaitable[_T], left: asyncio.Future[None] | None,
+                       undo: Callable[[_T], object] | None = None) -> _T:
+    """`await work`, or raise _ClientLeft once `left` is done (the client disconnected) and
+    cancel the work; `undo` takes back a result the work produced as it was cancelled."""
+    if left is None:
+        return await work
+    if left.done():
+        if asyncio.iscoroutine(work):
+            work.close()
+        raise _ClientLeft
+    task = asyncio.ensure_future(work)
+
+    def take_back(done: asyncio.Future[_T]) -> None:  # it finished as it was given up
+        if undo is not None and not done.cancelled() and done.exception() is None:
+            undo(done.result())
+
+    waits: set[asyncio.Future[Any]] = {task, left}
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the router stops: the work goes too
+        task.cancel()
+        task.add_done_callback(take_back)
+        raise
+    if not left.done():
+        return task.result()
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+    take_back(task)
+    raise _ClientLeft
 
 

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -187,7 +188,7 @@ def test_a_client_that_leaves_frees_its_worker_and_is_recorded_once(
         sock.sendall(_request(ten_seconds, [("X-Request-Id", request_id)]))
         time.sleep(0.5)
     left = time.monotonic()
-    final: dict[str, object] = {}
+    final: dict[str, Any] = {}
     while time.monotonic() - left < 5 and not final:
         for line in audit.read_text().splitlines():
             record = json.loads(line)

@@ -43,23 +43,49 @@ def stop_tree(popen: subprocess.Popen[Any], timeout: float = 10.0,
     """Stop a process we started and its children, by PID: SIGTERM (to the root only when
     `root_only`, which then stops its own children), wait up to `timeout`, SIGKILL the rest.
     Returns the root's exit status, or None if it could not be reaped."""
-    try:
-        root = psutil.Process(popen.pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        procs = []
-    for proc in procs[:1] if root_only else procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=5)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        terminate_tree(psutil.Process(popen.pid), timeout, whole_tree=not root_only)
     try:
         return popen.wait(timeout=5)
     except subprocess.TimeoutExpired:
         return None
+
+
+def terminate_tree(root: psutil.Process, grace: float, *, whole_tree: bool = False
+                   ) -> list[psutil.Process]:
+    """SIGTERM `root` (every process under it too with `whole_tree`), wait up to `grace` s,
+    then SIGKILL what is left of the tree and anything it started meanwhile. Returns the
+    processes still running after that (none, unless the kernel is stuck); raises
+    psutil.NoSuchProcess if `root` is already gone."""
+    tree = [root, *root.children(recursive=True)]
+    for proc in tree if whole_tree else tree[:1]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    while _running(tree) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = _running(tree)
+    for proc in list(left):  # a child started while the root was stopping
+        with contextlib.suppress(psutil.NoSuchProcess):
+            left += [c for c in proc.children(recursive=True) if c not in left]
+    for proc in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    deadline = time.monotonic() + 5
+    while _running(left) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _running(left)
+
+
+def _running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """The processes of `procs` that still run. A zombie has ended (psutil's wait_procs would
+    wait on one whose parent does not reap it, such as a tree left by a killed harness)."""
+    alive = []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+    return alive
 
 
 class ServerProcess:

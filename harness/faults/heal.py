@@ -19,6 +19,7 @@ import httpx
 import psutil
 
 from ..errors import TargetError, UsageError
+from ..launcher import terminate_tree
 
 __all__ = [
     "DockerConnect",
@@ -118,44 +119,17 @@ class StopProcess:
         if proc is None:
             return f"pid {self.pid} is gone"
         try:
-            tree = [proc, *proc.children(recursive=True)]
-            proc.terminate()
+            under = len(proc.children(recursive=True))
+            left = terminate_tree(proc, self.grace)
         except psutil.NoSuchProcess:
             return f"pid {self.pid} is gone"
-        deadline = time.monotonic() + self.grace
-        while _running(tree) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        left = _running(tree)
-        for _ in range(3):  # a child started while the root was stopping: kill it too
-            for p in list(left):
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    left += [c for c in p.children(recursive=True) if c not in left]
-            for p in left:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    p.kill()
-            end = time.monotonic() + _TIMEOUT
-            while _running(left) and time.monotonic() < end:
-                time.sleep(0.01)
-            left = _running(left)
-            if not left:
-                break
         if left:
             raise TargetError(f"pid {self.pid}: {len(left)} process(es) still running after "
                               "SIGKILL: " + ", ".join(str(p.pid) for p in left))
         with contextlib.suppress(psutil.Error, ChildProcessError):
             if proc.ppid() == os.getpid():
                 proc.wait(timeout=_TIMEOUT)
-        return f"stopped pid {self.pid} and {len(tree) - 1} process(es) under it"
-
-
-def _running(procs: list[psutil.Process]) -> list[psutil.Process]:
-    """The processes of `procs` that still run (a zombie has ended: who reaps it is not ours)."""
-    alive = []
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                alive.append(p)
-    return alive
+        return f"stopped pid {self.pid} and {under} process(es) under it"
 
 
 @dataclass(frozen=True)

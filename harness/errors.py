@@ -3,11 +3,12 @@
     HarnessError                 anything the harness reports to a user
     ├── UsageError               bad input (arguments, files): exit status 2
     └── TargetError              the target could not be started or reached
+        └── EndpointError        the target answered an HTTP error (status and body kept)
 """
 
 from __future__ import annotations
 
-__all__ = ["HarnessError", "TargetError", "UsageError"]
+__all__ = ["EndpointError", "HarnessError", "TargetError", "UsageError"]
 
 
 class HarnessError(Exception):
@@ -24,3 +25,13 @@ class UsageError(HarnessError):
 
 class TargetError(HarnessError):
     """The target did not start, died, or could not be reached."""
+
+
+class EndpointError(TargetError):
+    """The target answered with an HTTP error or an unreadable body; `status` (None when the
+    status was fine but the body was not) and `detail` (a short excerpt of the body)."""
+
+    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import reprlib
 import secrets
@@ -31,12 +32,14 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     Tag,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
 from pydantic_core import ErrorDetails
 
 from .checks.config import CheckConfig
+from .endpoint import API_KEY_ENV, header_problem, normalize_base_url, tls_context
 from .errors import UsageError
 
 __all__ = [
@@ -111,6 +114,12 @@ class TargetConfig(_Model):
     adapter: Literal["openai", "vllm", "reference"] = "reference"
     admin_token: str | None = None
     model: str = "smollm2"
+    # how the load reaches the endpoint: extra headers, the API key's environment variable
+    # (the key itself is never in the file or the run directory), TLS settings
+    headers: dict[str, str] = Field(default_factory=dict)
+    api_key_env: str | None = None
+    ca_bundle: str | None = None
+    insecure: bool = False
     # the reference target's own options (`llm-chaos serve`)
     workers: int = Field(default=1, ge=1, le=64)
     min_workers: int | None = Field(default=None, ge=0, le=64)
@@ -135,8 +144,39 @@ class TargetConfig(_Model):
     # records and the router serves on without it, so every later request goes unaudited
     audit_lossy_after: int | None = Field(default=None, ge=0)
 
+    @field_validator("url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        # with or without /v1: one base, as the load client takes it
+        try:
+            return None if value is None else normalize_base_url(value)
+        except UsageError as exc:
+            raise ValueError(str(exc).removeprefix("host ")) from exc
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            problem = header_problem(name, text)
+            if problem is not None:
+                raise ValueError(problem)
+        return {name: text.strip() for name, text in value.items()}
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            # not echoed: it may be the key itself, pasted into the wrong field
+            raise ValueError(f"must name the environment variable that holds the API key"
+                             f" (letters, digits and _), e.g. {API_KEY_ENV}; the key itself "
+                             "never goes in the file")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> TargetConfig:
+        if self.ca_bundle is not None and self.insecure:
+            raise ValueError("insecure: true contradicts ca_bundle (which checks the server "
+                             "against that CA); remove one of them")
         if self.url is not None:
             given = [name for name in _REFERENCE_ONLY if name in self.model_fields_set]
             if given:
@@ -156,6 +196,35 @@ class TargetConfig(_Model):
     def reference(self) -> bool:
         """Whether the harness starts the reference target itself."""
         return self.url is None
+
+    def api_key(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        """The API key from the environment variable `api_key_env` names (None without one);
+        UsageError when that variable is unset or empty."""
+        if self.api_key_env is None:
+            return None
+        key = environ.get(self.api_key_env)
+        if not key:
+            raise UsageError(f"target.api_key_env: the environment variable "
+                             f"{self.api_key_env} is not set; export it with the API key, or "
+                             "remove api_key_env")
+        return key
+
+    def check_tls(self) -> None:
+        """UsageError when `ca_bundle` cannot be read as a PEM file of CA certificates."""
+        try:
+            tls_context(self.ca_bundle, self.insecure)
+        except UsageError as exc:
+            raise UsageError(f"target.ca_bundle: {str(exc).partition(': ')[2]}") from exc
+
+    def endpoint_args(self) -> list[str]:
+        """The load generator's options for `headers`, `ca_bundle` and `insecure` (the API key
+        goes through the environment, never a command line)."""
+        args = [f"--header={name}: {value}" for name, value in self.headers.items()]
+        if self.ca_bundle is not None:
+            args.append(f"--ca-bundle={self.ca_bundle}")
+        if self.insecure:
+            args.append("--insecure")
+        return args
 
     def serve_args(self) -> list[str]:
         """The `llm-chaos serve` options for this target (port, token and paths come from the

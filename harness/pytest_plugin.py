@@ -265,16 +265,30 @@ def _run(experiment: str | Path | Mapping[str, Any], set_: Mapping[str, Any] | S
                        outcome.run_dir, out.getvalue())
 
 
+def _endpoint_overrides(headers: Mapping[str, str] | None, api_key_env: str | None
+                        ) -> list[str]:
+    """`chaos_run`'s headers and API key variable as overrides of the experiment's target."""
+    out = []
+    if headers:
+        out.append(f"target.headers={json.dumps(dict(headers))}")
+    if api_key_env is not None:
+        out.append(f"target.api_key_env={json.dumps(api_key_env)}")
+    return out
+
+
 ChaosRun = Callable[..., ChaosResult]
 
 
 @pytest.fixture
 def chaos_run(request: pytest.FixtureRequest, tmp_path: Path) -> ChaosRun:
-    """`chaos_run(experiment, set={...}, against=None, report_dir=None)` -> ChaosResult.
+    """`chaos_run(experiment, set={...}, against=None, report_dir=None, headers=None,
+    api_key_env=None)` -> ChaosResult.
 
     `experiment`: a YAML file or a mapping; `set`: overrides like `llm-chaos run --set`
-    ({"target.model": "sim"} or ["target.model=sim"]); `against`: `reference_target` or a URL
-    (the experiment's own target options are then dropped), else the experiment starts its own
+    ({"target.model": "sim"} or ["target.model=sim"]); `headers` and `api_key_env` set the
+    target's (the headers every request carries; the variable that holds its API key);
+    `against`: `reference_target` or a URL (the experiment's own options of a started target
+    are then dropped, its headers and key kept), else the experiment starts its own
     target as `llm-chaos run` does (on the `--llm-chaos-model` engine when that is given and
     `set` names no model). Every process a run starts is stopped before it returns."""
     option = request.config.getoption("--llm-chaos-report-dir")
@@ -285,14 +299,17 @@ def chaos_run(request: pytest.FixtureRequest, tmp_path: Path) -> ChaosRun:
     def run(experiment: str | Path | Mapping[str, Any], *,
             set: Mapping[str, Any] | Sequence[str] = (),
             against: ReferenceTarget | str | None = None,
-            report_dir: str | Path | None = None) -> ChaosResult:
+            report_dir: str | Path | None = None,
+            headers: Mapping[str, str] | None = None,
+            api_key_env: str | None = None) -> ChaosResult:
         nonlocal calls
         calls += 1
-        overrides: Mapping[str, Any] | Sequence[str] = set
+        overrides: Mapping[str, Any] | Sequence[str] = [
+            *_overrides(set), *_endpoint_overrides(headers, api_key_env)]
         if against is None and model:
             named = [o.partition("=")[0].strip() for o in _overrides(set)]
             if "target.model" not in named and "target.url" not in named:
-                overrides = [f"target.model={model}", *_overrides(set)]
+                overrides = [f"target.model={model}", *overrides]
         return _run(experiment, overrides, against,
                     Path(report_dir) if report_dir else default_dir, calls)
 

@@ -170,7 +170,9 @@ def _recorded(plan: ChaosPlan, url: str | None) -> Experiment:
         return plan.experiment
     adapter = cfg.adapter if cfg.url is not None else "reference"
     target = TargetConfig(url=url, adapter=adapter, model=cfg.model,
-                          request_timeout=cfg.request_timeout, admin_token=cfg.admin_token)
+                          request_timeout=cfg.request_timeout, admin_token=cfg.admin_token,
+                          headers=cfg.headers, api_key_env=cfg.api_key_env,
+                          ca_bundle=cfg.ca_bundle, insecure=cfg.insecure)
     return plan.experiment.model_copy(update={"target": target})
 
 
@@ -331,6 +333,7 @@ def on_init(environment: Any, **_: Any) -> None:
     try:
         plan = load_plan(opts, os.environ)
         write_plan(_recorded(plan, plan.url), plan.run_dir)
+        _endpoint_options(plan.experiment.target, opts)
     except UsageError as exc:
         log.error("llm-chaos: --chaos-plan: %s", exc)
         raise SystemExit(2) from exc
@@ -338,6 +341,19 @@ def on_init(environment: Any, **_: Any) -> None:
     # the loadgen plugin keeps the experiment.yaml found here and seeds its users the same
     opts.run_dir = str(plan.run_dir)
     opts.seed = plan.seed
+
+
+def _endpoint_options(cfg: TargetConfig, opts: Any) -> None:
+    """The plan's headers, API key and TLS settings as Locust options, where the command line
+    did not give them (its `--header`s come after the plan's)."""
+    opts.header = [f"{name}: {value}" for name, value in cfg.headers.items()] + list(
+        getattr(opts, "header", None) or [])
+    if cfg.api_key_env is not None and not getattr(opts, "api_key", None):
+        opts.api_key = cfg.api_key(os.environ)
+    if cfg.ca_bundle is not None and not getattr(opts, "ca_bundle", None):
+        opts.ca_bundle = cfg.ca_bundle
+    if cfg.insecure and not getattr(opts, "ca_bundle", None):
+        opts.insecure = True
 
 
 def _plan(environment: Any) -> ChaosPlan | None:

@@ -16,7 +16,7 @@ import json
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,10 +24,11 @@ from urllib.parse import urlsplit
 import h11
 import httpx
 
-from ..errors import UsageError
+from ..endpoint import auth_headers, check_header, normalize_base_url, redact, secret_values
+from ..errors import EndpointError, HarnessError, TargetError, UsageError
 from .sse import SSEDecoder
 
-__all__ = ["Outcome", "Request", "StreamClient", "extract_text"]
+__all__ = ["Outcome", "Request", "StreamClient", "discover_model", "extract_text"]
 
 _BODY_EXCERPT = 300
 _MAX_ERROR_BODY = 64 * 1024
@@ -120,22 +121,32 @@ class StreamClient:
     """The HTTP client of one simulated user: one keep-alive connection, raw-read streaming."""
 
     def __init__(self, base_url: str, *, timeout: float = 120.0, connect_timeout: float = 10.0,
-                 headers: Mapping[str, str] | None = None,
+                 headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+                 api_key: str | None = None, tls: ssl.SSLContext | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"host {base_url!r}: give a URL like http://127.0.0.1:8000")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = normalize_base_url(base_url)
+        parts = urlsplit(self.base_url)
+        assert parts.hostname is not None  # normalize_base_url refuses a URL without one
         self.clock = clock
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._host = parts.hostname
         self._tls = parts.scheme == "https"
         self._port = parts.port or (443 if self._tls else 80)
-        self._prefix = parts.path.rstrip("/")
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        self._headers = [("Host", netloc), ("Accept-Encoding", "identity"),
-                         ("User-Agent", "llm-chaos-loadgen"), *dict(headers or {}).items()]
+        self._prefix = parts.path
+        # system CAs unless told otherwise; made once, not per connection
+        self._ssl = tls if tls is not None else (
+            ssl.create_default_context() if self._tls else None)
+        pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
+        given = auth_headers([check_header(n, v, "header") for n, v in pairs], api_key)
+        self._extra = given
+        self._secrets = [s for s in (api_key, *secret_values(given)) if s]
+        merged = {"host": ("Host", parts.netloc.rsplit("@", 1)[-1]),
+                  "accept-encoding": ("Accept-Encoding", "identity"),
+                  "user-agent": ("User-Agent", "llm-chaos-loadgen")}
+        for name, value in given:  # a user's header replaces a default of the same name
+            merged[name.lower()] = (name, value)
+        self._headers = list(merged.values())
         self._sock: socket.socket | None = None
         self._conn: h11.Connection | None = None
         self._now = 0.0
@@ -149,10 +160,30 @@ class StreamClient:
         self._conn = None
 
     def get_json(self, path: str) -> Any:
-        """GET a JSON document (e.g. /v1/models) on a connection of its own; raises httpx errors."""
-        resp = httpx.get(self.base_url + path, timeout=self.connect_timeout)
-        resp.raise_for_status()
-        return resp.json()
+        """GET a JSON document (e.g. /v1/models) on a connection of its own, with this
+        client's headers and TLS settings; TargetError when unreachable, EndpointError (status
+        and body excerpt) when the answer is an error or not JSON."""
+        url = self.base_url + path
+        try:
+            resp = httpx.get(url, headers=self._extra, timeout=self.connect_timeout,
+                             verify=self._ssl if self._ssl is not None else True)
+        except httpx.HTTPError as exc:
+            raise TargetError(self.redact(f"GET {url}: cannot reach the target: "
+                                          f"{type(exc).__name__}: {exc}")) from exc
+        ctype = resp.headers.get("content-type", "?").split(";")[0]
+        detail = self.redact(_body_text(resp.content[:_MAX_ERROR_BODY], ctype))
+        if not resp.is_success:
+            raise EndpointError(f"GET {url} answered HTTP {resp.status_code} ({ctype}): "
+                                f"{detail}", resp.status_code, detail)
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise EndpointError(f"GET {url} answered HTTP {resp.status_code} with a body that "
+                                f"is not JSON ({ctype}): {detail}", None, detail) from exc
+
+    def redact(self, text: str) -> str:
+        """`text` without this client's API key or credential header values."""
+        return redact(text, self._secrets) if self._secrets else text
 
     def send(self, req: Request,
              started: Callable[[Outcome], None] | None = None) -> Outcome:
@@ -170,6 +201,8 @@ class StreamClient:
         try:
             return self._exchange(req, head, payload, out, started)
         finally:
+            if out.error is not None and self._secrets:
+                out.error = self.redact(out.error)  # a server may echo the key it refused
             if not out.end_mono:
                 out.end_mono = self.clock()
             conn = self._conn
@@ -240,9 +273,8 @@ class StreamClient:
                                             timeout=self.connect_timeout)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self._tls:
-                    sock = ssl.create_default_context().wrap_socket(
-                        sock, server_hostname=self._host)
+                if self._ssl is not None:
+                    sock = self._ssl.wrap_socket(sock, server_hostname=self._host)
                 sock.settimeout(self.timeout)
             except BaseException:
                 sock.close()
@@ -405,6 +437,27 @@ class StreamClient:
         ctype = headers.get("content-type", "none").split(";")[0]
         return out.fail("bad_content_type", f"HTTP 200 with content-type {ctype}, expected "
                         f"{wanted}: {_body_text(body, ctype)}")
+
+
+def discover_model(client: StreamClient) -> str:
+    """The first model of the target's `GET /v1/models`; UsageError, with the server's status
+    and body and naming `--model` as the fix, when it cannot be listed."""
+    url = client.base_url + "/v1/models"
+    try:
+        listing = client.get_json("/v1/models")
+    except HarnessError as exc:
+        status = exc.status if isinstance(exc, EndpointError) else None
+        auth = (" (or give the API key: --api-key KEY or $OPENAI_API_KEY)"
+                if status in (401, 403) else "")
+        raise UsageError(f"cannot find out which model to request: {exc}; give it with "
+                         f"--model NAME{auth}") from exc
+    data = listing.get("data") if isinstance(listing, dict) else None
+    first = data[0] if isinstance(data, list) and data else None
+    if not isinstance(first, dict) or not isinstance(first.get("id"), str):
+        raise UsageError(f"cannot find out which model to request: GET {url} lists no model "
+                         f"({client.redact(json.dumps(listing)[:_BODY_EXCERPT])}); give it "
+                         "with --model NAME")
+    return str(first["id"])
 
 
 def _take_usage(usage: Any, out: Outcome) -> None:

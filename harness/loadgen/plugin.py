@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.lock
 import yaml
 from locust import events as locust_events
 from locust.runners import MasterRunner, WorkerRunner
 
+from ..endpoint import API_KEY_ENV, auth_headers, parse_header, resolve_api_key, tls_context
 from ..errors import UsageError
 from . import chaos_plan
 from .arrivals import KINDS, ArrivalSchedule, parse_arrival
@@ -29,7 +31,7 @@ from .records import HistoryWriter, PendingRecord, default_run_dir
 from .shapes import SHAPES, ShapeSpec
 from .tokens import TokenCounter, load_tokenizer
 
-__all__ = ["LoadgenState", "install", "state"]
+__all__ = ["LoadgenState", "fail_run", "install", "state"]
 
 log = logging.getLogger("llm_chaos.loadgen")
 
@@ -67,6 +69,13 @@ class LoadgenState:
     statuses: dict[str, int] = field(default_factory=dict)
     cpu_at_start: float | None = None
     cpu_during_test: float | None = None
+    # how to reach the target: extra headers, the API key (never written anywhere), TLS
+    headers: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    api_key_source: str | None = None
+    tls: Any = None
+    discovery_error: str | None = None
+    discovery_lock: Any = field(default_factory=gevent.lock.Semaphore, repr=False)
 
     @property
     def options(self) -> Any:
@@ -159,6 +168,16 @@ def _add_options(parser: Any) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
     g.add_argument("--model", default=None,
                    help="model name to request (default: the first of GET /v1/models)")
+    g.add_argument("--header", action="append", default=None, metavar="'NAME: VALUE'",
+                   help="send this header with every request, GET /v1/models included "
+                   "(repeatable)")
+    g.add_argument("--api-key", default=None, metavar="KEY",
+                   help=f"send `Authorization: Bearer KEY` (default: ${API_KEY_ENV} when set); "
+                   "never written to the run directory")
+    g.add_argument("--ca-bundle", default=None, metavar="PATH",
+                   help="https: trust the CA certificates in this PEM file")
+    g.add_argument("--insecure", action="store_true", default=False,
+                   help="https: do not verify the server's certificate")
     g.add_argument("--tokenizer", default=None,
                    help="folder with the target model's tokenizer.json, `whitespace` or `none` "
                    "(default: SmolLM2's in $LLM_CHAOS_CACHE or ~/.cache/llm-chaos, when present)")
@@ -240,8 +259,20 @@ def _on_init(environment: Any, **_: Any) -> None:
         runner.register_message(MSG_FLUSH, _worker_flush(st))
 
 
+def _endpoint(st: LoadgenState, opts: Any) -> None:
+    """Headers, API key and TLS settings from the options (UsageError naming the bad one)."""
+    headers = [parse_header(h) for h in getattr(opts, "header", None) or ()]
+    key, source = resolve_api_key(getattr(opts, "api_key", None))
+    if source != "--api-key" and any(n.lower() == "authorization" for n, _ in headers):
+        key, source = None, None  # an Authorization header given here wins over the env's key
+    auth_headers(headers, key)  # refuses --api-key together with an Authorization header
+    st.headers, st.api_key, st.api_key_source = headers, key, source
+    st.tls = tls_context(getattr(opts, "ca_bundle", None), bool(getattr(opts, "insecure", False)))
+
+
 def _configure(st: LoadgenState, opts: Any) -> None:
     st.seed = opts.seed
+    _endpoint(st, opts)
     if st.role != "master":
         st.tokenizer = load_tokenizer(opts.tokenizer)
     st.model = opts.model
@@ -260,6 +291,10 @@ def _configure(st: LoadgenState, opts: Any) -> None:
             "load_shape": opts.load_shape, "arrival": opts.arrival, "rate": opts.rate,
             "model": opts.model, "max_tokens": opts.max_tokens,
             "prompt_tokens": opts.prompt_tokens,
+            # names only: a header's value or the key may be a credential
+            "headers": [name for name, _ in st.headers], "api_key": st.api_key_source,
+            "ca_bundle": getattr(opts, "ca_bundle", None),
+            "insecure": bool(getattr(opts, "insecure", False)),
         }, sort_keys=False))
         log.info("llm-chaos: records go to %s", st.writer.path)
 
@@ -274,9 +309,24 @@ def _on_test_start(environment: Any, **_: Any) -> None:
         st.arrivals = parse_arrival(opts.arrival, rate,
                                     random.Random(f"{st.seed}:arrivals:{st.process_name()}"))
         st.model = opts.model or st.model
+        if st.role == "worker":
+            # the master's options replace a worker's own at test start
+            try:
+                _endpoint(st, opts)
+            except UsageError as exc:
+                fail_run(environment, str(exc))
     if st.flusher is None:
         st.flusher = gevent.spawn(st.loop)
     st.cpu_at_start = time.process_time()
+
+
+def fail_run(environment: Any, message: str) -> None:
+    """Log `message` and end this Locust process with exit status 2 (a usage error)."""
+    log.error("llm-chaos: %s", message)
+    environment.process_exit_code = 2
+    runner = environment.runner
+    if runner is not None:
+        gevent.spawn(runner.quit)  # not from the caller's greenlet: quit() kills the users
 
 
 def _on_test_stopping(environment: Any, **_: Any) -> None:

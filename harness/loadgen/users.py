@@ -14,9 +14,11 @@ from typing import Any, ClassVar
 
 import gevent
 from locust import User, constant, task
+from locust.exception import StopUser
 
-from .client import Outcome, Request, StreamClient
-from .plugin import LoadgenState, state
+from ..errors import UsageError
+from .client import Outcome, Request, StreamClient, discover_model
+from .plugin import LoadgenState, fail_run, state
 from .prompts import (
     BundledPrompts,
     Conversation,
@@ -60,7 +62,9 @@ class LLMUser(User):
         self.rng, self.user_index = self.loadgen.user_rng(type(self).__name__)
         opts = environment.parsed_options
         timeout = getattr(opts, "request_timeout", 300.0) if opts is not None else 300.0
-        self.client = StreamClient(self.host or "", timeout=timeout)
+        st = self.loadgen
+        self.client = StreamClient(self.host or "", timeout=timeout, headers=st.headers,
+                                   api_key=st.api_key, tls=st.tls)
         self.prompts: PromptSource = self.prompt_source()
 
     # -- what to send ---------------------------------------------------------------------
@@ -153,13 +157,17 @@ class LLMUser(User):
 
     def _model(self) -> str:
         st = self.loadgen
-        if st.model:
-            return st.model
-        try:
-            models = self.client.get_json("/v1/models")
-            st.model = str(models["data"][0]["id"])
-        except Exception:  # unreachable or not OpenAI: the request itself records why
-            return "default"
+        if not st.model and st.discovery_error is None:
+            with st.discovery_lock:  # one GET /v1/models per process, the other users wait
+                if not st.model and st.discovery_error is None:
+                    try:
+                        st.model = discover_model(self.client)
+                    except UsageError as exc:
+                        # a guessed model name would only turn into a run of failed requests
+                        st.discovery_error = str(exc)
+                        fail_run(self.environment, st.discovery_error)
+        if not st.model:
+            raise StopUser()
         return st.model
 
     def on_stop(self) -> None:

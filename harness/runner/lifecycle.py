@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import sys
 import threading
@@ -33,17 +34,19 @@ import httpx
 import yaml
 
 from ..checks import load_run, run_checks
+from ..endpoint import API_KEY_ENV, tls_context
 from ..errors import TargetError, UsageError
 from ..experiment import Experiment, load_experiment
 from ..faults import FaultInjector, JsonlRecorder
 from ..faults.guard import RunGuard
 from ..faults.injector import sigterm_raises
 from ..launcher import ServerProcess, free_port
+from ..loadgen.client import StreamClient
 from ..machine import describe, one_line
 from ..report import write_reports
 from ..target import Target
 from ..telemetry import Observer
-from .capacity import measure_capacity
+from .capacity import ClientFactory, measure_capacity
 from .faults import abort_conditions, build_steps
 from .locust import LocustProcess
 from .probes import run_probes
@@ -158,6 +161,25 @@ def _start_target(experiment: Experiment, run_dir: Path, token: str) -> ServerPr
     return ServerProcess(cmd, f"http://127.0.0.1:{port}", run_dir / "target.log")
 
 
+def _load_env(experiment: Experiment) -> dict[str, str]:
+    """Locust's environment: the API key in $OPENAI_API_KEY when the experiment names one, and
+    no key otherwise (a key in this shell is not sent where the experiment did not ask)."""
+    env = dict(os.environ)
+    env.pop(API_KEY_ENV, None)
+    key = experiment.target.api_key()
+    if key is not None:
+        env[API_KEY_ENV] = key
+    return env
+
+
+def _clients(experiment: Experiment) -> ClientFactory:
+    """Stream clients with the experiment's headers, API key and TLS settings."""
+    cfg = experiment.target
+    key, tls = cfg.api_key(), tls_context(cfg.ca_bundle, cfg.insecure)
+    return lambda url, timeout: StreamClient(url, timeout=timeout, headers=cfg.headers,
+                                             api_key=key, tls=tls)
+
+
 def _fetch_events(url: str, token: str | None, path: Path) -> int:
     """The target's event backlog (`/admin/events?follow=false`) as events.jsonl."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -238,6 +260,8 @@ def run_experiment(path: Path, overrides: Sequence[str] = (), *,
     a bad experiment before anything starts; KeyboardInterrupt / Terminated after cleaning up."""
     out = out or sys.stdout
     experiment = load_experiment(path, overrides)
+    experiment.target.api_key()  # an unset api_key_env is a usage error, before anything starts
+    experiment.target.check_tls()
     steps = build_steps(experiment)
     aborts = abort_conditions(experiment)
     run_dir = _run_dir(experiment, report_dir)
@@ -333,7 +357,7 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
         if load.auto_users:
             # before the observer: its figures, like the history, are of the run's own load
             progress.set("measuring capacity")
-            capacity = measure_capacity(url, load)
+            capacity = measure_capacity(url, load, client=_clients(experiment))
             capacity.write(run_dir)
             print(f"  {capacity.line()}", file=out, flush=True)
             load = load.sized(capacity.users)
@@ -348,9 +372,9 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
             observer.start()
 
         progress.set("starting load")
-        locust = LocustProcess([*load.locust_args(experiment.seed), "--host", url,
-                                "--run-dir", str(run_dir), "--only-summary"],
-                               run_dir / "locust.log")
+        locust = LocustProcess([*load.locust_args(experiment.seed), *cfg.endpoint_args(),
+                                "--host", url, "--run-dir", str(run_dir), "--only-summary"],
+                               run_dir / "locust.log", env=_load_env(experiment))
         stack.callback(locust.stop)
         guard.track(locust.pid)
         if not locust.wait_started(LOAD_START_TIMEOUT):

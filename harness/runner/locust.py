@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..launcher import stop_tree
@@ -21,16 +21,19 @@ _STARTED = re.compile(rb"Ramping to \d+ users|Shape test starting")
 
 
 class LocustProcess:
-    """`python -m locust ARGS` in its own session, output to `log_path`."""
+    """`python -m locust ARGS` in its own session (environment `env`, default this one's),
+    output to `log_path`."""
 
-    def __init__(self, args: Sequence[str], log_path: Path, cwd: Path | None = None) -> None:
+    def __init__(self, args: Sequence[str], log_path: Path, cwd: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self.cmd = [sys.executable, "-m", "locust", *args]
         self.log_path = log_path
         self.started = threading.Event()
         self.started_at: float | None = None
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed by the reader thread
         self.popen = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True,
+                                      env=dict(env) if env is not None else None)
         self.pid = self.popen.pid
         self._reader = threading.Thread(target=self._read, name="llm-chaos-locust-log",
                                         daemon=True)

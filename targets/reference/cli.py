@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--admin-token", default=None,
                    help="bearer token of /admin (default: generated, written to a 0600 file)")
     f.add_argument("--admin-token-file", type=Path, default=None)
+    f.add_argument("--api-key", default=None, metavar="KEY",
+                   help="require `Authorization: Bearer KEY` on /v1/* (401 otherwise), as "
+                        "vLLM's --api-key; /health, /metrics and /admin are not affected")
     f.add_argument("--audit-log", type=Path, default=None, metavar="PATH",
                    help="write the audit log (JSON Lines, hash-chained) here; rotated files "
                         "are PATH.1, PATH.2, ... (check with `llm-chaos audit verify PATH`)")

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from .api import KEEP_ALIVE_S, error_body, validation_message
 from .audit import AuditLog, AuditSettings, register_metrics
+from .auth import require_api_key
 from .faults import FaultSpec
 from .http_limits import guarded_protocol
 from .liveness import threads_per_worker, usable_cores
@@ -368,8 +369,10 @@ def serve(args: Any) -> int:
 
         plant(args.planted_bug, fleet.registry, audit)
     app = _FastPath(create_fleet_app(fleet), fleet.router)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S,
+    # outermost: the fast path answers the OpenAI POST routes before the FastAPI app would
+    config = uvicorn.Config(require_api_key(app, args.api_key), host=args.host, port=args.port,
+                            log_level=args.log_level, timeout_graceful_shutdown=5,
+                            timeout_keep_alive=KEEP_ALIVE_S,
                             http=guarded_protocol(args.request_read_timeout))
     server = _DrainingServer(config)
     server.fleet = fleet

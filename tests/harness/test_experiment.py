@@ -207,6 +207,62 @@ def test_semantic_errors_name_the_field(tmp_path: Path, text: str, names: str) -
     assert names in str(info.value)
 
 
+ENDPOINT = """\
+target:
+  url: https://gw.example/openai/v1/
+  adapter: openai
+  headers: {X-Org: " research ", OpenAI-Beta: assistants=v2}
+  api_key_env: GATEWAY_KEY
+  ca_bundle: /etc/ssl/gw-ca.pem
+load: {duration: 10}
+"""
+
+
+def test_endpoint_fields_load_and_round_trip(tmp_path: Path) -> None:
+    exp = load_experiment(write(tmp_path, ENDPOINT), draw_seed=lambda: 5)
+    cfg = exp.target
+    assert cfg.url == "https://gw.example/openai"  # with or without /v1: one base
+    assert cfg.headers == {"X-Org": "research", "OpenAI-Beta": "assistants=v2"}
+    assert cfg.endpoint_args() == ["--header=X-Org: research",
+                                   "--header=OpenAI-Beta: assistants=v2",
+                                   "--ca-bundle=/etc/ssl/gw-ca.pem"]
+    assert cfg.api_key({"GATEWAY_KEY": "sk-1"}) == "sk-1"
+    resolved = yaml.safe_load(exp.write_resolved(tmp_path / "run").read_text())
+    assert resolved["target"]["api_key_env"] == "GATEWAY_KEY"  # the name, never the key
+    assert resolved["target"]["headers"] == cfg.headers
+
+
+def test_api_key_env_unset_names_the_variable(tmp_path: Path) -> None:
+    exp = load_experiment(write(tmp_path, ENDPOINT))
+    with pytest.raises(UsageError, match=r"target.api_key_env: .*GATEWAY_KEY is not set"):
+        exp.target.api_key({})
+    assert load_experiment(write(tmp_path, "target: {}\nload: {duration: 1}\n")
+                           ).target.api_key({}) is None
+
+
+@pytest.mark.parametrize(("target", "names", "says"), [
+    ("{url: 'http://h:1', headers: {'Bad Name': x}}", "target.headers",
+     "'Bad Name' is not a header name"),
+    ("{url: 'http://h:1', headers: {Content-Length: '3'}}", "target.headers",
+     "set by the load client itself"),
+    ("{url: 'http://h:1', headers: [X-Org]}", "target.headers", "must be a mapping"),
+    ("{url: 'http://h:1', api_key_env: sk-abc123}", "target.api_key_env",
+     "must name the environment variable"),
+    ("{url: 'http://h:1', api_key: sk-abc123}", "target.api_key",
+     "did you mean `api_key_env`?"),
+    ("{url: 'http://h:1', insecure: true, ca_bundle: /ca.pem}", "target.insecure",
+     "contradicts ca_bundle"),
+    ("{url: 'http://h:1/v1?x=1'}", "target.url", "no ?query"),
+])
+def test_bad_endpoint_fields_name_the_field(tmp_path: Path, target: str, names: str,
+                                            says: str) -> None:
+    with pytest.raises(UsageError) as info:
+        load_experiment(write(tmp_path, f"target: {target}\nload: {{duration: 10}}\n"))
+    message = str(info.value)
+    assert f"{names}: " in message and says in message, message
+    assert "sk-abc123" not in message  # a key pasted into the wrong field is not echoed
+
+
 def test_unreadable_file_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="cannot read"):
         load_experiment(tmp_path / "missing.yaml")

@@ -105,6 +105,11 @@ def test_bad(chaos_run, tmp_path):
     assert result.exit_code == 2 and not result.ok
     assert "load.users" in result.output
     assert result.run_dir is None
+    good = {"target": {"model": "sim"}, "load": {"duration": 5}}
+    result = chaos_run(good, against="http://127.0.0.1:9/v1", headers={"Bad Name": "x"})
+    assert result.exit_code == 2 and "target.headers" in result.output
+    result = chaos_run(good, against="http://127.0.0.1:9", api_key_env="LLM_CHAOS_UNSET_KEY")
+    assert result.exit_code == 2 and "LLM_CHAOS_UNSET_KEY is not set" in result.output
 ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=INNER_TIMEOUT)
     result.assert_outcomes(passed=1)

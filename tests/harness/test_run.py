@@ -272,3 +272,18 @@ def test_memory_leak_twin_without_a_limit_fails_the_memory_check(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _twin_fails(tmp_path, capsys, "target.memory_limit_mb=null", "memory",
                 "held over 300 MiB", gameday=LEAK, fast=LEAK_FAST)
+
+
+def test_locust_gets_the_api_key_only_through_its_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.experiment import parse_experiment
+    from harness.runner.lifecycle import _load_env
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-shell")
+    monkeypatch.setenv("GW_KEY", "sk-gateway")
+    named = parse_experiment("target: {url: 'http://h:1/v1', api_key_env: GW_KEY, headers: "
+                             "{X-Org: r}}\nload: {duration: 1}\n")
+    assert _load_env(named)["OPENAI_API_KEY"] == "sk-gateway"
+    assert named.target.endpoint_args() == ["--header=X-Org: r"]  # no key on a command line
+    unnamed = parse_experiment("target: {url: 'http://h:1'}\nload: {duration: 1}\n")
+    assert "OPENAI_API_KEY" not in _load_env(unnamed)  # not sent where the file did not ask

@@ -65,10 +65,12 @@ def run_locust(tmp_path: Path) -> Iterator[RunLocust]:
     started: list[ServerProcess] = []
 
     def run(*args: str, timeout: float = 120.0, run_dir: Path | None = None,
-            name: str = "locust", prefix: Sequence[str] = ()) -> LocustRun:
+            name: str = "locust", prefix: Sequence[str] = (),
+            env: dict[str, str] | None = None) -> LocustRun:
         run_dir = run_dir or tmp_path / f"run-{len(started)}"
         cmd = [*prefix, LOCUST, *args, "--run-dir", str(run_dir)]
-        proc = ServerProcess(cmd, "", tmp_path / f"{name}-{len(started)}.log", env=locust_env())
+        proc = ServerProcess(cmd, "", tmp_path / f"{name}-{len(started)}.log",
+                             env=env if env is not None else locust_env())
         started.append(proc)
         try:
             code = proc.popen.wait(timeout=timeout)

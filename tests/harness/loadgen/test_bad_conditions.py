@@ -54,7 +54,8 @@ def test_misbehaving_server(run_locust: RunLocust) -> None:
 
 def test_unreachable_host(run_locust: RunLocust) -> None:
     run = run_locust("-f", str(LOCUSTFILES / "plain_chat.py"), "--headless", "-u", "2", "-r",
-                     "2", "-t", "2s", "--host", f"http://127.0.0.1:{free_port()}")
+                     "2", "-t", "2s", "--host", f"http://127.0.0.1:{free_port()}",
+                     "--model", "m")
     assert run.code == 1, run.output[-3000:]
     assert "Traceback" not in run.output, run.output[-3000:]
     records = run.records()

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 import uuid
+from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
+from harness.errors import UsageError
 from harness.launcher import ServerProcess, free_port
-from harness.loadgen.client import Request, StreamClient
+from harness.loadgen.client import Request, StreamClient, discover_model
 from harness.loadgen.metrics import summarize
 
 from .badserver import bad_server
@@ -99,3 +105,93 @@ def test_against_the_reference_worker(sim_worker: ServerProcess, api: str,
         assert m.ttft >= 0.05  # the engine's TTFT
     else:
         assert m.ttft is None and m.itl == () and m.e2e >= 0.05 + 4 * 0.01
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers /v1/models and chat like an OpenAI server that wants `Bearer sk-good`, and
+    keeps each request's path and headers; a refusal echoes the key it was sent (some do)."""
+
+    seen: ClassVar[list[tuple[str, str, dict[str, str]]]] = []
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _answer(self, status: int, payload: object) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self.seen.append((self.command, self.path, dict(self.headers.items())))
+        auth = self.headers.get("Authorization", "")
+        if auth != "Bearer sk-good":
+            self._answer(401, {"error": {"message": f"Incorrect API key provided: {auth}",
+                                         "type": "invalid_request_error",
+                                         "code": "invalid_api_key"}})
+        elif self.path == "/gw/v1/models":
+            self._answer(200, {"object": "list", "data": [{"id": "m1", "object": "model"}]})
+        else:
+            self._answer(200, {"choices": [{"message": {"content": "hi"},
+                                            "finish_reason": "stop"}]})
+
+    do_GET = _handle
+    do_POST = _handle
+
+
+@pytest.fixture
+def recorder() -> Iterator[str]:
+    _Recorder.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_headers_and_key_reach_every_request(recorder: str) -> None:
+    client = StreamClient(recorder + "/gw/v1/", timeout=5, api_key="sk-good",
+                          headers={"X-Org": "research", "User-Agent": "mine"})
+    try:
+        assert discover_model(client) == "m1"
+        out = client.send(Request("chat", {"model": "m1", "messages": []}, "r1"))
+    finally:
+        client.close()
+    assert out.status == "ok", out.error
+    (get, path_get, h_get), (post, path_post, h_post) = _Recorder.seen
+    assert (get, path_get, post, path_post) == ("GET", "/gw/v1/models",
+                                                "POST", "/gw/v1/chat/completions")
+    for headers in (h_get, h_post):
+        assert headers["Authorization"] == "Bearer sk-good"
+        assert headers["X-Org"] == "research"
+    assert h_post["User-Agent"] == "mine"  # a user's header replaces the default
+
+
+def test_refused_key_is_a_401_with_the_reason_and_never_the_key(recorder: str) -> None:
+    client = StreamClient(recorder + "/gw", timeout=5, api_key="sk-wrong-123")
+    try:
+        out = client.send(Request("chat", {"model": "m1", "messages": []}, "r1"))
+        with pytest.raises(UsageError) as err:
+            discover_model(client)
+    finally:
+        client.close()
+    assert out.status == "http_error" and out.http_status == 401
+    assert out.error is not None and "Incorrect API key provided" in out.error
+    message = str(err.value)
+    assert "GET " + recorder + "/gw/v1/models answered HTTP 401" in message
+    assert "--model NAME" in message and "--api-key" in message
+    assert "sk-wrong-123" not in out.error and "sk-wrong-123" not in message
+    assert "[redacted]" in out.error
+
+
+def test_model_discovery_names_an_unreachable_target() -> None:
+    client = StreamClient(f"http://127.0.0.1:{free_port()}", timeout=2, connect_timeout=2)
+    with pytest.raises(UsageError, match=r"cannot reach the target.*give it with --model NAME"):
+        discover_model(client)

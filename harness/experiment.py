@@ -16,6 +16,7 @@ import os
 import re
 import reprlib
 import secrets
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,7 +40,13 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from .checks.config import CheckConfig
-from .endpoint import API_KEY_ENV, header_problem, normalize_base_url, tls_context
+from .endpoint import (
+    API_KEY_ENV,
+    auth_headers,
+    header_problem,
+    normalize_base_url,
+    tls_context,
+)
 from .errors import UsageError
 
 __all__ = [
@@ -215,6 +222,15 @@ class TargetConfig(_Model):
             tls_context(self.ca_bundle, self.insecure)
         except UsageError as exc:
             raise UsageError(f"target.ca_bundle: {str(exc).partition(': ')[2]}") from exc
+
+    def request_headers(self) -> dict[str, str]:
+        """What the harness's own requests to the target's API carry (steady-state probes):
+        `headers` and the API key; UsageError as `api_key` raises it."""
+        return dict(auth_headers(self.headers.items(), self.api_key(), explicit_key=False))
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The TLS settings of every client of the target (None: the system's defaults)."""
+        return tls_context(self.ca_bundle, self.insecure)
 
     def endpoint_args(self) -> list[str]:
         """The load generator's options for `headers`, `ca_bundle` and `insecure` (the API key

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -53,11 +54,11 @@ class Target:
     """
 
     def __init__(self, url: str, admin_token: str | None = None, *, pid: int | None = None,
-                 timeout: float = 20.0) -> None:
+                 timeout: float = 20.0, verify: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/")
         self.admin_token = admin_token
         self._pid = pid
-        self._client = httpx.Client(timeout=timeout)
+        self._client = httpx.Client(timeout=timeout, verify=verify or True)
 
     def close(self) -> None:
         self._client.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -59,7 +60,8 @@ class Observer:
     def __init__(self, target_url: str, admin_token: str | None, out_path: Path,
                  interval: float = 0.5, clock: Callable[[], float] = time.time,
                  *, router_pid: int | None = None, timeout: float | None = None,
-                 sleep: Callable[[float], bool] | None = None) -> None:
+                 sleep: Callable[[float], bool] | None = None,
+                 verify: ssl.SSLContext | None = None) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be more than 0, not {interval}")
         self.url = target_url.rstrip("/")
@@ -73,7 +75,8 @@ class Observer:
         self._stop = threading.Event()
         self._sleep = sleep or self._stop.wait
         self._thread: threading.Thread | None = None
-        self._client = httpx.Client(timeout=timeout or max(interval * 2, 1.0))
+        self._client = httpx.Client(timeout=timeout or max(interval * 2, 1.0),
+                                    verify=verify or True)
         self._procs: dict[int, psutil.Process] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from ..endpoint import auth_headers
 from ..errors import HarnessError, TargetError, UsageError
 from ..experiment import (
     AdminFaultSpec,
@@ -192,6 +193,8 @@ class ChaosSession:
     schedule_started: float | None = None
     problems: list[str] = field(default_factory=list)
     outcome: RunOutcome | None = None
+    # how the probes reach the target's API: the load's headers, API key and TLS settings
+    _access: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def start(self) -> None:
         """Check the faults against the live target, probe, then start observer and schedule.
@@ -201,7 +204,12 @@ class ChaosSession:
         if not self.url:
             raise UsageError("target.url: no target to test; set the host (--host URL)")
         write_plan(_recorded(plan, self.url), plan.run_dir)
-        self.target = Target(self.url, plan.admin_token)
+        from .plugin import state
+
+        st = state(self.environment)  # how the load reaches the target: the probes do the same
+        self._access = {"headers": dict(auth_headers(st.headers, st.api_key, False)),
+                        "verify": st.tls}
+        self.target = Target(self.url, plan.admin_token, verify=st.tls)
         recorder = JsonlRecorder(plan.run_dir / NEMESIS_FILE)
         steps = build_steps(experiment)
         self.injector = FaultInjector(self.target, steps, seed=plan.seed, recorder=recorder,
@@ -211,12 +219,14 @@ class ChaosSession:
             self.injector.validate()
         name = experiment.name or Path(self.environment.parsed_options.chaos_plan).name
         self._say(f"chaos plan {name} seed {plan.seed} against {self.url} -> {plan.run_dir}")
-        for name, ok in run_probes(experiment.steady_state, "before", self.url, recorder):
+        for name, ok in run_probes(experiment.steady_state, "before", self.url, recorder,
+                                   **self._access):
             self._say(f"  probe {name}: {'ok' if ok else 'FAILED'} (before)")
         if plan.admin_token is not None:
             self.observer = Observer(self.url, plan.admin_token,
                                      plan.run_dir / "telemetry.jsonl",
-                                     interval=experiment.report.telemetry_interval)
+                                     interval=experiment.report.telemetry_interval,
+                                     verify=st.tls)
             self.observer.start()
         if steps:
             import gevent
@@ -261,7 +271,8 @@ class ChaosSession:
             if self.observer is not None:
                 self.observer.stop()
             for name, ok in run_probes(experiment.steady_state, "after", self.url,
-                                       JsonlRecorder(plan.run_dir / NEMESIS_FILE)):
+                                       JsonlRecorder(plan.run_dir / NEMESIS_FILE),
+                                       **self._access):
                 self._say(f"  probe {name}: {'ok' if ok else 'FAILED'} (after)")
             cfg = _recorded(plan, self.url).target
             if plan.admin_token is not None and cfg.adapter == "reference":

@@ -34,7 +34,7 @@ import httpx
 import yaml
 
 from ..checks import load_run, run_checks
-from ..endpoint import API_KEY_ENV, tls_context
+from ..endpoint import API_KEY_ENV
 from ..errors import TargetError, UsageError
 from ..experiment import Experiment, load_experiment
 from ..faults import FaultInjector, JsonlRecorder
@@ -175,7 +175,7 @@ def _load_env(experiment: Experiment) -> dict[str, str]:
 def _clients(experiment: Experiment) -> ClientFactory:
     """Stream clients with the experiment's headers, API key and TLS settings."""
     cfg = experiment.target
-    key, tls = cfg.api_key(), tls_context(cfg.ca_bundle, cfg.insecure)
+    key, tls = cfg.api_key(), cfg.tls()
     return lambda url, timeout: StreamClient(url, timeout=timeout, headers=cfg.headers,
                                              api_key=key, tls=tls)
 
@@ -333,7 +333,8 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
         else:
             assert cfg.url is not None
             url, admin_token = cfg.url.rstrip("/"), cfg.admin_token
-        target = stack.enter_context(Target(url, admin_token,
+        tls = cfg.tls()
+        target = stack.enter_context(Target(url, admin_token, verify=tls,
                                             pid=server.pid if server else None))
         if server is not None:
             target.wait_live(cfg.min_workers if cfg.min_workers is not None
@@ -349,7 +350,8 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
         progress.active = lambda: _active_faults(injector)
 
         progress.set("steady state before")
-        before = run_probes(experiment.steady_state, "before", url, recorder)
+        before = run_probes(experiment.steady_state, "before", url, recorder,
+                            headers=cfg.request_headers(), verify=tls)
         for name, ok in before:
             print(f"  probe {name}: {'ok' if ok else 'FAILED'} (before)", file=out)
 
@@ -366,7 +368,7 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
 
         if admin_token is not None:
             observer = Observer(url, admin_token, run_dir / "telemetry.jsonl",
-                                interval=experiment.report.telemetry_interval,
+                                interval=experiment.report.telemetry_interval, verify=tls,
                                 router_pid=server.pid if server else None)
             stack.callback(observer.stop)
             observer.start()
@@ -403,7 +405,8 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
         progress.stop()
 
         progress.set("steady state after")
-        after = run_probes(experiment.steady_state, "after", url, recorder)
+        after = run_probes(experiment.steady_state, "after", url, recorder,
+                           headers=cfg.request_headers(), verify=tls)
         for name, ok in after:
             print(f"  probe {name}: {'ok' if ok else 'FAILED'} (after)", file=out)
         if admin_token is not None and cfg.adapter == "reference":

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -31,18 +32,22 @@ def _absolute(url: str, base: str) -> str:
     return url if url.startswith(("http://", "https://")) else base.rstrip("/") + url
 
 
-def run_probe(probe: ProbeSpec, base_url: str, client: httpx.Client) -> dict[str, Any]:
-    """Run one probe now: a dict with `ok` and what it saw (an error when it could not ask)."""
+def run_probe(probe: ProbeSpec, base_url: str, client: httpx.Client,
+              headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run one probe now: a dict with `ok` and what it saw (an error when it could not ask).
+    `headers` (the target's own, its API key among them) go only to URLs under `base_url`."""
     url = _absolute(probe.url, base_url)
+    if headers and not url.startswith(base_url.rstrip("/") + "/"):
+        headers = None
     if isinstance(probe, HttpProbe):
         try:
-            resp = client.get(url, timeout=probe.timeout)
+            resp = client.get(url, timeout=probe.timeout, headers=headers)
         except httpx.HTTPError as exc:
             return {"ok": False, "url": url, "error": f"{type(exc).__name__}: {exc}"}
         return {"ok": resp.status_code == probe.status, "url": url,
                 "status": resp.status_code, "expected_status": probe.status}
     try:
-        resp = client.get(url, timeout=5.0)
+        resp = client.get(url, timeout=5.0, headers=headers)
         resp.raise_for_status()
         metrics = parse_metrics(resp.text)
     except (httpx.HTTPError, ValueError) as exc:
@@ -56,13 +61,16 @@ def run_probe(probe: ProbeSpec, base_url: str, client: httpx.Client) -> dict[str
 
 
 def run_probes(probes: Sequence[ProbeSpec], when: str, base_url: str, recorder: Recorder,
-               wall: Callable[[], float] = time.time) -> list[tuple[str, bool]]:
-    """Run every probe once, recording each as a history line; (name, ok) per probe."""
+               wall: Callable[[], float] = time.time, *,
+               headers: Mapping[str, str] | None = None,
+               verify: ssl.SSLContext | None = None) -> list[tuple[str, bool]]:
+    """Run every probe once, recording each as a history line; (name, ok) per probe.
+    `headers` and `verify`: how to reach the target (its API key, its TLS settings)."""
     results: list[tuple[str, bool]] = []
-    with httpx.Client() as client:
+    with httpx.Client(verify=verify or True) as client:
         for i, probe in enumerate(probes):
             name = probe_name(probe, i)
-            seen = run_probe(probe, base_url, client)
+            seen = run_probe(probe, base_url, client, headers)
             ok = bool(seen["ok"])
             recorder.write([{"type": "ok" if ok else "fail", "f": "probe", "process": PROCESS,
                              "time": wall(), "value": {"name": name, "when": when,

@@ -404,6 +404,10 @@ TOXIC_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "timeout": ("timeout",),
     "reset_peer": ("timeout",),
     "limit_data": ("bytes",),
+    # our proxy's own (`llm-chaos proxy`): OpenAI streams held, cut or left without [DONE]
+    "sse_stall": ("events",),
+    "sse_cut": ("events",),
+    "sse_drop_done": (),
 }
 FAULT_KINDS: tuple[str, ...] = (
     *(f"process-{a}" for a in PROCESS_ACTIONS),
@@ -476,7 +480,8 @@ class ToxicSpec(_Step):
 
     kind: Literal["network-latency", "network-bandwidth", "network-slicer",
                   "network-slow_close", "network-timeout", "network-reset_peer",
-                  "network-limit_data"]
+                  "network-limit_data", "network-sse_stall", "network-sse_cut",
+                  "network-sse_drop_done"]
     api: str = Field(default="http://127.0.0.1:8474", pattern=r"^https?://[^\s/]+")
     proxy: str = Field(default="llm", min_length=1)
     attributes: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)

@@ -1,6 +1,7 @@
 """Network faults through a Toxiproxy-compatible HTTP API (ours, `llm-chaos proxy`, or a real
 Toxiproxy): a toxic on a proxy (latency, bandwidth, slicer, slow_close, timeout, reset_peer,
-limit_data), or the proxy taken down. Each toxic carries `ttl` (our proxy's extension: it
+limit_data; and the stream toxics only our proxy has: sse_stall, sse_cut, sse_drop_done), or
+the proxy taken down. Each toxic carries `ttl` (our proxy's extension: it
 removes the toxic by itself; a real Toxiproxy ignores the field), and the guard enforces the TTL
 too, which is what covers a real Toxiproxy and a proxy taken down."""
 
@@ -21,8 +22,9 @@ from .heal import EnableProxy, RemoveToxic
 
 __all__ = ["ProxyDown", "Toxic"]
 
+SSE_TOXICS = ("sse_stall", "sse_cut", "sse_drop_done")  # our proxy's; Toxiproxy has none
 TOXIC_TYPES = ("latency", "bandwidth", "slicer", "slow_close", "timeout", "reset_peer",
-               "limit_data")
+               "limit_data", *SSE_TOXICS)
 
 
 def _call(method: str, url: str, json: Any = None) -> httpx.Response:
@@ -77,8 +79,10 @@ class Toxic:
                 "ttl": round(max(ledger.ttl, 0.1), 3)}
         resp = _call("POST", f"{api}/proxies/{self.proxy}/toxics", body)
         if resp.status_code != 200:
+            hint = (f" ({self.type} is a toxic of `llm-chaos proxy` only; a Toxiproxy has "
+                    "none)" if self.type in SSE_TOXICS else "")
             raise TargetError(f"the proxy API refused toxic {body}: {resp.status_code} "
-                              f"{resp.text[:200]}")
+                              f"{resp.text[:200]}{hint}")
         return ledger.effect({"proxy": self.proxy, "toxic": toxic, "type": self.type,
                               "attributes": dict(self.attributes), "stream": self.stream})
 

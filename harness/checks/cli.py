@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,7 +17,7 @@ __all__ = ["add_parser", "check_command"]
 
 
 def check_command(run_dir: Path, config_path: Path | None, out_dir: Path | None,
-                  out: TextIO | None = None) -> int:
+                  out: TextIO | None = None, goodput: Mapping[str, float] | None = None) -> int:
     """Judge `run_dir`, write the reports, print progress (to stdout); the exit status."""
     out = out or sys.stdout
     from ..report import write_reports  # the reporter reads the checks, not the other way
@@ -24,6 +25,10 @@ def check_command(run_dir: Path, config_path: Path | None, out_dir: Path | None,
     if config_path is None and (run_dir / "checks.yaml").is_file():
         config_path = run_dir / "checks.yaml"  # the config the run was made with
     config = load_config(config_path)
+    if goodput:  # --goodput: the per-request bounds goodput is counted with
+        request = config.slo.request.model_copy(update=dict(goodput))
+        config = config.model_copy(update={"slo": config.slo.model_copy(
+            update={"request": request})})
     run = load_run(run_dir)
     sources = [name for name, present in (
         ("telemetry", run.telemetry is not None), ("events", run.events is not None),
@@ -47,7 +52,10 @@ def check_command(run_dir: Path, config_path: Path | None, out_dir: Path | None,
 
 
 def _run(args: argparse.Namespace) -> int:
-    return check_command(args.run_dir, args.config, args.out)
+    from ..report.results import parse_goodput
+
+    return check_command(args.run_dir, args.config, args.out,
+                         goodput=parse_goodput(args.goodput or ()))
 
 
 def add_parser(sub: Any) -> None:
@@ -65,4 +73,7 @@ def add_parser(sub: Any) -> None:
                         "(default: RUN_DIR/checks.yaml if present, else built-in defaults)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="write the reports here instead of into RUN_DIR")
+    from ..runner.cli import add_goodput
+
+    add_goodput(p)
     p.set_defaults(run=_run)

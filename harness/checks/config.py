@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+)
 
 from ..errors import UsageError
 
@@ -117,7 +125,8 @@ class RequestSlo(_Model):
     ttft: float | None = Positive
     itl: float | None = Positive  # the longest gap of the request
     tpot: float | None = Positive
-    e2e: float | None = Positive
+    # `e2el` as vLLM's bench names it is taken too
+    e2e: float | None = Field(default=None, gt=0, validation_alias=AliasChoices("e2e", "e2el"))
 
 
 class SloConfig(_Model):
@@ -126,7 +135,8 @@ class SloConfig(_Model):
     ttft: Percentiles = Percentiles()
     itl: Percentiles = Percentiles()
     tpot: Percentiles = Percentiles()
-    e2e: Percentiles = Percentiles()
+    e2e: Percentiles = Field(default=Percentiles(),
+                             validation_alias=AliasChoices("e2e", "e2el"))
     error_rate: float | None = Field(default=0.01, ge=0, le=1)
     goodput_min: float | None = Field(default=None, ge=0)
     request: RequestSlo = RequestSlo()

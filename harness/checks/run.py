@@ -39,6 +39,7 @@ class Request:
     e2e: float | None = None
     output_tokens: int | None = None
     output_tokens_source: str | None = None
+    prompt_tokens: int | None = None
     text_sha256: str | None = None
     error: str | None = None
     http_status: int | None = None
@@ -168,6 +169,7 @@ def _request(line: Mapping[str, Any]) -> Request | None:
         tpot=_num(value.get("tpot")), e2e=_num(value.get("e2e")),
         output_tokens=_int(value.get("output_tokens")),
         output_tokens_source=_str(value.get("output_tokens_source")),
+        prompt_tokens=_int(value.get("prompt_tokens")),
         text_sha256=_str(value.get("text_sha256")), error=_str(value.get("error")),
         http_status=_int(value.get("http_status")), scenario=str(value.get("scenario", "")),
         process=str(line.get("process", "")),

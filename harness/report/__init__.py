@@ -1,5 +1,6 @@
-"""The reporter: writes a judged run as checks.json, summary.json, junit.xml, summary.md and a
-self-contained report.html into its run directory."""
+"""The reporter: writes a judged run as checks.json, summary.json, junit.xml, summary.md, a
+self-contained report.html and results.json (vLLM bench's fields and units) into its run
+directory."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from .files import REPORT_FILES, summary_json, write_reports
 from .html import report_html
 from .junit import junit_xml
 from .markdown import summary_md
+from .results import results_json
 
-__all__ = ["REPORT_FILES", "junit_xml", "report_html", "summary_json", "summary_md",
-           "write_reports"]
+__all__ = ["REPORT_FILES", "junit_xml", "report_html", "results_json", "summary_json",
+           "summary_md", "write_reports"]

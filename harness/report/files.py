@@ -11,14 +11,18 @@ from ..checks.runner import CheckRun
 from .html import report_html
 from .junit import junit_xml
 from .markdown import summary_md
+from .results import phase_figures, results_json
 
 __all__ = ["REPORT_FILES", "summary_json", "write_reports"]
 
-REPORT_FILES = ("checks.json", "summary.json", "junit.xml", "summary.md", "report.html")
+REPORT_FILES = ("checks.json", "summary.json", "junit.xml", "summary.md", "report.html",
+                "results.json")
 
 
 def summary_json(result: CheckRun) -> dict[str, Any]:
-    """The short form: overall verdict, exit status, one line per check, phase figures."""
+    """The short form: overall verdict, exit status, one line per check, phase figures (ours,
+    and vLLM bench's names and units beside them)."""
+    bench = phase_figures(result)
     counts = {v: sum(1 for c in result.results if c.verdict.value == v)
               for v in ("valid", "invalid", "unknown")}
     return {"run_dir": str(result.run.path), "seed": result.run.seed,
@@ -30,7 +34,7 @@ def summary_json(result: CheckRun) -> dict[str, Any]:
             "phases": {p: {"requests": s.requests, "error_rate": s.error_rate,
                            "ttft_p95_s": s.latency["ttft"]["p95"],
                            "itl_p95_s": s.latency["itl"]["p95"],
-                           "goodput_rps": s.goodput}
+                           "goodput_rps": s.goodput, **bench.get(p, {})}
                        for p, s in result.phases.items()}}
 
 
@@ -41,7 +45,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_reports(result: CheckRun, out_dir: Path) -> list[Path]:
-    """Write the five report files into `out_dir`; their paths."""
+    """Write every report file into `out_dir`; their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = {
         "checks.json": json.dumps(result.to_json(), indent=2, default=str) + "\n",
@@ -49,6 +53,7 @@ def write_reports(result: CheckRun, out_dir: Path) -> list[Path]:
         "junit.xml": junit_xml(result),
         "summary.md": summary_md(result),
         "report.html": report_html(result),
+        "results.json": json.dumps(results_json(result), indent=2, default=str) + "\n",
     }
     paths = []
     for name in REPORT_FILES:

@@ -1,4 +1,4 @@
-"""`llm-chaos run EXP.yaml [--report-dir DIR] [--set a.b=v ...]`."""
+"""`llm-chaos run EXP.yaml [--report-dir DIR] [--set a.b=v ...] [--goodput ttft:MS ...]`."""
 
 from __future__ import annotations
 
@@ -12,10 +12,22 @@ __all__ = ["add_parser"]
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..report.results import parse_goodput
     from .lifecycle import run_experiment
 
+    # vLLM's --goodput bounds are the per-request SLO the checks count goodput with
+    overrides = [*(args.set or ()), *(f"checks.slo.request.{key}={seconds:g}" for key, seconds
+                                      in parse_goodput(args.goodput or ()).items())]
     return exit_143_when_terminated("run", lambda: run_experiment(
-        args.experiment, args.set or (), report_dir=args.report_dir).exit_code)
+        args.experiment, overrides, report_dir=args.report_dir).exit_code)
+
+
+def add_goodput(p: argparse.ArgumentParser) -> None:
+    """`--goodput KEY:MS ...` as vLLM's bench spells it."""
+    p.add_argument("--goodput", nargs="+", default=None, metavar="KEY:MS",
+                   help="count as goodput the completed requests within these bounds, in "
+                        "milliseconds, as vLLM's bench takes them: ttft:500 tpot:50 e2el:3000 "
+                        "(sets checks.slo.request; results.json has request_goodput)")
 
 
 def add_parser(sub: Any) -> None:
@@ -35,4 +47,5 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--set", action="append", default=None, metavar="PATH=VALUE",
                    help="override a field of the experiment, e.g. --set target.model=sim "
                         "(repeatable)")
+    add_goodput(p)
     p.set_defaults(run=_run)

@@ -3,6 +3,7 @@ goodput, judged in the phases the config names (baseline and steady by default).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from .config import PHASES, CheckConfig
@@ -43,6 +44,7 @@ def check_slo(run: RunData, timeline: Timeline, config: CheckConfig) -> CheckRes
     judged, thin = _judged(per_phase, written.judge_phases, written.min_requests)
     breaches = {p: violations(per_phase[p], slo) for p in judged}
     unresolved = timeline.thresholds.percentiles_unresolved()
+    deviations = Counter(d for r in run.requests if r.counted for d in r.deviations)
     evidence = {"phases": {p: s.to_json() for p, s in per_phase.items()},
                 "judged_phases": judged, "too_few_requests": thin,
                 "violations": {p: v for p, v in breaches.items() if v},
@@ -51,7 +53,9 @@ def check_slo(run: RunData, timeline: Timeline, config: CheckConfig) -> CheckRes
                 "thresholds": written.model_dump(mode="json"),
                 "thresholds_resolved": {k: v for k, v in timeline.thresholds.resolved.items()
                                         if k in LATENCIES},
-                "thresholds_unresolved": unresolved}
+                "thresholds_unresolved": unresolved,
+                # answers that counted as completed but were odd (no [DONE], no text, ...)
+                "deviations": dict(sorted(deviations.items()))}
     figures: dict[str, float | int | str | None] = {}
     for p in judged:
         s = per_phase[p]
@@ -59,6 +63,7 @@ def check_slo(run: RunData, timeline: Timeline, config: CheckConfig) -> CheckRes
         figures[f"{p}_ttft_p95_s"] = s.latency["ttft"]["p95"]
         figures[f"{p}_error_rate"] = s.error_rate
         figures[f"{p}_goodput_rps"] = s.goodput
+    figures["empty_responses"] = deviations["empty_response"]
     not_resolved = ("; not resolved: " + "; ".join(unresolved)) if unresolved else ""
     broken = [f"{_rests_on(p, per_phase[p])}: {'; '.join(v)}" for p, v in breaches.items() if v]
     if broken:

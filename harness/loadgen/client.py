@@ -263,6 +263,7 @@ class StreamClient:
             if out.finish_reason is not None and not out.done_seen:
                 # Ended after its finish_reason: completed, with the close logged as a deviation.
                 out.deviations.append("no_done")
+                _note_empty(out)
                 return out
             return out.fail("truncated", self._cut_message(
                 f"stream cut ({type(exc).__name__}: {exc or 'closed'})", out))
@@ -363,6 +364,7 @@ class StreamClient:
             out.deviations.append("no_done")
         elif out.finish_reason is None:
             return out.fail("truncated", "[DONE] came before any choice carried a finish_reason")
+        _note_empty(out)
         return out
 
     @staticmethod
@@ -415,6 +417,7 @@ class StreamClient:
         _take_usage(payload.get("usage"), out)
         if out.finish_reason is None:
             return out.fail("truncated", "response has no choice with a finish_reason")
+        _note_empty(out)
         return out
 
     def _http_error(self, status: int, headers: dict[str, str], out: Outcome) -> Outcome:
@@ -458,6 +461,13 @@ def discover_model(client: StreamClient) -> str:
                          f"({client.redact(json.dumps(listing)[:_BODY_EXCERPT])}); give it "
                          "with --model NAME")
     return str(first["id"])
+
+
+def _note_empty(out: Outcome) -> None:
+    """A completed answer with no text at all (a llama.cpp completion that stopped at once) is
+    kept `ok`, as the server meant it, but noted, so the checks can count such answers."""
+    if not any(out.pieces):
+        out.deviations.append("empty_response")
 
 
 def _take_usage(usage: Any, out: Outcome) -> None:

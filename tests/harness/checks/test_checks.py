@@ -70,6 +70,16 @@ def test_slo_valid_when_every_judged_phase_meets_them(tmp_path: Path) -> None:
     assert baseline["goodput_rps"] == pytest.approx(50 / baseline["duration_s"])
 
 
+def test_slo_counts_odd_but_completed_answers(tmp_path: Path) -> None:
+    b = RunBuilder(tmp_path)
+    b.load(0, 10, rate=5)
+    for line, odd in zip(b.history[:7], ["empty_response"] * 4 + ["no_done"] * 3, strict=True):
+        line["value"]["deviations"] = [odd]
+    result = judge(b, "slo")
+    assert result.evidence["deviations"] == {"empty_response": 4, "no_done": 3}
+    assert result.figures["empty_responses"] == 4
+
+
 def test_slo_invalid_when_ttft_p95_is_over_its_bound(tmp_path: Path) -> None:
     b = RunBuilder(tmp_path)
     b.load(0, 5, rate=5)

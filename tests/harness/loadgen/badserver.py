@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 MODES = ("ok", "html404", "malformed", "cut", "ratelimit", "errorframe", "nodone", "rolecut")
+# only when a path names it: a finished answer with no text (llama.cpp's at-once stop)
+NAMED_ONLY = ("empty",)
 
 
 def _chunk(data: bytes) -> bytes:
@@ -56,6 +58,9 @@ def answer(mode: str, conn: socket.socket) -> None:
         return
     conn.sendall(_SSE_HEAD)
     conn.sendall(_event(_delta("", role=True)))
+    if mode == "empty":
+        conn.sendall(_event(_delta("", "stop")) + _event("[DONE]") + b"0\r\n\r\n")
+        return
     if mode == "rolecut":
         conn.close()  # cut before any content: no chunk terminator
         return
@@ -126,7 +131,7 @@ class BadServer(socketserver.ThreadingTCPServer):
 
     def mode_for(self, path: str) -> str:
         first = path.strip("/").split("/")[0]
-        if first in MODES:
+        if first in MODES or first in NAMED_ONLY:
             return first
         if path.startswith("/v1/models"):
             return "html404"

@@ -59,6 +59,15 @@ def test_finish_without_done_completes_as_a_deviation() -> None:
     assert out.usage_completion == 3
 
 
+def test_a_finished_answer_without_text_is_noted_as_empty_response() -> None:
+    with bad_server() as server:
+        out = send(server.url, path="/empty/v1/chat/completions")
+        whole = send(server.url, path="/ok/v1/chat/completions")
+    assert out.status == "ok" and out.finish_reason == "stop" and out.text == ""
+    assert out.deviations == ["empty_response"]
+    assert "empty_response" not in whole.deviations
+
+
 def test_complete_stream_counts_content_chunks_only() -> None:
     with bad_server() as server:
         out = send(server.url, path="/ok/v1/chat/completions")

@@ -47,10 +47,13 @@ _VOCAB = (
 
 @dataclass(frozen=True)
 class Prompt:
-    """One request's input: chat messages (or completion text) and its length in tokens."""
+    """One request's input: chat messages (or completion text), the tokens of their contents,
+    and of the prompt a server builds from them with the model's chat template (`chat_tokens`,
+    what its usage counts)."""
 
     messages: tuple[dict[str, str], ...]
     tokens: int | None = None
+    chat_tokens: int | None = None
 
     @property
     def text(self) -> str:
@@ -140,7 +143,7 @@ class SyntheticPrompts:
         if self.system:
             messages.append({"role": "system", "content": self.system})
         messages.append({"role": "user", "content": self.text(n, rng)})
-        return Prompt(tuple(messages), n)
+        return Prompt(tuple(messages), n, self.tokenizer.count_messages(messages))
 
 
 class BundledPrompts:
@@ -155,8 +158,11 @@ class BundledPrompts:
 
     def next(self, rng: random.Random) -> Prompt:
         text = rng.choice(self.prompts)
-        n = self.tokenizer.count(text) if self.tokenizer else None
-        return Prompt(({"role": "user", "content": text},), n)
+        messages = ({"role": "user", "content": text},)
+        if self.tokenizer is None:
+            return Prompt(messages)
+        return Prompt(messages, self.tokenizer.count(text),
+                      self.tokenizer.count_messages(messages))
 
 
 class SharedPrefixPrompts:
@@ -174,9 +180,10 @@ class SharedPrefixPrompts:
     def next(self, rng: random.Random) -> Prompt:
         question = self.questions.next(rng)
         messages = ({"role": "system", "content": self.prefix}, *question.messages)
-        n = (sum(self.tokenizer.count(m["content"]) for m in messages) if self.tokenizer
-             else None)
-        return Prompt(messages, n)
+        if self.tokenizer is None:
+            return Prompt(messages)
+        return Prompt(messages, sum(self.tokenizer.count(m["content"]) for m in messages),
+                      self.tokenizer.count_messages(messages))
 
 
 @dataclass
@@ -196,9 +203,11 @@ class Conversation:
             self.history.clear()
         question = self.questions.next(rng)
         self.history.extend(question.messages)
-        n = (sum(self.tokenizer.count(m["content"]) for m in self.history) if self.tokenizer
-             else None)
-        return Prompt(tuple(self.history), n)
+        if self.tokenizer is None:
+            return Prompt(tuple(self.history))
+        return Prompt(tuple(self.history),
+                      sum(self.tokenizer.count(m["content"]) for m in self.history),
+                      self.tokenizer.count_messages(self.history))
 
     def answered(self, text: str) -> None:
         """Record the model's answer to the last question (an empty one if it failed)."""

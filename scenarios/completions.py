@@ -12,6 +12,7 @@ install()
 class CompletionsUser(CompletionUser):
     """Completions of a 256-token shared prefix plus a question (exercises prefix caches)."""
 
+    opt_in = True  # chat-only servers reject /v1/completions: run with --completions
     max_tokens = 32
     request_name = "completion"
     scenario = "completions"

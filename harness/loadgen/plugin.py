@@ -5,10 +5,16 @@ Locust's event bus. Records are built and written off the event loop, in gevent'
 In distributed mode workers send their records to the master (custom messages), and when the
 master stops a test it first asks every worker to stop its users and flush, then waits for all
 of them, so the merged history holds one line per request sent.
+
+The LLM table (`llm_stats`: TTFT, ITL, TPOT, output tokens/s) is built from the records this
+process writes (the master's merged ones in distributed mode) and shown beside Locust's own:
+printed with its console table, as a tab of the web UI, and as `PREFIX_llm.csv` with `--csv`.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import random
@@ -22,16 +28,18 @@ import gevent.lock
 import yaml
 from locust import events as locust_events
 from locust.runners import MasterRunner, WorkerRunner
+from locust.stats import CONSOLE_STATS_INTERVAL_SEC, CSV_STATS_INTERVAL_SEC, console_logger
 
 from ..endpoint import API_KEY_ENV, auth_headers, parse_header, resolve_api_key, tls_context
 from ..errors import UsageError
 from . import chaos_plan
 from .arrivals import KINDS, ArrivalSchedule, parse_arrival
+from .llm_stats import COLUMNS, LLMStats
 from .records import HistoryWriter, PendingRecord, default_run_dir
 from .shapes import SHAPES, ShapeSpec
 from .tokens import TokenCounter, load_tokenizer
 
-__all__ = ["LoadgenState", "fail_run", "install", "state"]
+__all__ = ["LoadgenState", "add_options", "fail_run", "install", "run_in_thread", "state"]
 
 log = logging.getLogger("llm_chaos.loadgen")
 
@@ -76,6 +84,9 @@ class LoadgenState:
     tls: Any = None
     discovery_error: str | None = None
     discovery_lock: Any = field(default_factory=gevent.lock.Semaphore, repr=False)
+    llm: LLMStats = field(default_factory=LLMStats)
+    printer: Any = None
+    llm_csv_at: float = 0.0
 
     @property
     def options(self) -> Any:
@@ -103,7 +114,7 @@ class LoadgenState:
         """Build pending records in a thread, then write them (or send them to the master)."""
         batch, self.pending = self.pending, []
         if batch:
-            lines = _in_thread(_build_lines, batch, self.tokenizer)
+            lines = run_in_thread(_build_lines, batch, self.tokenizer)
             if self.role == "worker":
                 self.environment.runner.send_message(MSG_RECORDS, lines)
                 self.sent_to_master += len(lines)
@@ -114,7 +125,10 @@ class LoadgenState:
             for line in out:
                 status = line["value"]["status"]
                 self.statuses[status] = self.statuses.get(status, 0) + 1
-            _in_thread(self.writer.write, out)
+            run_in_thread(self.writer.write, out)
+            self.llm.merge(run_in_thread(LLMStats.of, out))
+            if time.monotonic() - self.llm_csv_at >= CSV_STATS_INTERVAL_SEC:
+                self.write_llm_csv()  # as often as Locust rewrites its own, and at the end
 
     def loop(self) -> None:
         while True:
@@ -123,6 +137,22 @@ class LoadgenState:
                 self.flush()
             except Exception:  # keep flushing; a broken batch is logged, never silent
                 log.exception("writing request records failed")
+
+    def llm_csv_path(self) -> Path | None:
+        """`PREFIX_llm.csv` beside Locust's `PREFIX_stats.csv` (with `--csv PREFIX`)."""
+        prefix = getattr(self.options, "csv_prefix", None) if self.options is not None else None
+        return Path(f"{prefix}_llm.csv") if prefix and self.role != "worker" else None
+
+    def write_llm_csv(self) -> None:
+        path = self.llm_csv_path()
+        if path is not None:
+            self.llm_csv_at = time.monotonic()
+            run_in_thread(path.write_text, llm_csv(self.llm))
+
+    def print_llm_table(self) -> None:
+        for line in self.llm.console_lines():
+            console_logger.info(line)
+        console_logger.info("")
 
     def write_summary(self) -> None:
         if self.run_dir is None or self.writer is None:
@@ -134,7 +164,16 @@ class LoadgenState:
             "requests_started_here": self.started, "written_at": time.time(),
             "cpu_seconds_during_test": self.cpu_during_test,
         }
-        _in_thread(_write_json, self.run_dir / "loadgen.json", summary)
+        run_in_thread(_write_json, self.run_dir / "loadgen.json", summary)
+
+
+def llm_csv(stats: LLMStats) -> str:
+    """The LLM table as CSV text: a header, one row per scenario, then `Aggregated`."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(COLUMNS)
+    writer.writerows(stats.table())
+    return buf.getvalue()
 
 
 def _build_lines(batch: list[PendingRecord], tokenizer: TokenCounter | None
@@ -146,8 +185,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _in_thread(fn: Any, *args: Any) -> Any:
-    # A real OS thread: file writes and tokenizing never stall the users' event loop.
+def run_in_thread(fn: Any, *args: Any) -> Any:
+    """`fn(*args)` in a real OS thread (gevent's pool): the users' event loop never stalls."""
     return gevent.get_hub().threadpool.apply(fn, args)
 
 
@@ -161,7 +200,8 @@ def state(environment: Any) -> LoadgenState:
     return found
 
 
-def _add_options(parser: Any) -> None:
+def add_options(parser: Any) -> None:
+    """The `llm-chaos` option group of `locust --help` (an `init_command_line_parser` listener)."""
     g = parser.add_argument_group("llm-chaos", "LLM load generation (llm-chaos-harness)")
     g.add_argument("--run-dir", default=None,
                    help="run directory for history.jsonl (default reports/<time>-<pid>)")
@@ -186,6 +226,9 @@ def _add_options(parser: Any) -> None:
     g.add_argument("--prompt-tokens", default=None,
                    help="synthetic prompt lengths: N, uniform:LO,HI, normal:MEAN,STD, "
                    "lognormal:MEDIAN,SIGMA (default: per scenario)")
+    g.add_argument("--completions", action="store_true", default=False,
+                   help="also run the users marked opt-in (the /v1/completions scenario, which "
+                   "chat-only servers reject); naming a user class on the command line works too")
     g.add_argument("--request-timeout", type=float, default=300.0,
                    help="seconds without bytes before a request fails (300)")
     g.add_argument("--arrival", default="closed", choices=KINDS,
@@ -221,7 +264,7 @@ def install(events: Any = None) -> None:
     if id(events) in _installed:
         return
     _installed.add(id(events))
-    events.init_command_line_parser.add_listener(_add_options)
+    events.init_command_line_parser.add_listener(add_options)
     # the chaos plan chooses the run directory and seed before _on_init opens them
     events.init.add_listener(chaos_plan.on_init)
     events.init.add_listener(_on_init)
@@ -229,6 +272,8 @@ def install(events: Any = None) -> None:
     events.test_stopping.add_listener(_on_test_stopping)
     events.test_stop.add_listener(_on_test_stop)
     events.quitting.add_listener(_on_quitting)
+    events.quit.add_listener(_on_quit)
+    events.reset_stats.add_listener(_on_reset_stats)
     chaos_plan.install(events)  # after ours: its test_stop judges the flushed records
 
 
@@ -252,11 +297,67 @@ def _on_init(environment: Any, **_: Any) -> None:
     except UsageError as exc:
         log.error("llm-chaos: %s", exc)
         raise SystemExit(2) from exc
+    if role != "worker":
+        _drop_opt_in_users(environment, opts)
+        _extend_web_ui(environment, st)
+        _LAST.append(st)
     if role == "master":
         runner.register_message(MSG_RECORDS, _master_records(st))
         runner.register_message(MSG_DONE, _master_done(st))
     elif role == "worker":
         runner.register_message(MSG_FLUSH, _worker_flush(st))
+
+
+# the state of the process's last init: `quit` and `reset_stats` carry no environment
+_LAST: list[LoadgenState] = []
+
+
+def _drop_opt_in_users(environment: Any, opts: Any) -> None:
+    """Leave out users marked `opt_in` unless asked for (`--completions`, or named)."""
+    if getattr(opts, "completions", False) or getattr(opts, "user_classes", None):
+        return
+    classes = environment.user_classes
+    kept = [u for u in classes if not getattr(u, "opt_in", False)]
+    if not kept or len(kept) == len(classes):
+        return  # only opt-in users (their own file was named), or none of them
+    dropped = sorted(u.__name__ for u in classes if u not in kept)
+    log.info("llm-chaos: not running %s (opt-in: chat-only servers have no /v1/completions); "
+             "add --completions or name the class on the command line to run it",
+             ", ".join(dropped))
+    classes[:] = kept
+
+
+_WEB_KEYS = ("name", "requests", "failures", "ttft50", "ttft95", "ttft99", "itl50", "itl95",
+             "itl99", "tpot50", "tpot95", "tokens", "tokensPerSecond")
+
+
+def _extend_web_ui(environment: Any, st: LoadgenState) -> None:
+    """A `LLM` tab in Locust's web UI (Locust's documented extension points) and its CSV."""
+    web_ui = getattr(environment, "web_ui", None)
+    if web_ui is None:
+        return
+    from flask import Response, request  # Locust's web UI is Flask
+
+    web_ui.template_args["extended_tabs"] = [{"title": "LLM", "key": "llm"}]
+    web_ui.template_args["extended_tables"] = [{"key": "llm", "structure": [
+        {"key": k, "title": t} for k, t in zip(_WEB_KEYS, COLUMNS, strict=True)]}]
+    web_ui.template_args["extended_csv_files"] = [
+        {"href": "./llm-chaos/stats/llm.csv", "title": "Download LLM statistics CSV"}]
+
+    def add_llm_stats(response: Any) -> Any:
+        if request.path != "/stats/requests" or not response.is_json:
+            return response
+        rows = [dict(zip(_WEB_KEYS, row, strict=True)) for row in st.llm.table()]
+        body = {**response.json, "extended_stats": [{"key": "llm", "data": rows}]}
+        response.set_data(json.dumps(body))
+        return response
+
+    def llm_stats_csv() -> Any:
+        return Response(llm_csv(st.llm), mimetype="text/csv", headers={
+            "Content-Disposition": "attachment;filename=llm_stats.csv"})
+
+    web_ui.app.after_request(add_llm_stats)
+    web_ui.app.add_url_rule("/llm-chaos/stats/llm.csv", view_func=llm_stats_csv)
 
 
 def _endpoint(st: LoadgenState, opts: Any) -> None:
@@ -317,7 +418,18 @@ def _on_test_start(environment: Any, **_: Any) -> None:
                 fail_run(environment, str(exc))
     if st.flusher is None:
         st.flusher = gevent.spawn(st.loop)
+    if (st.printer is None and st.role != "worker" and opts is not None
+            and (getattr(opts, "headless", False) or getattr(opts, "print_stats", False))
+            and not getattr(opts, "only_summary", False)):
+        st.printer = gevent.spawn(_print_loop, st)  # beside Locust's own console table
     st.cpu_at_start = time.process_time()
+
+
+def _print_loop(st: LoadgenState) -> None:
+    while True:
+        gevent.sleep(CONSOLE_STATS_INTERVAL_SEC)
+        if st.llm.total.requests:
+            st.print_llm_table()
 
 
 def fail_run(environment: Any, message: str) -> None:
@@ -362,10 +474,31 @@ def _on_test_stop(environment: Any, **_: Any) -> None:
 def _on_quitting(environment: Any, **_: Any) -> None:
     st = state(environment)
     st.flush()
+    if st.printer is not None:
+        st.printer.kill(block=False)
     if st.role != "worker":
         st.write_summary()
+        st.write_llm_csv()
+        if st.llm_csv_path() is not None:
+            # Locust rewrites PREFIX_stats.csv every CSV_STATS_INTERVAL_SEC and not again at
+            # exit, so it could miss the last requests (locustio/locust#2299): give it a turn.
+            gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.2)
         if st.writer is not None:
             log.info("llm-chaos: %d request records in %s", st.writer.count, st.writer.path)
+
+
+def _on_quit(**_: Any) -> None:
+    # after Locust's final table (printed between `quitting` and `quit`), as its companion
+    st = _LAST[-1] if _LAST else None
+    # (with --json, stdout is Locust's JSON alone)
+    if (st is not None and st.role != "worker" and st.options is not None
+            and not getattr(st.options, "json", False)):
+        st.print_llm_table()
+
+
+def _on_reset_stats(**_: Any) -> None:
+    if _LAST:
+        _LAST[-1].llm.reset()
 
 
 def _master_records(st: LoadgenState) -> Any:

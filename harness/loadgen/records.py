@@ -59,11 +59,16 @@ class PendingRecord:
     scheduled_mono: float | None
     prompt_tokens_client: int | None
     wall_offset: float
+    # the tokenizer's count of the answer when the user already made it (no usage sent)
+    output_tokens_counted: int | None = None
 
     def to_line(self, tokenizer: TokenCounter | None) -> dict[str, Any]:
         """The history line of this request (counts tokens with `tokenizer`)."""
         out = self.outcome
-        m = summarize(out, tokenizer.count if tokenizer is not None else None)
+        count: Callable[[str], int] | None = tokenizer.count if tokenizer is not None else None
+        if self.output_tokens_counted is not None:
+            count = _counted(self.output_tokens_counted)
+        m = summarize(out, count)
         wall = self.wall_offset
         value: dict[str, Any] = {
             "request_id": out.request_id,
@@ -89,6 +94,11 @@ class PendingRecord:
         }
         return {"type": jepsen_type(out.status), "f": "chat", "process": self.process,
                 "time": out.end_mono + wall, "value": value}
+
+
+def _counted(n: int) -> Callable[[str], int]:
+    """A token count made already (by the user, off the loop), standing in for the tokenizer."""
+    return lambda _text: n
 
 
 class HistoryWriter:

@@ -1,9 +1,10 @@
 """Abstract Locust users for OpenAI chat and completions, streaming or not.
 
-Every request carries a fresh UUID in `X-Request-Id`, leaves one history record, and fires two
-Locust request events: `<name>` (end to end) and `<name>:ttft`, so Locust's table, charts, CSV
-and web UI show both. Percentiles in our own reports come from the raw records, not Locust's
-rounded histogram.
+Every request carries a fresh UUID in `X-Request-Id`, leaves one history record, and fires one
+Locust request event, `<name>`: end-to-end time, output tokens as `response_length`. So Locust's
+Aggregated row counts each request once; TTFT, ITL, TPOT and tokens/s go into the LLM table
+(`llm_stats`), built from the records. Percentiles in our own reports come from the raw records,
+not Locust's rounded histogram.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from locust.exception import StopUser
 
 from ..errors import UsageError
 from .client import Outcome, Request, StreamClient, discover_model
-from .plugin import LoadgenState, fail_run, state
+from .plugin import LoadgenState, fail_run, run_in_thread, state
 from .prompts import (
     BundledPrompts,
     Conversation,
@@ -54,6 +55,9 @@ class LLMUser(User):
     # In closed loop, wait as long as a 429's Retry-After asks (at most this many seconds)
     # before the next request, as a well-behaved client would; 0 turns it off.
     max_retry_after: ClassVar[float] = 30.0
+    # Left out of a run that does not ask for it (`--completions`, or the class named on the
+    # command line) when other users are there: for APIs that many servers lack.
+    opt_in: ClassVar[bool] = False
     wait_time = constant(0)
 
     def __init__(self, environment: Any) -> None:
@@ -123,33 +127,41 @@ class LLMUser(User):
                 st.add(self._pending(cut.fail("interrupted", "user stopped mid-request"),
                                      prompt, scheduled))
             raise
-        st.add(self._pending(out, prompt, scheduled))
-        self._fire(out)
+        counted = self._count_tokens(out)
+        st.add(self._pending(out, prompt, scheduled, counted))
+        self._fire(out, out.usage_completion if out.usage_completion is not None else counted)
         if out.retry_after and st.arrivals is None and self.max_retry_after > 0:
             gevent.sleep(min(out.retry_after, self.max_retry_after))
         return out
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _pending(self, out: Outcome, prompt: Prompt, scheduled: float | None) -> PendingRecord:
+    def _pending(self, out: Outcome, prompt: Prompt, scheduled: float | None,
+                 counted: int | None = None) -> PendingRecord:
         st = self.loadgen
         return PendingRecord(
             outcome=out, scenario=self.scenario or type(self).__name__, api=self.api,
             process=f"{st.process_name()}:{self.user_index}", phase=st.phase,
             scheduled_mono=scheduled, prompt_tokens_client=prompt.tokens,
-            wall_offset=_wall_offset())
+            wall_offset=_wall_offset(), output_tokens_counted=counted)
 
-    def _fire(self, out: Outcome) -> None:
-        fire = self.environment.events.request.fire
+    def _count_tokens(self, out: Outcome) -> int | None:
+        """The tokenizer's count of the answer, only when the server sent no usage (the record
+        would count it later anyway; counted here it is also Locust's `response_length`)."""
+        tokenizer = self.loadgen.tokenizer
+        if out.usage_completion is not None or tokenizer is None:
+            return None
+        text = out.text
+        # a real thread: tokenizing never stalls the other users' event loop
+        return tokenizer.count(text) if not text else run_in_thread(tokenizer.count, text)
+
+    def _fire(self, out: Outcome, output_tokens: int | None) -> None:
         e2e_ms = (out.end_mono - out.sent_mono) * 1000.0
         exc = None if out.ok else LLMRequestError(f"{out.status}: {out.error}")
         ctx = {"request_id": out.request_id, "status": out.status}
-        fire(request_type="POST", name=self.request_name, response_time=e2e_ms,
-             response_length=out.bytes_received, exception=exc, context=ctx)
-        if out.content_times and self.stream:
-            ttft_ms = (out.content_times[0] - out.sent_mono) * 1000.0
-            fire(request_type="POST", name=f"{self.request_name}:ttft", response_time=ttft_ms,
-                 response_length=0, exception=None, context=ctx)
+        self.environment.events.request.fire(
+            request_type="POST", name=self.request_name, response_time=e2e_ms,
+            response_length=output_tokens or 0, exception=exc, context=ctx)
 
     def _option(self, name: str) -> Any:
         opts = self.environment.parsed_options

@@ -43,9 +43,11 @@ def _check_run(run_dir: Path, output: str) -> None:
     assert {"chat_qa", "completions", "multi_turn"} <= scenarios
     assert all(r["value"]["status"] in ("ok", "interrupted") for r in records), [
         r["value"]["error"] for r in records if r["value"]["status"] not in ("ok", "interrupted")]
-    # Locust's table shows the TTFT entries next to the end-to-end ones.
-    for name in ("chat", "chat:ttft", "completion", "completion:ttft"):
+    # Locust's table: one entry per request name; TTFT and the rest in the LLM table beside it
+    for name in ("chat", "completion"):
         assert f"POST     {name} " in output, output[-4000:]
+    assert ":ttft" not in output
+    assert "LLM stats" in output, output[-4000:]
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -54,7 +56,7 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 
 def _run(run_locust: RunLocust, worker: ServerProcess, seconds: int) -> int:
     run = run_locust("-f", str(SCENARIOS), "--headless", "-u", "8", "-r", "8", "-t",
-                     f"{seconds}s", "--host", worker.url, "--max-tokens", "16",
+                     f"{seconds}s", "--host", worker.url, "--max-tokens", "16", "--completions",
                      timeout=seconds + 90)
     assert run.code == 0, run.output[-4000:]
     _check_run(run.run_dir, run.output)
@@ -68,6 +70,16 @@ def test_all_scenarios_headless(sim_worker: ServerProcess, run_locust: RunLocust
 @pytest.mark.slow
 def test_all_scenarios_headless_30s(sim_worker: ServerProcess, run_locust: RunLocust) -> None:
     assert _run(run_locust, sim_worker, 30) > 0
+
+
+def test_completions_are_opt_in(sim_worker: ServerProcess, run_locust: RunLocust) -> None:
+    """`-f scenarios/` runs the chat scenarios only; /v1/completions needs --completions."""
+    run = run_locust("-f", str(SCENARIOS), "--headless", "-u", "4", "-r", "4", "-t", "2s",
+                     "--host", sim_worker.url, "--max-tokens", "4")
+    assert run.code == 0, run.output[-3000:]
+    assert {r["value"]["scenario"] for r in run.records()} == {
+        "chat_qa", "long_generation", "mixed_sizes", "multi_turn"}
+    assert "not running CompletionsUser" in run.output and "--completions" in run.output
 
 
 def test_step_shape_from_the_command_line(sim_worker: ServerProcess,
@@ -103,7 +115,12 @@ def test_web_ui(sim_worker: ServerProcess, tmp_path: Path) -> None:
             time.sleep(3)
             stats = web.get("/stats/requests").json()
             names = {s["name"] for s in stats["stats"]}
-            assert {"chat", "chat:ttft"} <= names, names
+            assert names == {"chat", "Aggregated"}, names  # no `chat:ttft`
+            # the LLM tab's rows ride along with Locust's stats; its CSV is a download
+            llm = {t["key"]: t["data"] for t in stats["extended_stats"]}["llm"]
+            assert [row["name"] for row in llm] == ["chat_qa", "Aggregated"], llm
+            assert float(llm[-1]["itl50"]) > 0 and float(llm[-1]["tokensPerSecond"]) > 0
+            assert web.get("/llm-chaos/stats/llm.csv").text.startswith("Name,Request Count,")
             web.get("/stop")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not (run_dir / "history.jsonl").exists():

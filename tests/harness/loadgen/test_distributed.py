@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def test_master_merges_worker_records(run_locust: RunLocust, tmp_path: Path) -> 
                              "--master-bind-port", str(port), "--expect-workers", "2",
                              "--expect-workers-max-wait", "60", "--headless", "-u", "8", "-r",
                              "8", "-t", "4s", "--host", server.url, "--model", "bad",
-                             timeout=120)
+                             "--csv", str(tmp_path / "csv"), timeout=120)
             for worker in workers:
                 worker.popen.wait(timeout=30)
         finally:
@@ -44,3 +45,9 @@ def test_master_merges_worker_records(run_locust: RunLocust, tmp_path: Path) -> 
     assert set(by_worker) == {"w0", "w1"}, by_worker
     assert {r["value"]["status"] for r in records} <= {"ok", "interrupted"}
     assert sum(r["type"] == "ok" for r in records) > 40
+    # Locust's merged Aggregated row and the master's LLM table count each answered request once
+    answered = sum(r["value"]["status"] != "interrupted" for r in records)
+    for table in ("stats", "llm"):
+        with open(tmp_path / f"csv_{table}.csv", newline="") as fh:
+            rows = {row["Name"]: row for row in csv.DictReader(fh)}
+        assert int(rows["Aggregated"]["Request Count"]) == answered, (table, rows)

@@ -300,6 +300,7 @@ class LoadConfig(_Model):
     rate: float | None = Field(default=None, gt=0)
     max_tokens: int | None = Field(default=None, ge=1)
     prompt_tokens: str | None = None
+    dataset: str | None = None  # the load generator's --dataset (JSONL or ShareGPT JSON)
     request_timeout: PositiveSeconds = 300.0
 
     # `users: auto` is kept out of the `users` field so that the field stays an int for every
@@ -386,6 +387,8 @@ class LoadConfig(_Model):
             args += ["--max-tokens", str(self.max_tokens)]
         if self.prompt_tokens is not None:
             args += ["--prompt-tokens", self.prompt_tokens]
+        if self.dataset is not None:
+            args += ["--dataset", self.dataset]
         return args
 
 

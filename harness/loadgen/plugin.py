@@ -34,6 +34,7 @@ from ..endpoint import API_KEY_ENV, auth_headers, parse_header, resolve_api_key,
 from ..errors import UsageError
 from . import chaos_plan
 from .arrivals import KINDS, ArrivalSchedule, parse_arrival
+from .datasets import DatasetPrompts
 from .llm_stats import COLUMNS, LLMStats
 from .records import HistoryWriter, PendingRecord, default_run_dir
 from .shapes import SHAPES, ShapeSpec
@@ -61,6 +62,7 @@ class LoadgenState:
     seed: int = 0
     run_dir: Path | None = None
     tokenizer: TokenCounter | None = None
+    dataset: DatasetPrompts | None = None  # --dataset: the users' prompts
     arrivals: ArrivalSchedule | None = None
     model: str | None = None
     phase: str = "baseline"
@@ -226,6 +228,10 @@ def add_options(parser: Any) -> None:
     g.add_argument("--prompt-tokens", default=None,
                    help="synthetic prompt lengths: N, uniform:LO,HI, normal:MEAN,STD, "
                    "lognormal:MEDIAN,SIGMA (default: per scenario)")
+    g.add_argument("--dataset", default=None, metavar="FILE",
+                   help="prompts from your file: JSON Lines (one string, {\"prompt\": ...} or "
+                   "{\"messages\": [...]} per line) or ShareGPT JSON; token lengths are "
+                   "measured with --tokenizer (default: per scenario)")
     g.add_argument("--completions", action="store_true", default=False,
                    help="also run the users marked opt-in (the /v1/completions scenario, which "
                    "chat-only servers reject); naming a user class on the command line works too")
@@ -275,6 +281,15 @@ def install(events: Any = None) -> None:
     events.quit.add_listener(_on_quit)
     events.reset_stats.add_listener(_on_reset_stats)
     chaos_plan.install(events)  # after ours: its test_stop judges the flushed records
+    events.init.add_listener(_refresh_loop_clock)  # last of every init listener
+
+
+def _refresh_loop_clock(**_: Any) -> None:
+    """libev times a timer from the loop's cached clock, last read before this process's
+    blocking start-up (imports, tokenizer, dataset, plan): refreshed here, or Locust's
+    `--run-time` timer, armed next, fires that much early (a `-t 3s` run on a busy machine
+    sent requests for 0.1 s)."""
+    gevent.get_hub().loop.update_now()
 
 
 def _on_init(environment: Any, **_: Any) -> None:
@@ -376,6 +391,11 @@ def _configure(st: LoadgenState, opts: Any) -> None:
     _endpoint(st, opts)
     if st.role != "master":
         st.tokenizer = load_tokenizer(opts.tokenizer)
+    if getattr(opts, "dataset", None):
+        if opts.prompt_tokens:
+            raise UsageError("--dataset and --prompt-tokens both say where prompts come from; "
+                             "give one")
+        st.dataset = DatasetPrompts(Path(opts.dataset), st.tokenizer)  # a bad file: exit 2
     st.model = opts.model
     if st.role != "worker":
         st.run_dir = Path(opts.run_dir) if opts.run_dir else default_run_dir()
@@ -391,7 +411,7 @@ def _configure(st: LoadgenState, opts: Any) -> None:
             "spawn_rate": opts.spawn_rate, "run_time": opts.run_time,
             "load_shape": opts.load_shape, "arrival": opts.arrival, "rate": opts.rate,
             "model": opts.model, "max_tokens": opts.max_tokens,
-            "prompt_tokens": opts.prompt_tokens,
+            "prompt_tokens": opts.prompt_tokens, "dataset": getattr(opts, "dataset", None),
             # names only: a header's value or the key may be a credential
             "headers": [name for name, _ in st.headers], "api_key": st.api_key_source,
             "ca_bundle": getattr(opts, "ca_bundle", None),

@@ -74,7 +74,10 @@ class LLMUser(User):
     # -- what to send ---------------------------------------------------------------------
 
     def prompt_source(self) -> PromptSource:
-        """Where prompts come from: synthetic lengths when asked for, else the bundled set."""
+        """Where prompts come from: the user's --dataset, synthetic lengths when asked for,
+        else the bundled set."""
+        if self.loadgen.dataset is not None:
+            return self.loadgen.dataset
         spec = self._option("prompt_tokens") or self.prompt_tokens
         if spec:
             return SyntheticPrompts(LengthDistribution.parse(spec), self.loadgen.tokenizer)
@@ -142,7 +145,10 @@ class LLMUser(User):
         return PendingRecord(
             outcome=out, scenario=self.scenario or type(self).__name__, api=self.api,
             process=f"{st.process_name()}:{self.user_index}", phase=st.phase,
-            scheduled_mono=scheduled, prompt_tokens_client=prompt.tokens,
+            # as the server counts it: a chat through the model's template
+            scheduled_mono=scheduled, prompt_tokens_client=(
+                prompt.chat_tokens if self.api == "chat" and prompt.chat_tokens is not None
+                else prompt.tokens),
             wall_offset=_wall_offset(), output_tokens_counted=counted)
 
     def _count_tokens(self, out: Outcome) -> int | None:

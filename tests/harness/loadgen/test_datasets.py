@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UsageError
+from harness.launcher import ServerProcess
 from harness.loadgen.datasets import DatasetPrompts, load_dataset
 from harness.loadgen.tokens import default_tokenizer_dir, load_tokenizer
+
+from .conftest import LOCUSTFILES, RunLocust
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -76,3 +79,27 @@ def test_draws_are_seeded_and_measured_by_the_tokenizer(tmp_path: Path) -> None:
     for prompt in drawn:
         assert prompt.tokens == tok.count(prompt.messages[0]["content"])
         assert prompt.chat_tokens == tok.count_messages(prompt.messages) > prompt.tokens
+
+
+def test_locust_sends_the_dataset_and_records_server_comparable_counts(
+        sim_worker: ServerProcess, run_locust: RunLocust, tmp_path: Path) -> None:
+    tok = load_tokenizer(str(default_tokenizer_dir()))
+    assert tok is not None
+    chats = [[{"role": "user", "content": f"Tell me fact number {i} about rivers."}]
+             for i in range(5)]
+    path = _write(tmp_path, "chats.jsonl", "\n".join(json.dumps({"messages": m}) for m in chats))
+    run = run_locust("-f", str(LOCUSTFILES / "plain_chat.py"), "--headless", "-u", "2", "-r",
+                     "2", "-t", "2s", "--host", sim_worker.url, "--model", "sim",
+                     "--dataset", str(path))
+    assert run.code == 0, run.output[-3000:]
+    records = [r["value"] for r in run.records() if r["value"]["status"] == "ok"]
+    assert len(records) > 5
+    # each request was one of the file's chats, counted through the chat template
+    allowed = {tok.count_messages(m) for m in chats}
+    assert {r["prompt_tokens_client"] for r in records} <= allowed, allowed
+
+    bad = _write(tmp_path, "bad.jsonl", '{"prompt": "ok"}\n{"prompt": 42}\n')
+    refused = run_locust("-f", str(LOCUSTFILES / "plain_chat.py"), "--headless", "-u", "1",
+                         "-t", "1s", "--host", sim_worker.url, "--model", "sim",
+                         "--dataset", str(bad))
+    assert refused.code == 2 and "line 2" in refused.output, refused.output[-2000:]

@@ -153,3 +153,22 @@ def start_worker(model: str, *, port: int | None = None, host: str = "127.0.0.1"
            "--host", host, "--port", str(port), *args]
     return ServerProcess(cmd, f"http://{host}:{port}", log_dir / f"worker-{model}-{port}.log",
                          env=env)
+
+
+def start_fleet(*args: str, log_path: Path, worker_logs: Path | None = None,
+                admin_token: str | None = None, audit_log: Path | None = None,
+                port: int | None = None, host: str = "127.0.0.1",
+                env: dict[str, str] | None = None) -> ServerProcess:
+    """Start `python -m targets.reference serve ARGS` (a router and its workers, one process
+    group) with its own log at `log_path` and the workers' under `worker_logs` (default: a
+    folder beside the log); not yet ready. The one place the target's command line is built."""
+    port = port or free_port(host)
+    worker_logs = worker_logs or log_path.parent / f"{log_path.stem}-workers"
+    worker_logs.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "targets.reference", "serve", *args, "--host", host,
+           "--port", str(port), "--log-dir", str(worker_logs)]
+    if admin_token is not None:
+        cmd.append(f"--admin-token={admin_token}")  # one argument: a token may start with "-"
+    if audit_log is not None:
+        cmd += ["--audit-log", str(audit_log)]
+    return ServerProcess(cmd, f"http://{host}:{port}", log_path, env=env)

@@ -98,18 +98,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _start_fleet(model: str, workers: int, resume_streams: bool, args: Sequence[str],
                  logs: Path) -> tuple[Any, ReferenceTarget]:
-    from .launcher import ServerProcess, free_port
+    from .launcher import start_fleet
 
-    port = free_port()
     token = secrets.token_urlsafe(16)
     audit = logs / "audit.jsonl"
     logs.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "targets.reference", "serve", "--model", model,
-           "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port),
-           f"--admin-token={token}",  # one argument: a token may start with "-"
-           "--audit-log", str(audit), "--log-dir", str(logs),
-           *(["--resume-streams"] if resume_streams else []), *args]
-    proc = ServerProcess(cmd, f"http://127.0.0.1:{port}", logs / "target.log")
+    proc = start_fleet("--model", model, "--workers", str(workers),
+                       *(["--resume-streams"] if resume_streams else []), *args,
+                       log_path=logs / "target.log", worker_logs=logs, admin_token=token,
+                       audit_log=audit)
     return proc, ReferenceTarget(proc.url, token, proc.pid, audit, proc.log_path, model)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import httpx
 
 from ..audit import verify
 from ..errors import UsageError
-from ..launcher import ServerProcess, free_port
+from ..launcher import ServerProcess, free_port, start_fleet
 from .result import BenchResult, Figure, Goal, Table
 from .runner import Benchmark, Progress
 
@@ -46,13 +45,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _fleet(logs: Path, args: argparse.Namespace, audit: Path | None) -> ServerProcess:
     port = free_port()
-    cmd = [sys.executable, "-m", "targets.reference", "serve", "--model", "sim",
-           "--port", str(port), "--admin-token", "bench-audit", "--log-dir",
-           str(logs / f"workers-{port}"), "--worker-capacity", str(max(16, args.streams)),
-           f"--worker-arg=--sim-ttft={args.sim_ttft}", f"--worker-arg=--sim-itl={args.sim_itl}"]
-    if audit is not None:
-        cmd += ["--audit-log", str(audit), "--audit-fsync", args.audit_fsync]
-    return ServerProcess(cmd, f"http://127.0.0.1:{port}", logs / f"fleet-{port}.log")
+    return start_fleet("--model", "sim", "--worker-capacity", str(max(16, args.streams)),
+                       f"--worker-arg=--sim-ttft={args.sim_ttft}",
+                       f"--worker-arg=--sim-itl={args.sim_itl}",
+                       *(["--audit-fsync", args.audit_fsync] if audit is not None else []),
+                       log_path=logs / f"fleet-{port}.log", admin_token="bench-audit",
+                       audit_log=audit, port=port)
 
 
 async def _round(url: str, streams: int, seconds: float, max_tokens: int) -> tuple[int, int,

@@ -13,7 +13,6 @@ import asyncio
 import os
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import httpx
 
 from ..errors import TargetError, UsageError
-from ..launcher import ServerProcess, free_port
+from ..launcher import ServerProcess, free_port, start_fleet
 from .result import BenchResult, Figure, Goal, Table
 from .runner import Benchmark, Progress
 
@@ -43,9 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _start_fleet(model: str, logs: Path, *extra: str) -> ServerProcess:
     port = free_port()
-    cmd = [sys.executable, "-m", "targets.reference", "serve", "--model", model, "--port",
-           str(port), "--admin-token", _TOKEN, "--log-dir", str(logs / f"fleet-{port}"), *extra]
-    return ServerProcess(cmd, f"http://127.0.0.1:{port}", logs / f"fleet-{port}.log")
+    return start_fleet("--model", model, *extra, log_path=logs / f"fleet-{port}.log",
+                       admin_token=_TOKEN, port=port)
 
 
 def _workers(client: httpx.Client, url: str) -> list[dict[str, Any]]:

@@ -40,7 +40,7 @@ from ..experiment import Experiment, load_experiment
 from ..faults import FaultInjector, JsonlRecorder
 from ..faults.guard import RunGuard
 from ..faults.injector import sigterm_raises
-from ..launcher import ServerProcess, free_port
+from ..launcher import ServerProcess, start_fleet
 from ..loadgen.client import StreamClient
 from ..machine import describe, one_line
 from ..report import write_reports
@@ -148,17 +148,12 @@ def _run_dir(experiment: Experiment, report_dir: Path | None) -> Path:
 
 
 def _start_target(experiment: Experiment, run_dir: Path, token: str) -> ServerProcess:
-    port = free_port()
     cfg = experiment.target
-    cmd = [sys.executable, "-m", "targets.reference", "serve", *cfg.serve_args(),
-           "--host", "127.0.0.1", "--port", str(port),
-           f"--admin-token={token}",  # one argument: a token may start with "-"
-           "--log-dir", str(run_dir / "target-logs")]
-    if cfg.audit_log:
-        # written straight into the run directory: the run's audit.jsonl is the target's log
-        cmd += ["--audit-log", str(run_dir / "audit.jsonl")]
-    (run_dir / "target-logs").mkdir(parents=True, exist_ok=True)
-    return ServerProcess(cmd, f"http://127.0.0.1:{port}", run_dir / "target.log")
+    # the audit log is written straight into the run directory: the run's audit.jsonl is the
+    # target's log
+    return start_fleet(*cfg.serve_args(), log_path=run_dir / "target.log",
+                       worker_logs=run_dir / "target-logs", admin_token=token,
+                       audit_log=run_dir / "audit.jsonl" if cfg.audit_log else None)
 
 
 def _load_env(experiment: Experiment) -> dict[str, str]:

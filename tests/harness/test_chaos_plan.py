@@ -24,6 +24,7 @@ import pytest
 
 from harness.errors import UsageError
 from harness.launcher import ServerProcess, free_port, stop_tree
+from harness.launcher import start_fleet as launch_fleet
 from harness.loadgen.chaos_plan import copy_audit_log, load_plan
 from harness.report import REPORT_FILES
 
@@ -48,11 +49,10 @@ def start_fleet(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
         port = free_port()
         audit = tmp_path / f"fleet-{port}" / "audit.jsonl"
         audit.parent.mkdir()
-        cmd = [sys.executable, "-m", "targets.reference", "serve", "--model", "sim",
-               "--workers", "2", "--port", str(port), f"--admin-token={TOKEN}",
-               "--audit-log", str(audit), "--log-dir", str(audit.parent),
-               *(f"--worker-arg={arg}" for arg in SIM_DEPHASED), *args]
-        proc = ServerProcess(cmd, f"http://127.0.0.1:{port}", tmp_path / f"fleet-{port}.log")
+        proc = launch_fleet("--model", "sim", "--workers", "2",
+                           *(f"--worker-arg={arg}" for arg in SIM_DEPHASED), *args,
+                           log_path=tmp_path / f"fleet-{port}.log", worker_logs=audit.parent,
+                           admin_token=TOKEN, audit_log=audit, port=port)
         started.append(proc)
         proc.wait_ready(timeout=60)
         deadline = time.monotonic() + 60

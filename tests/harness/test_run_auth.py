@@ -7,7 +7,6 @@ the server's 401 in the output."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import yaml
 
 from harness.cli import main
-from harness.launcher import ServerProcess, free_port
+from harness.launcher import start_fleet
 
 KEY = "sk-run-auth-0123456789"
 ADMIN = "run-auth-admin"
@@ -24,12 +23,9 @@ ADMIN = "run-auth-admin"
 @pytest.fixture(scope="module")
 def keyed_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     logs = tmp_path_factory.mktemp("keyed")
-    port = free_port()
-    cmd = [sys.executable, "-m", "targets.reference", "serve", "--model", "sim",
-           "--workers", "1", "--port", str(port), f"--admin-token={ADMIN}",
-           f"--api-key={KEY}", "--log-dir", str(logs),
-           "--worker-arg=--sim-ttft=0.02", "--worker-arg=--sim-itl=0.005"]
-    proc = ServerProcess(cmd, f"http://127.0.0.1:{port}", logs / "router.log")
+    proc = start_fleet("--model", "sim", "--workers", "1", f"--api-key={KEY}",
+                       "--worker-arg=--sim-ttft=0.02", "--worker-arg=--sim-itl=0.005",
+                       log_path=logs / "router.log", worker_logs=logs, admin_token=ADMIN)
     try:
         proc.wait_ready(timeout=60)
         yield proc.url

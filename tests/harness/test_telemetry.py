@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from harness.checks.config import CheckConfig, ScalingConfig
 from harness.checks.run import load_run
 from harness.checks.scaling import check_scaling, worker_series
-from harness.launcher import ServerProcess, free_port
+from harness.launcher import ServerProcess, free_port, start_fleet
 from harness.telemetry import Observer, parse_metrics
 
 TOKEN = "telemetry-test-token"
@@ -24,10 +23,8 @@ TOKEN = "telemetry-test-token"
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("fleet")
-    port = free_port()
-    cmd = [sys.executable, "-m", "targets.reference", "serve", "--model", "sim", "--workers",
-           "2", "--port", str(port), "--admin-token", TOKEN, "--log-dir", str(tmp / "logs")]
-    proc = ServerProcess(cmd, f"http://127.0.0.1:{port}", tmp / "fleet.log")
+    proc = start_fleet("--model", "sim", "--workers", "2", log_path=tmp / "fleet.log",
+                       worker_logs=tmp / "logs", admin_token=TOKEN)
     try:
         proc.wait_ready(timeout=60)
         yield proc

@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from harness.launcher import ServerProcess, free_port, free_ports
+from harness.launcher import start_fleet as launch_fleet
 from harness.target import Target
 
 TOKEN = "faults-test-token"
@@ -30,10 +31,9 @@ def _fleets(tmp_path: Path) -> Iterator[FleetFactory]:
 
     def factory(*args: str, workers: int = 2) -> tuple[ServerProcess, Target]:
         port = free_port()
-        cmd = [sys.executable, "-m", "targets.reference", "serve", "--model", "sim",
-               "--workers", str(workers), "--port", str(port), "--admin-token", TOKEN,
-               "--log-dir", str(tmp_path / f"fleet-{port}"), *args]
-        proc = ServerProcess(cmd, f"http://127.0.0.1:{port}", tmp_path / f"fleet-{port}.log")
+        proc = launch_fleet("--model", "sim", "--workers", str(workers), *args,
+                           log_path=tmp_path / f"fleet-{port}.log", admin_token=TOKEN,
+                           port=port)
         target = Target(proc.url, TOKEN)
         started.append((proc, target))
         proc.wait_ready(timeout=60)

@@ -7,14 +7,13 @@ directory or in Locust's output."""
 from __future__ import annotations
 
 import secrets
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.launcher import ServerProcess, free_port
+from harness.launcher import free_port, start_fleet
 
 from .conftest import LOCUSTFILES, LocustRun, RunLocust, locust_env
 
@@ -25,12 +24,10 @@ KEY = "sk-test-" + secrets.token_hex(16)
 @pytest.fixture(scope="module")
 def keyed_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     logs = tmp_path_factory.mktemp("keyed-fleet")
-    port = free_port()
-    cmd = [sys.executable, "-m", "targets.reference", "serve", "--model", "sim",
-           "--workers", "1", "--port", str(port), f"--admin-token={secrets.token_hex(8)}",
-           "--log-dir", str(logs), f"--api-key={KEY}",
-           "--worker-arg=--sim-ttft=0.005", "--worker-arg=--sim-itl=0.002"]
-    proc = ServerProcess(cmd, f"http://127.0.0.1:{port}", logs / "router.log")
+    proc = start_fleet("--model", "sim", "--workers", "1", f"--api-key={KEY}",
+                       "--worker-arg=--sim-ttft=0.005", "--worker-arg=--sim-itl=0.002",
+                       log_path=logs / "router.log", worker_logs=logs,
+                       admin_token=secrets.token_hex(8))
     try:
         proc.wait_ready(timeout=60)
         yield proc.url

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from harness.audit import verify
-from harness.launcher import ServerProcess, free_port
+from harness.launcher import ServerProcess, free_port, start_fleet
 from targets.reference.audit import (
     AuditLog,
     AuditSettings,
@@ -207,11 +206,10 @@ def audited_fleet(tmp_path: Path) -> Iterator[Any]:
 
     def factory(audit: Path, *args: str) -> ServerProcess:
         port = free_port()
-        cmd = [sys.executable, "-m", "targets.reference", "serve", "--port", str(port),
-               "--admin-token", TOKEN, "--log-dir", str(tmp_path / f"fleet-{port}"),
-               "--model", "sim", "--audit-log", str(audit),
-               "--worker-arg=--sim-ttft=0.02", "--worker-arg=--sim-itl=0.005", *args]
-        proc = ServerProcess(cmd, f"http://127.0.0.1:{port}", tmp_path / f"fleet-{port}.log")
+        proc = start_fleet("--model", "sim", "--worker-arg=--sim-ttft=0.02",
+                           "--worker-arg=--sim-itl=0.005", *args,
+                           log_path=tmp_path / f"fleet-{port}.log", admin_token=TOKEN,
+                           audit_log=audit, port=port)
         started.append(proc)
         proc.wait_ready(timeout=120)
         return proc

@@ -12,7 +12,6 @@ import json
 import os
 import random
 import signal
-import sys
 import threading
 import uuid
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import psutil
 import pytest
 
 from harness.audit import text_sha256, verify
-from harness.launcher import ServerProcess, free_port
+from harness.launcher import start_fleet
 from targets.reference.audit import log_files
 
 TOKEN = "test-admin-token"
@@ -116,13 +115,11 @@ def _crash_loop(tmp_path: Path, kills: int) -> dict[str, int]:
     seen: list[Seen] = []
     totals = {"in_doubt": 0, "torn": 0, "completed": 0}
     for k in range(kills + 1):
-        port = free_port()
-        cmd = [sys.executable, "-m", "targets.reference", "serve", "--port", str(port),
-               "--admin-token", TOKEN, "--model", "sim", "--workers", "2",
-               "--log-dir", str(tmp_path / "workers"), "--audit-log", str(audit),
-               "--audit-max-bytes", "65536",
-               "--worker-arg=--sim-ttft=0.02", "--worker-arg=--sim-itl=0.004"]
-        fleet = ServerProcess(cmd, f"http://127.0.0.1:{port}", tmp_path / f"fleet-{k}.log")
+        fleet = start_fleet("--model", "sim", "--workers", "2", "--audit-max-bytes", "65536",
+                            "--worker-arg=--sim-ttft=0.02", "--worker-arg=--sim-itl=0.004",
+                            log_path=tmp_path / f"fleet-{k}.log",
+                            worker_logs=tmp_path / "workers", admin_token=TOKEN,
+                            audit_log=audit)
         try:
             fleet.wait_ready(timeout=60)
             totals = _check(audit, seen)  # the restart recovered the log

@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from harness.launcher import ServerProcess, free_port
+from harness.launcher import start_fleet as launch_fleet
 from targets.reference.api import KEEP_ALIVE_S
 from targets.reference.router import POOL_IDLE_S
 
@@ -37,9 +38,8 @@ def start_fleet(tmp_path: Path) -> Iterator[FleetFactory]:
 
     def factory(*args: str) -> ServerProcess:
         port = free_port()
-        cmd = [sys.executable, "-m", "targets.reference", "serve", "--port", str(port),
-               "--admin-token", TOKEN, "--log-dir", str(tmp_path / f"fleet-{port}"), *args]
-        proc = ServerProcess(cmd, f"http://127.0.0.1:{port}", tmp_path / f"fleet-{port}.log")
+        proc = launch_fleet(*args, log_path=tmp_path / f"fleet-{port}.log", admin_token=TOKEN,
+                           port=port)
         started.append(proc)
         proc.wait_ready(timeout=120)
         return proc

@@ -8,7 +8,6 @@ and normal traffic is served afterwards."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.audit import verify
-from harness.launcher import ServerProcess, free_port
+from harness.launcher import start_fleet
 
 TOKEN = "hostile-test-token"
 CHAT = "/v1/chat/completions"
@@ -31,15 +30,12 @@ VALID: dict[str, Any] = {"model": "sim", "messages": [{"role": "user", "content"
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     logs = tmp_path_factory.mktemp("hostile")
-    port = free_port()
     audit = logs / "audit.jsonl"
-    cmd = [sys.executable, "-m", "targets.reference", "serve", "--model", "sim",
-           "--workers", "2", "--port", str(port), f"--admin-token={TOKEN}",
-           "--audit-log", str(audit), "--log-dir", str(logs), "--resume-streams",
-           # short streams: a hostile request that is valid after all costs little
-           "--worker-arg=--sim-ttft=0.002", "--worker-arg=--sim-itl=0.001",
-           "--worker-arg=--max-model-len=256"]
-    proc = ServerProcess(cmd, f"http://127.0.0.1:{port}", logs / "router.log")
+    proc = start_fleet("--model", "sim", "--workers", "2", "--resume-streams",
+                       # short streams: a hostile request that is valid after all costs little
+                       "--worker-arg=--sim-ttft=0.002", "--worker-arg=--sim-itl=0.001",
+                       "--worker-arg=--max-model-len=256", log_path=logs / "router.log",
+                       worker_logs=logs, admin_token=TOKEN, audit_log=audit)
     try:
         proc.wait_ready(timeout=60)
         yield proc.url, audit

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.launcher import ServerProcess, free_port
+from harness.launcher import ServerProcess, free_port, start_fleet
 from targets.reference.http_limits import MAX_HEADER_BYTES, MAX_HEADERS
 
 READ_TIMEOUT = 1.0  # seconds; short so the test is quick: these limits are the client's time
@@ -27,11 +27,10 @@ TOKEN = "limits-test-token"
 
 
 def _serve(tmp: Path, *extra: str) -> ServerProcess:
-    port = free_port()
-    cmd = [sys.executable, "-m", "targets.reference", "serve", "--model", "sim", "--workers", "1",
-           "--port", str(port), "--log-dir", str(tmp), f"--request-read-timeout={READ_TIMEOUT}",
-           "--worker-arg=--sim-ttft=0.01", "--worker-arg=--sim-itl=0.01", *extra]
-    return ServerProcess(cmd, f"http://127.0.0.1:{port}", tmp / "router.log")
+    return start_fleet("--model", "sim", "--workers", "1",
+                       f"--request-read-timeout={READ_TIMEOUT}", "--worker-arg=--sim-ttft=0.01",
+                       "--worker-arg=--sim-itl=0.01", *extra, log_path=tmp / "router.log",
+                       worker_logs=tmp)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all lint install lock clean
+.PHONY: demo test test-all lint install lock clean browser
 
 install: $(STAMP)
 
@@ -42,11 +42,17 @@ lock:
 demo: $(STAMP)
 	$(VENV)/bin/llm-chaos run scenarios/gameday_demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-all: $(STAMP)
+test-all: $(STAMP) browser
 	$(PY) -m pytest --run-slow $(PYTEST_ARGS)
+
+# Debian's Chromium and chromedriver for the game-day console's browser test (selenium drives
+# the system browser: nothing is downloaded at run time); installed only when missing
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check harness targets tests scenarios

@@ -117,6 +117,8 @@ class FaultInjector:
         self.active: list[_Active] = []
         self.result = RunResult()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # stop() or a fault injected by hand: look again
+        self._t0: float | None = None  # the running schedule's start on `clock`
         self._state: StateFile | None = None
         # a run's own state file (RunGuard): its guard watches it, and it outlives the schedule
         self._shared_state = state
@@ -151,6 +153,52 @@ class FaultInjector:
     def stop(self) -> None:
         """Ask a running `run()` (in another thread) to end; it reverts everything."""
         self._stop.set()
+        self._wake.set()
+
+    @property
+    def running(self) -> bool:
+        """Whether `run()` is running its schedule (faults can be injected by hand)."""
+        return self._t0 is not None and not self._stop.is_set()
+
+    def inject_now(self, step: Step, by: str = "console") -> str:
+        """Inject `step`'s fault now, beside the running schedule (a game day driven by hand):
+        recorded like a scheduled one (with `by`), reverted after `step.duration`, by
+        `revert_now`, or with everything else when the run ends. Returns the inject id;
+        UsageError when the fault is refused, HarnessError when it failed or no run is on."""
+        if not self.running or self._t0 is None:
+            raise HarnessError("the fault schedule is not running: start the test first (or "
+                               "it has ended)")
+        now = self.clock() - self._t0
+        step = Step(step.fault, at=now, duration=step.duration)  # once, from now
+        step.check(len(self.steps))
+        step.fault.validate(self.target)
+        self.steps.append(step)
+        item = self._inject(len(self.steps) - 1, now, now, {"by": by})
+        if item is None:
+            raise HarnessError(self.result.failed[-1])
+        if not self.running:  # the run ended while this was injected: its revert_all missed it
+            self.revert_now(item.inject_id, by)
+            raise HarnessError(f"{step.fault.name}: the run ended meanwhile; reverted")
+        self._wake.set()
+        return item.inject_id
+
+    def revert_now(self, inject_id: str, by: str = "console") -> bool:
+        """Revert the active fault `inject_id` now (recorded with `by`); False when it is not
+        active (already reverted)."""
+        item = next((a for a in self.active if a.inject_id == inject_id), None)
+        if item is None:
+            return False
+        self.active.remove(item)
+        self._revert(item, {"by": by})
+        return True
+
+    def active_faults(self) -> list[dict[str, Any]]:
+        """The active faults: inject id, fault, its workers, seconds left before its revert."""
+        now = None if self._t0 is None else self.clock() - self._t0
+        return [{"inject": a.inject_id, "fault": a.fault.name, "step": a.step,
+                 "workers": sorted(a.effect.workers), "value": a.effect.value,
+                 "left": None if now is None else max(0.0, a.revert_at - now)}
+                for a in list(self.active)]
 
     def run(self, run_for: float) -> RunResult:
         """Run the schedule for `run_for` seconds, then revert what is left. Ctrl-C and
@@ -159,6 +207,7 @@ class FaultInjector:
         with self._signals():
             try:
                 self._open()
+                self._t0 = self.clock()
                 self._loop(run_for)
             except KeyboardInterrupt:
                 self.result.interrupted = "SIGINT"
@@ -167,6 +216,7 @@ class FaultInjector:
                 self.result.interrupted = "SIGTERM"
                 raise
             finally:
+                self._t0 = None  # no more faults by hand: everything is reverted now
                 with self._deferred_signals():
                     self.revert_all()
                     self._close()
@@ -180,7 +230,7 @@ class FaultInjector:
     # -- the loop -----------------------------------------------------------------------------
 
     def _loop(self, run_for: float) -> None:
-        start = self.clock()
+        start = self._t0 if self._t0 is not None else self.clock()
         pending = self.plan(run_for)
         next_check = 0.0
         while not self._stop.is_set():
@@ -197,8 +247,9 @@ class FaultInjector:
                         return
             for item in sorted((a for a in self.active if a.revert_at <= now),
                                key=lambda a: -a.revert_at):
-                self.active.remove(item)
-                self._revert(item)
+                if item in self.active:  # not reverted by hand meanwhile
+                    self.active.remove(item)
+                    self._revert(item)
             while pending and pending[0][0] <= now:
                 offset, i = pending.pop(0)
                 self._inject(i, offset, now)
@@ -207,9 +258,11 @@ class FaultInjector:
                 wake.append(pending[0][0])
             if self.abort:
                 wake.append(next_check)
-            self._stop.wait(max(0.0, min(wake) - (self.clock() - start)))
+            self._wake.wait(max(0.0, min(wake) - (self.clock() - start)))
+            self._wake.clear()
 
-    def _inject(self, i: int, offset: float, now: float) -> None:
+    def _inject(self, i: int, offset: float, now: float,
+                extra: dict[str, Any] | None = None) -> _Active | None:
         step = self.steps[i]
         fault = step.fault
         inject_id = uuid.uuid4().hex[:12]
@@ -220,7 +273,7 @@ class FaultInjector:
         ledger = Ledger(fault.name, ttl, worker_budget=budget, busy=busy,
                         on_note=lambda heal: self._note(heal, deadline))
         base = {"fault": fault.name, "step": i, "inject": inject_id, "at": offset,
-                "for": step.duration, "ttl": ttl}
+                "for": step.duration, "ttl": ttl, **(extra or {})}
         self._record("invoke", "inject", base)
         try:
             effect = fault.inject(self.target, self.rng, ledger)
@@ -233,20 +286,23 @@ class FaultInjector:
                 self._revert(_Active(i, inject_id, fault, partial, now))
             if not isinstance(exc, HarnessError):
                 raise
-            return
+            return None
         except BaseException:
             # interrupted mid-inject: keep what it did so far, so the final revert undoes it
             self.active.append(_Active(i, inject_id, fault, ledger.effect({"partial": True}),
                                        now))
             self._record("info", "inject", {**base, "interrupted": True})
             raise
-        self.active.append(_Active(i, inject_id, fault, effect, now + step.duration))
+        item = _Active(i, inject_id, fault, effect, now + step.duration)
+        self.active.append(item)
         self.result.injected += 1
         self._record("ok", "inject", {**base, **effect.value,
                                       "workers": sorted(effect.workers)})
+        return item
 
-    def _revert(self, item: _Active) -> None:
-        base = {"fault": item.fault.name, "step": item.step, "inject": item.inject_id}
+    def _revert(self, item: _Active, extra: dict[str, Any] | None = None) -> None:
+        base = {"fault": item.fault.name, "step": item.step, "inject": item.inject_id,
+                **(extra or {})}
         self._record("invoke", "revert", base)
         try:
             item.fault.revert(self.target, item.effect)

@@ -12,6 +12,8 @@ gevent; `locust_help`, gevent's plugin that puts our options in `locust --help`,
 - `tokens`: the target model's tokenizer, for counting.
 - `prompts`: seeded prompt sources (synthetic lengths, bundled, shared prefix, multi-turn).
 - `arrivals`, `shapes`: open-loop arrival schedules and user-count shapes, as pure functions.
+- `console_model`: what the game-day console shows, from the run directory as it grows;
+  `console` (gevent and Flask: imported only inside Locust) puts it in the web UI's Chaos tab.
 """
 
 from __future__ import annotations

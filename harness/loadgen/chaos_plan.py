@@ -134,7 +134,7 @@ def load_plan(opts: Any, environ: Mapping[str, str]) -> ChaosPlan:
         raise UsageError("target.url: no target to test; give --host URL (or target.url in "
                          "the plan)")
     run_dir = Path(opts.run_dir) if opts.run_dir else _run_dir(experiment, None)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(run_dir.iterdir()) and not _prepared(run_dir, opts.chaos_plan):
         raise UsageError(f"--run-dir: {run_dir} exists and is not empty; choose another "
                          "directory or remove it")
     # the load Locust runs is what its own options say: record that, not the plan's load
@@ -149,6 +149,14 @@ def load_plan(opts: Any, environ: Mapping[str, str]) -> ChaosPlan:
         raise UsageError(f"--chaos-audit-log: {audit_log.parent} is not a directory; give "
                          "the path of the target's audit log (its --audit-log)")
     return ChaosPlan(experiment, run_dir, url, token, horizon, audit_log)
+
+
+def _prepared(run_dir: Path, plan_path: str) -> bool:
+    """Whether `run_dir` is one `llm-chaos run --ui` prepared for this plan: the plan is its
+    own experiment.yaml, and no load has run into it yet."""
+    plan = Path(plan_path).resolve()
+    return plan == (run_dir / "experiment.yaml").resolve() and not (
+        run_dir / "history.jsonl").exists()
 
 
 def copy_audit_log(source: Path, run_dir: Path) -> int:
@@ -228,7 +236,9 @@ class ChaosSession:
                                      interval=experiment.report.telemetry_interval,
                                      verify=st.tls)
             self.observer.start()
-        if steps:
+        # with the game-day console, the schedule runs even when empty: faults injected by
+        # hand join it, under its guard, and are reverted with it
+        if steps or getattr(self.environment, "web_ui", None) is not None:
             import gevent
 
             self.schedule_started = time.monotonic()
@@ -416,9 +426,28 @@ def _on_quitting(environment: Any, **_: Any) -> None:
     plan.session.finish()
 
 
+def _on_init_console(environment: Any, **_: Any) -> None:
+    # after the loadgen plugin's init: its run directory is chosen, its LLM tab added
+    if getattr(environment, "web_ui", None) is None or _role(environment) == "worker":
+        return
+    from .console import install_console
+    from .plugin import state
+
+    install_console(environment, state(environment).run_dir)
+
+
+def _on_test_start_console(environment: Any, **_: Any) -> None:
+    console = getattr(environment, "llm_chaos_console", None)
+    if console is not None:
+        console.start()
+
+
 def install(events: Any) -> None:
-    """Register the listeners that run after the loadgen plugin's (its records flushed)."""
+    """Register the listeners that run after the loadgen plugin's (its records flushed), and
+    the game-day console's (a Chaos tab in the web UI)."""
+    events.init.add_listener(_on_init_console)
     events.test_start.add_listener(_on_test_start)
+    events.test_start.add_listener(_on_test_start_console)
     events.test_stop.add_listener(_on_test_stop)
     events.quitting.add_listener(_on_quitting)
 

@@ -18,8 +18,20 @@ def _run(args: argparse.Namespace) -> int:
     # vLLM's --goodput bounds are the per-request SLO the checks count goodput with
     overrides = [*(args.set or ()), *(f"checks.slo.request.{key}={seconds:g}" for key, seconds
                                       in parse_goodput(args.goodput or ()).items())]
+    ui = _ui_address(args.ui) if args.ui is not None else None
     return exit_143_when_terminated("run", lambda: run_experiment(
-        args.experiment, overrides, report_dir=args.report_dir).exit_code)
+        args.experiment, overrides, report_dir=args.report_dir, ui=ui,
+        ui_linger=args.ui_linger).exit_code)
+
+
+def _ui_address(value: str) -> tuple[str, int]:
+    """`--ui [HOST:]PORT` as (host, port); UsageError when it is not one."""
+    from ..errors import UsageError
+
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--ui: {value!r} is not [HOST:]PORT, e.g. 127.0.0.1:8089")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def add_goodput(p: argparse.ArgumentParser) -> None:
@@ -48,4 +60,12 @@ def add_parser(sub: Any) -> None:
                    help="override a field of the experiment, e.g. --set target.model=sim "
                         "(repeatable)")
     add_goodput(p)
+    p.add_argument("--ui", nargs="?", const="127.0.0.1:8089", default=None,
+                   metavar="[HOST:]PORT",
+                   help="run with Locust's web UI and the game-day console (its Chaos tab) "
+                        "instead of headless, at HOST:PORT (default 127.0.0.1:8089); faults "
+                        "can be injected and reverted there by hand")
+    p.add_argument("--ui-linger", type=float, default=60.0, metavar="SECONDS",
+                   help="with --ui: keep the console open this long after the end, for the "
+                        "verdicts and report.html (60)")
     p.set_defaults(run=_run)

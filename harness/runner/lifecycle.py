@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import sys
@@ -54,6 +55,7 @@ from .probes import run_probes
 __all__ = ["RunOutcome", "judge_run", "run_experiment", "write_plan"]
 
 NEMESIS_FILE = "nemesis.jsonl"
+ADMIN_TOKEN_ENV = "LLM_CHAOS_ADMIN_TOKEN"  # as chaos_plan reads it (it imports this module)
 MACHINE_FILE = "machine.json"
 LOAD_START_TIMEOUT = 120.0
 TARGET_READY_TIMEOUT = 600.0  # the first start of the real model converts its GGUF file
@@ -250,9 +252,13 @@ def _active_faults(injector: FaultInjector) -> list[str]:
 
 def run_experiment(path: Path, overrides: Sequence[str] = (), *,
                    report_dir: Path | None = None, out: TextIO | None = None,
-                   progress_interval: float = 2.0) -> RunOutcome:
+                   progress_interval: float = 2.0, ui: tuple[str, int] | None = None,
+                   ui_linger: float = 60.0) -> RunOutcome:
     """Run the experiment in `path` (with `--set` overrides) and judge it. Raises UsageError on
-    a bad experiment before anything starts; KeyboardInterrupt / Terminated after cleaning up."""
+    a bad experiment before anything starts; KeyboardInterrupt / Terminated after cleaning up.
+    With `ui` (host, port), Locust runs with its web UI and the game-day console there, and
+    the faults, probes and observer run inside it (`--chaos-plan`, the same session); the
+    console stays up `ui_linger` seconds after the end."""
     out = out or sys.stdout
     experiment = load_experiment(path, overrides)
     experiment.target.api_key()  # an unset api_key_env is a usage error, before anything starts
@@ -269,7 +275,8 @@ def run_experiment(path: Path, overrides: Sequence[str] = (), *,
     inconclusive: str | None = None
     with sigterm_raises():
         try:
-            _execute(experiment, run_dir, steps, aborts, recorder, progress, out)
+            inconclusive = _execute(experiment, run_dir, steps, aborts, recorder, progress, out,
+                                    ui, ui_linger)
         except TargetError as exc:
             inconclusive = str(exc)
             print(f"llm-chaos run: the run could not complete: {exc}", file=out, flush=True)
@@ -308,7 +315,8 @@ def judge_run(experiment: Experiment, run_dir: Path, out: TextIO,
 
 
 def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: list[Any],
-             recorder: JsonlRecorder, progress: _Progress, out: TextIO) -> None:
+             recorder: JsonlRecorder, progress: _Progress, out: TextIO,
+             ui: tuple[str, int] | None = None, ui_linger: float = 60.0) -> str | None:
     cfg = experiment.target
     assert experiment.seed is not None
     with contextlib.ExitStack() as stack:
@@ -317,7 +325,11 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
         guard = stack.enter_context(RunGuard())
         server: ServerProcess | None = None
         if cfg.reference:
-            token = cfg.admin_token or secrets.token_urlsafe(24)
+            # with the console, the operator enters the token: theirs, or one said once here
+            token = cfg.admin_token or (os.environ.get(ADMIN_TOKEN_ENV) if ui else None) \
+                or secrets.token_urlsafe(24)
+            if ui and token not in (cfg.admin_token, os.environ.get(ADMIN_TOKEN_ENV)):
+                print(f"  admin token for the console (this run only): {token}", file=out)
             progress.set("starting target")
             server = _start_target(experiment, run_dir, token)
             stack.callback(server.stop)
@@ -344,6 +356,9 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
             injector.validate()  # against the live target, before any load
         progress.active = lambda: _active_faults(injector)
 
+        if ui is not None:
+            return _run_with_console(experiment, run_dir, url, admin_token, ui, ui_linger,
+                                     guard, stack, progress, out)
         progress.set("steady state before")
         before = run_probes(experiment.steady_state, "before", url, recorder,
                             headers=cfg.request_headers(), verify=tls)
@@ -411,6 +426,58 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
             except (TargetError, httpx.HTTPError) as exc:
                 print(f"  target events not fetched: {exc}", file=out)
         progress.set("stopping")
+        return None
+
+
+def _run_with_console(experiment: Experiment, run_dir: Path, url: str,
+                      admin_token: str | None, ui: tuple[str, int], linger: float,
+                      guard: RunGuard, stack: contextlib.ExitStack, progress: _Progress,
+                      out: TextIO) -> str | None:
+    """`llm-chaos run --ui`: Locust with its web UI, started at once (`--autostart`), runs the
+    experiment as its `--chaos-plan` (probes, observer, schedule, checks: the session the
+    game-day console shows and drives), and quits `linger` seconds after the end. What the
+    run could not complete, or None."""
+    load = experiment.load
+    if load.auto_users:
+        progress.set("measuring capacity")
+        capacity = measure_capacity(url, load, client=_clients(experiment))
+        capacity.write(run_dir)
+        print(f"  {capacity.line()}", file=out, flush=True)
+        load = load.sized(capacity.users)
+        write_plan(experiment.model_copy(update={"load": load}), run_dir)
+    assert experiment.seed is not None
+    host, port = ui
+    args = [a for a in load.locust_args(experiment.seed) if a != "--headless"]
+    env = _load_env(experiment)
+    if admin_token is not None:
+        env[ADMIN_TOKEN_ENV] = admin_token  # never on a command line
+    progress.set("starting load")
+    locust = LocustProcess([*args, *experiment.target.endpoint_args(), "--host", url,
+                            "--run-dir", str(run_dir), "--only-summary", "--autostart",
+                            "--autoquit", f"{max(0, math.ceil(linger))}",
+                            "--web-host", host, "--web-port", str(port),
+                            "--chaos-plan", str(run_dir / "experiment.yaml")],
+                           run_dir / "locust.log", env=env)
+    stack.callback(locust.stop)
+    guard.track(locust.pid)
+    if not locust.wait_started(LOAD_START_TIMEOUT):
+        raise TargetError(f"Locust did not start its load within {LOAD_START_TIMEOUT:.0f} s"
+                          f" (log: {run_dir / 'locust.log'}):\n{locust.log_tail()}")
+    shown = "127.0.0.1" if host in ("", "*", "0.0.0.0") else host
+    print(f"  game-day console: http://{shown}:{port}/?tab=chaos (open until {linger:g} s "
+          "after the end)", file=out, flush=True)
+    progress.set("load + faults (console)")
+    progress.start()
+    code = locust.wait(load.duration + linger + 120.0)
+    if code is None:
+        raise TargetError(f"Locust did not end {load.duration + linger + 120:.0f} s after its "
+                          "load started")
+    progress.stop()
+    if code == 3:  # the session judged the run unknown, or could not complete it
+        return f"the console's session ended inconclusive (see {run_dir / 'locust.log'})"
+    if code not in (0, 1):
+        raise TargetError(f"Locust exited with status {code}:\n{locust.log_tail()}")
+    return None
 
 
 def _stop_when_gone(locust: LocustProcess, injector: FaultInjector) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.errors import TargetError, UsageError
+from harness.errors import HarnessError, TargetError, UsageError
 from harness.faults import FaultInjector, MemoryRecorder, Step
 from harness.faults.base import Effect, Ledger
 from harness.faults.heal import KillProcess
@@ -195,3 +195,44 @@ def test_a_terminated_command_exits_143_and_says_what_was_cleaned(
     assert exit_143_when_terminated("explore", stopped) == 143
     assert capsys.readouterr().err == ("llm-chaos explore: terminated (every fault reverted, "
                                        "every process stopped)\n")
+
+
+def test_faults_by_hand_join_the_running_schedule() -> None:
+    """The game-day console's path: a fault injected by hand while the schedule runs is
+    recorded like a scheduled one (with `by`), reverted by hand, or at its `for`, or with
+    everything else at the end; none is taken when no schedule runs."""
+    import threading
+    import time
+
+    log: list[str] = []
+    recorder = MemoryRecorder()
+    injector = FaultInjector(NOWHERE, [Step(FakeFault("planned", log), at=5, duration=1)],
+                             recorder=recorder, guard=False)
+    with pytest.raises(HarnessError, match="not running"):
+        injector.inject_now(Step(FakeFault("early", log), duration=1))
+    thread = threading.Thread(target=injector.run, args=(1.5,))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not injector.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first = injector.inject_now(Step(FakeFault("a", log), duration=60))
+    short = injector.inject_now(Step(FakeFault("b", log), duration=0.2))
+    kept = injector.inject_now(Step(FakeFault("c", log), duration=60))
+    assert {a["inject"] for a in injector.active_faults()} == {first, short, kept}
+    with pytest.raises(UsageError, match="invalid"):
+        injector.inject_now(Step(FakeFault("invalid", log), duration=1))
+    assert injector.revert_now(first) is True
+    assert injector.revert_now(first) is False  # once only
+    time.sleep(0.5)  # b's `for` ends while the loop waits for the end of the run
+    assert [a["inject"] for a in injector.active_faults()] == [kept]
+    thread.join(timeout=5)
+    assert not injector.running and injector.active == []
+    assert [line[:8] for line in log] == ["inject a", "inject b", "inject c", "revert a",
+                                          "revert b", "revert c"]
+    lines = {(x["type"], x["f"], x["value"]["inject"]): x["value"] for x in recorder.lines}
+    assert lines[("ok", "inject", first)]["by"] == "console"
+    assert lines[("ok", "revert", first)]["by"] == "console"
+    assert "by" not in lines[("ok", "revert", kept)]  # reverted at the end, with the rest
+    assert lines[("ok", "inject", kept)]["at"] == pytest.approx(0, abs=0.5)
+    with pytest.raises(HarnessError, match="not running"):
+        injector.inject_now(Step(FakeFault("late", log), duration=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -13,11 +14,20 @@ __all__ = ["main"]
 
 
 _TARGET_COMMANDS = ("worker", "serve")
+# what the [target] extra adds (see pyproject.toml)
+TARGET_MODULES = ("torch", "transformers", "gguf", "accelerate", "fastapi", "httptools",
+                  "aiohttp")
 
 
 def _target(command: str, argv: list[str]) -> int:
     # These belong to the reference target (targets/ never imports the harness): hand the
     # process over to it, so the PID a caller started is the server's own.
+    missing = [name for name in TARGET_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"llm-chaos {command}: the reference target needs {', '.join(missing)}, which "
+              "this installation lacks: pip install 'llm-chaos-harness[target]'",
+              file=sys.stderr)
+        return 2
     os.execv(sys.executable, [sys.executable, "-m", "targets.reference", command, *argv])
 
 

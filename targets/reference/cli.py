@@ -45,7 +45,8 @@ def _http_limits(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser for `python -m targets.reference` (also behind `llm-chaos worker`)."""
-    parser = argparse.ArgumentParser(prog="python -m targets.reference",
+    # `llm-chaos serve|worker` is how it is run (that execs `python -m targets.reference`)
+    parser = argparse.ArgumentParser(prog="llm-chaos",
                                      description="The reference LLM serving target.")
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("worker", help="serve one model over an OpenAI-compatible API",

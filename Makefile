@@ -48,6 +48,14 @@ test: $(STAMP) browser
 test-all: $(STAMP) browser
 	$(PY) -m pytest --run-slow $(PYTEST_ARGS)
 
+# Opt-in, not part of `test`: the harness against vLLM's CPU build and llama-cpp-python's
+# server, each installed into its own venv under $LLM_CHAOS_CACHE/interop (reused; the first
+# run compiles llama.cpp). See tests/interop/README.md. INTEROP_ARGS='--servers vllm' for one.
+.PHONY: interop
+INTEROP_ARGS ?=
+interop: $(STAMP)
+	$(PY) tests/interop/run_interop.py $(INTEROP_ARGS)
+
 # Debian's Chromium and chromedriver for the game-day console's browser test (selenium drives
 # the system browser: nothing is downloaded at run time); installed only when missing
 browser:

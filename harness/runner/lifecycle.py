@@ -37,7 +37,7 @@ import yaml
 from ..checks import load_run, run_checks
 from ..endpoint import API_KEY_ENV
 from ..errors import TargetError, UsageError
-from ..experiment import Experiment, load_experiment
+from ..experiment import Experiment, LoadConfig, load_experiment
 from ..faults import FaultInjector, JsonlRecorder
 from ..faults.guard import RunGuard
 from ..faults.injector import sigterm_raises
@@ -365,16 +365,8 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
         for name, ok in before:
             print(f"  probe {name}: {'ok' if ok else 'FAILED'} (before)", file=out)
 
-        load = experiment.load
-        if load.auto_users:
-            # before the observer: its figures, like the history, are of the run's own load
-            progress.set("measuring capacity")
-            capacity = measure_capacity(url, load, client=_clients(experiment))
-            capacity.write(run_dir)
-            print(f"  {capacity.line()}", file=out, flush=True)
-            load = load.sized(capacity.users)
-            # experiment.yaml says the users the load ran (capacity.json says why)
-            write_plan(experiment.model_copy(update={"load": load}), run_dir)
+        # before the observer: its figures, like the history, are of the run's own load
+        load = _sized_load(experiment, url, run_dir, progress, out)
 
         if admin_token is not None:
             observer = Observer(url, admin_token, run_dir / "telemetry.jsonl",
@@ -429,14 +421,10 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
         return None
 
 
-def _run_with_console(experiment: Experiment, run_dir: Path, url: str,
-                      admin_token: str | None, ui: tuple[str, int], linger: float,
-                      guard: RunGuard, stack: contextlib.ExitStack, progress: _Progress,
-                      out: TextIO) -> str | None:
-    """`llm-chaos run --ui`: Locust with its web UI, started at once (`--autostart`), runs the
-    experiment as its `--chaos-plan` (probes, observer, schedule, checks: the session the
-    game-day console shows and drives), and quits `linger` seconds after the end. What the
-    run could not complete, or None."""
+def _sized_load(experiment: Experiment, url: str, run_dir: Path, progress: _Progress,
+                out: TextIO) -> LoadConfig:
+    """The experiment's load, its users measured from the target's capacity when it says
+    `users: auto`; experiment.yaml then says the users the load ran (capacity.json why)."""
     load = experiment.load
     if load.auto_users:
         progress.set("measuring capacity")
@@ -445,6 +433,18 @@ def _run_with_console(experiment: Experiment, run_dir: Path, url: str,
         print(f"  {capacity.line()}", file=out, flush=True)
         load = load.sized(capacity.users)
         write_plan(experiment.model_copy(update={"load": load}), run_dir)
+    return load
+
+
+def _run_with_console(experiment: Experiment, run_dir: Path, url: str,
+                      admin_token: str | None, ui: tuple[str, int], linger: float,
+                      guard: RunGuard, stack: contextlib.ExitStack, progress: _Progress,
+                      out: TextIO) -> str | None:
+    """`llm-chaos run --ui`: Locust with its web UI, started at once (`--autostart`), runs the
+    experiment as its `--chaos-plan` (probes, observer, schedule, checks: the session the
+    game-day console shows and drives), and quits `linger` seconds after the end. What the
+    run could not complete, or None."""
+    load = _sized_load(experiment, url, run_dir, progress, out)
     assert experiment.seed is not None
     host, port = ui
     args = [a for a in load.locust_args(experiment.seed) if a != "--headless"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import psutil
+import pytest
 
 from harness.launcher import free_ports, stop_tree
 
@@ -28,6 +29,9 @@ FAST = ["--set", "target.model=sim", "--set", "load.duration=12", "--set", "faul
         "--set", "checks.recovery.window=3"]
 
 
+# make test-all (the 20-minute budget of make test): the console itself is driven end to
+# end by the browser test (tests/harness/loadgen/test_console.py)
+@pytest.mark.slow
 def test_run_with_the_console(tmp_path: Path) -> None:
     (port,) = free_ports(1)
     console = f"http://127.0.0.1:{port}/llm-chaos/console/api"

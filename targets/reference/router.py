@@ -358,11 +358,12 @@ class Router:
                           "service_unavailable", headers={"Retry-After": "1"})
         if isinstance(payload, ApiError):
             raise _Reject(payload.status, payload.message, payload.type, payload.param)
+        rewritten = False  # the body goes upstream as sent unless the router changes it
         if any(name in payload for name in INTERNAL_FIELDS):
             # the router's own fields (it resumes streams with them): never a client's
             for name in INTERNAL_FIELDS:
                 payload.pop(name, None)
-            body = json.dumps(payload).encode()
+            rewritten = True
         options = payload.get("stream_options")
         if options is not None and not isinstance(options, dict):
             raise _Reject(400, "stream_options: must be an object, such as "
@@ -377,13 +378,15 @@ class Router:
         resumable = stream and self.settings.resume_streams
         if resumable:
             payload["return_token_ids"] = True
-            body = json.dumps(payload).encode()
+            rewritten = True
         if trail is not None and stream and not (payload.get("stream_options") or {}).get(
                 "include_usage"):
             # token counts for the record: asked upstream, taken out before the client
             trail.strip_usage = True
             payload["stream_options"] = {**(payload.get("stream_options") or {}),
                                          "include_usage": True}
+            rewritten = True
+        if rewritten:  # encoded once, whatever changed
             body = json.dumps(payload).encode()
         tried: set[str] = set()
         last_error = "no attempt"

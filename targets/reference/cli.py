@@ -19,8 +19,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto",
                    help="auto (bfloat16 on CUDA and on CPUs with AVX512-BF16 or AMX, else "
                         "float32), float32, bfloat16 or float16")
-    p.add_argument("--quantize", default="none", choices=["none", "int8"],
-                   help="int8: dynamic int8 weights (CPU)")
+    p.add_argument("--quantize", default="none", choices=["none", "int8", "int4"],
+                   help="weight-only quantized projections and head, computed in bfloat16 by "
+                        "torch's CPU kernels (targets/reference/quant.py): int8 (a scale per "
+                        "output channel) or int4 (a scale and zero point per 32 inputs; "
+                        "SmolLM2's bundled weights are this grid already, GGUF Q4_1)")
 
 
 def _positive_seconds(text: str) -> float:
@@ -148,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--log-level", default="warning")
     p = sub.add_parser("prepare", help="convert/cache a model now (done on first use otherwise)")
     p.add_argument("--model", default="smollm2")
+    d = sub.add_parser("fidelity", help="greedy agreement of weight formats with float32",
+                       description="Greedy outputs of each format against the float32 model on "
+                                   "the given prompts: free-running (tokens before the first "
+                                   "difference) and teacher-forced (next-token agreement).")
+    d.add_argument("--model", default="smollm2")
+    d.add_argument("--formats", default="bf16,int8,int4",
+                   help="comma-separated: fp32, bf16, int8, int4 (default bf16,int8,int4)")
+    d.add_argument("--prompts", required=True, help="a JSON file: a list of prompt strings")
+    d.add_argument("--max-tokens", type=int, default=64)
+    d.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    d.add_argument("--json", default=None, metavar="PATH", help="write the figures here")
     return parser
 
 
@@ -174,7 +188,7 @@ def make_engine(args: argparse.Namespace) -> Any:
     assert spec.path is not None
     device = resolve_device(args.device)
     model, tokenizer = load_model(spec.path, device, args.dtype,
-                                  None if args.quantize == "none" else args.quantize)
+                                  args.quantize)
     return BatchEngine(model, tokenizer, spec.name, max_num_seqs=args.max_num_seqs,
                        max_model_len=args.max_model_len,
                        max_batched_tokens=args.max_batched_tokens,
@@ -192,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
             from .fleet import serve
 
             return serve(args)
+        if args.command == "fidelity":
+            from .fidelity import main as fidelity
+
+            if args.threads > 0:
+                import torch
+
+                torch.set_num_threads(args.threads)
+            return fidelity(args)
         if args.command == "prepare":
             spec = resolve_model(args.model)
             print(spec.path or spec.name)

@@ -63,7 +63,7 @@ def _side_by_side(mods: list[Any]) -> Projection:
     """One projection computing the Linear layers `mods` at once, outputs concatenated.
 
     Plain layers become one matrix (one matmul instead of three for q, k and v; the module
-    weights become views of it, so no memory is added); others (dynamic int8) run in turn.
+    weights become views of it, so no memory is added); others run in turn.
     """
     found = [getattr(m, "weight", None) for m in mods]
     weights = [w.detach() for w in found if isinstance(w, torch.Tensor)]
@@ -98,8 +98,12 @@ class _Layer:
         attn, mlp = layer.self_attn, layer.mlp
         ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
         eps = ln1.eps if hasattr(ln1, "eps") else ln1.variance_epsilon  # ours, transformers'
-        return cls(_side_by_side([attn.q_proj, attn.k_proj, attn.v_proj]), attn.o_proj,
-                   _side_by_side([mlp.gate_proj, mlp.up_proj]), mlp.down_proj,
+        # a quantized model (quant.py) has its side-by-side projections joined already
+        qkv = getattr(attn, "qkv_proj", None) or _side_by_side([attn.q_proj, attn.k_proj,
+                                                                attn.v_proj])
+        gate_up = getattr(mlp, "gate_up_proj", None) or _side_by_side([mlp.gate_proj,
+                                                                       mlp.up_proj])
+        return cls(qkv, attn.o_proj, gate_up, mlp.down_proj,
                    ln1.weight.detach().float(), ln2.weight.detach().float(), float(eps))
 
     def mlp(self, h: torch.Tensor) -> torch.Tensor:

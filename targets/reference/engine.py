@@ -129,11 +129,14 @@ class BatchEngine:
         self._prefixes: collections.OrderedDict[tuple[int, ...], Any] = collections.OrderedDict()
         self.cached_prompt_tokens = 0
         self.threads = threads  # torch intra-op threads of the engine thread (None: as is)
+        from .quant import describe_weights
+
+        self.weights = describe_weights(model)  # format and bytes a token reads (/debug/engine)
 
     @property
     def dtype(self) -> str:
-        """What the weights are held in, as a torch dtype's name (int8 layers keep float32
-        around them): the decoder's, which is the embedding's."""
+        """What the engine computes in, as a torch dtype's name: the decoder's, which is the
+        embedding's (bfloat16 around weight-only quantized layers)."""
         return str(self.decoder.dtype).removeprefix("torch.")
 
     @staticmethod
@@ -224,6 +227,7 @@ class BatchEngine:
                 "max_num_seqs": self.max_num_seqs,
                 "max_model_len": self.max_model_len,
                 "dtype": self.dtype,
+                "weights": self.weights,
                 "threads": self.threads,
                 # the supervisor's liveness follows these (targets/reference/liveness.py)
                 "step_s_max": self.step_times.slowest,

@@ -239,13 +239,21 @@ def load_model(
     import torch
 
     from .llama import NotSupported, load_llama
+    from .quant import FORMATS, quantize_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if quantize == "int8":
-        if dtype == "auto":
-            dtype = "float32"  # dynamic int8 quantizes float32 Linear layers
-        elif dtype != "float32":
-            raise ModelError(f"--quantize int8 needs float32 weights; drop --dtype {dtype}")
+    quantize = None if quantize in (None, "none") else quantize
+    if quantize is not None:
+        if quantize not in FORMATS:
+            raise ModelError(f"--quantize {quantize!r}: expected none, {', '.join(FORMATS)} "
+                             "or auto")
+        if device != "cpu":
+            raise ModelError(f"--quantize {quantize} runs torch's CPU weight-only kernels; "
+                             "drop it on CUDA")
+        if dtype not in ("auto", "bfloat16"):
+            raise ModelError(f"--quantize {quantize} computes in bfloat16 (torch's weight-only "
+                             f"kernels); drop --dtype {dtype}")
+        dtype = "float32"  # quantized from the full-precision weights, then cast
     torch_dtype = _torch_dtype(dtype, device)
     try:
         tok = _load_tokenizer(folder)
@@ -262,12 +270,15 @@ def load_model(
         raise ModelError(f"cannot load a model from {folder}: {exc}") from exc
     model.to(device)
     model.eval()
-    if quantize == "int8":
-        if device != "cpu":
-            raise ModelError("--quantize int8 is CPU-only (dynamic int8); drop it on CUDA")
-        model = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-            model, {torch.nn.Linear}, dtype=torch.qint8
-        )
-    elif quantize not in (None, "none"):
-        raise ModelError(f"--quantize {quantize!r}: expected int8 or none")
+    if quantize is not None:
+        from .decoder import UnsupportedModel
+
+        if getattr(model.config, "model_type", None) not in ("llama", "mistral", "qwen2"):
+            raise UnsupportedModel(f"--quantize {quantize}: model type "
+                                   f"{model.config.model_type!r} is not a Llama-family model")
+        head = model.lm_head.weight.detach()
+        quantize_model(model, quantize)
+        for param in model.parameters():  # embedding and norms (not RoPE's float32 buffers)
+            param.data = param.data.to(torch.bfloat16)
+        model.head_fp32 = head  # the float32 rescoring of the head's best candidates
     return model, tok

@@ -33,6 +33,11 @@ def test_auto_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_dtype("cpu") == "float32"
 
 
-def test_int8_needs_float32(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="--quantize int8 needs float32 weights; drop --dtype"):
-        load_model(tmp_path, "cpu", "bfloat16", "int8")
+def test_quantized_formats_compute_in_bfloat16_on_the_cpu(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"--quantize int8 computes in bfloat16 .*drop --dtype "
+                                         "float32"):
+        load_model(tmp_path, "cpu", "float32", "int8")
+    with pytest.raises(ModelError, match=r"--quantize int4 runs torch.s CPU .*drop it on CUDA"):
+        load_model(tmp_path, "cuda", "auto", "int4")
+    with pytest.raises(ModelError, match="--quantize 'int3': expected none, int8, int4"):
+        load_model(tmp_path, "cpu", "auto", "int3")

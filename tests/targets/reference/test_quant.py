@@ -1,0 +1,87 @@
+"""Weight-only int8 and int4 projections (targets/reference/quant.py) on torch's CPU kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from targets.reference.quant import INT4_GROUP, INT8_ROWS, QuantLinear, describe_weights
+
+
+def _error(layer: QuantLinear, weight: torch.Tensor, rows: int, bias: torch.Tensor | None = None,
+           seed: int = 0) -> float:
+    x = torch.randn(rows, weight.shape[1], generator=torch.Generator().manual_seed(seed))
+    want = x @ weight.T + (0 if bias is None else bias)
+    got = layer(x).float()
+    assert got.shape == want.shape and layer(x).dtype == torch.bfloat16
+    return float((got - want).norm() / want.norm())
+
+
+def _q4_1_grid(out: int, inp: int) -> torch.Tensor:
+    """Weights on GGUF Q4_1's grid (per 32 inputs: min + scale * q, q in 0..15), as the
+    bundled SmolLM2's projections are; scales and minima exact in bfloat16."""
+    g = torch.Generator().manual_seed(1)
+    q = torch.randint(0, 16, (out, inp // 32, 32), generator=g).float()
+    q[..., 0], q[..., 1] = 0, 15  # Q4_1's minimum and scale come from each group's extremes
+    scale = (torch.rand(out, inp // 32, 1, generator=g) * 0.01 + 0.001).bfloat16().float()
+    low = (-8 * scale - torch.rand(out, inp // 32, 1, generator=g) * 0.002).bfloat16().float()
+    return (low + scale * q).view(out, inp)
+
+
+@pytest.mark.parametrize("rows", [1, INT8_ROWS, INT8_ROWS + 1, 40])
+def test_int8_per_channel_error_is_small_on_both_paths(rows: int) -> None:
+    """Up to INT8_ROWS rows the packed kernel, above it a bfloat16 matmul of the converted
+    weights: both within int8 + bfloat16 rounding of the float32 product."""
+    weight = torch.randn(96, 64)
+    bias = torch.randn(96)
+    assert _error(QuantLinear(weight, bias, "int8"), weight, rows, bias) < 0.02
+
+
+def test_int4_reproduces_weights_on_the_q4_1_grid() -> None:
+    """On Q4_1's own grid int4 loses nothing but bfloat16 rounding; on Gaussian weights it
+    loses ~8% (what 16 levels cost), so the grid test can tell a wrong zero point apart."""
+    grid = _q4_1_grid(96, 128)
+    assert _error(QuantLinear(grid, None, "int4"), grid, 4) < 0.01
+    gaussian = torch.randn(96, 128)
+    assert 0.03 < _error(QuantLinear(gaussian, None, "int4"), gaussian, 4) < 0.15
+
+
+def test_side_by_side_layers_compute_their_outputs_concatenated() -> None:
+    mods = [torch.nn.Linear(64, n, bias=False) for n in (64, 32, 32)]
+    for fmt in ("int8", "int4"):
+        joined = QuantLinear.side_by_side(mods, fmt)
+        weight = torch.cat([m.weight.detach() for m in mods])
+        assert joined.out_features == 128
+        assert _error(joined, weight, 3) < (0.02 if fmt == "int8" else 0.15)
+
+
+def test_refuses_what_the_kernels_cannot_take() -> None:
+    with pytest.raises(ValueError, match="int4 needs input sizes divisible by 32"):
+        QuantLinear(torch.randn(8, INT4_GROUP + 1), None, "int4")
+    with pytest.raises(ValueError, match="quantized format 'int2'"):
+        QuantLinear(torch.randn(8, 32), None, "int2")
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_a_quantized_tiny_model_generates_and_says_what_it_holds(fmt: str) -> None:
+    """load_model --quantize: every projection and the head replaced, bytes a token reads
+    counted, and the batched engine decodes with it (the real decoder path)."""
+    from targets.reference.decoder import BatchDecoder
+    from targets.reference.models import ensure_tiny_folder, load_model
+
+    plain, _ = load_model(ensure_tiny_folder(), "cpu", "float32")
+    model, _ = load_model(ensure_tiny_folder(), "cpu", "auto", fmt)
+    layer = model.model.layers[0]
+    assert isinstance(layer.self_attn.qkv_proj, QuantLinear)
+    assert isinstance(layer.mlp.gate_up_proj, QuantLinear)
+    assert not hasattr(layer.self_attn, "q_proj")
+    assert isinstance(model.lm_head, QuantLinear)
+    described = describe_weights(model)
+    full = describe_weights(plain)
+    assert described["format"] == fmt and full["format"] == "fp32"
+    assert described["bytes_per_token"] < full["bytes_per_token"] / 2.5
+    decoder = BatchDecoder(model, max_slots=2, max_len=32)
+    logits = decoder.prefill_many([(0, [5, 6, 7], 0), (1, [8, 9], 0)])
+    ids = logits.argmax(-1)
+    step = decoder.decode(ids, torch.tensor([3, 2]))
+    assert step.shape == logits.shape and torch.isfinite(step).all()

@@ -19,10 +19,11 @@ def _benchmarks() -> list[Benchmark]:
     from .audit import BENCHMARK as audit
     from .client import BENCHMARK as client
     from .engine import BENCHMARK as engine
+    from .formats import BENCHMARK as formats
     from .proxy import BENCHMARK as proxy
     from .router import BENCHMARK as router
 
-    return [engine, router, client, proxy, audit]
+    return [engine, formats, router, client, proxy, audit]
 
 
 def add_parser(sub: Any) -> None:

@@ -30,7 +30,7 @@ import httpx
 from ..errors import TargetError, UsageError
 from ..launcher import ServerProcess, free_port
 from .result import BenchResult, Cell, Figure, Goal, Table
-from .runner import Benchmark, Progress
+from .runner import Benchmark, Progress, parse_levels
 
 __all__ = ["BENCHMARK"]
 
@@ -39,20 +39,13 @@ ERROR_LIMIT_S = 0.001
 VS_BASELINE_GOAL = 2.0
 
 
-def _levels(text: str) -> list[int]:
-    try:
-        levels = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text!r}") \
-            from exc
-    if not levels or levels[0] < 1:
-        raise argparse.ArgumentTypeError("user counts must be 1 or more")
-    return levels
+def _users(text: str) -> list[int]:
+    return parse_levels(text, "user counts")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `bench client`."""
-    p.add_argument("--users", type=_levels, default=[4, 16, 32, 64], metavar="N,N,...",
+    p.add_argument("--users", type=_users, default=[4, 16, 32, 64], metavar="N,N,...",
                    help="concurrent Locust users per level (default 4,16,32,64)")
     p.add_argument("--seconds", type=float, default=6.0, help="run time per level (6)")
     p.add_argument("--tokens", type=int, default=32, help="tokens per request (32)")

@@ -41,7 +41,7 @@ from ..faults.injector import sigterm_raises
 from ..launcher import ServerProcess, start_worker
 from .baseline import BaselineRun, run_baseline
 from .result import BenchResult, Cell, Figure, Goal, Table
-from .runner import Benchmark, Progress
+from .runner import Benchmark, Progress, parse_levels
 from .streams import BatchTiming, measure_batch
 from .transformers_serve import (
     REQUEST_FIELDS,
@@ -84,22 +84,11 @@ VS_SERVE_TTFT_GOAL_S = 0.386
 VS_SERVE_GOAL_STREAMS = 16
 
 
-def _levels(text: str) -> list[int]:
-    try:
-        levels = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text!r}") \
-            from exc
-    if not levels or levels[0] < 1:
-        raise argparse.ArgumentTypeError("concurrency levels must be 1 or more")
-    return levels
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `bench engine`."""
     p.add_argument("--model", default="smollm2",
                    help="worker model: smollm2 (default), tiny or a local Hugging Face folder")
-    p.add_argument("--streams", type=_levels, default=[1, 4, 16], metavar="N,N,...",
+    p.add_argument("--streams", type=parse_levels, default=[1, 4, 16], metavar="N,N,...",
                    help="concurrent streams to measure (default 1,4,16); goals compare the "
                         "highest with the lowest, and the baselines get the highest")
     p.add_argument("--max-tokens", type=int, default=64,
@@ -126,7 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "loads the transformers baselines in the same dtype; with "
                         "--vs-transformers-serve the worker in the other dtype runs at the "
                         "goal level for speed and token agreement")
-    p.add_argument("--more-streams", type=_levels, default=[32, 64], metavar="N,N,...",
+    p.add_argument("--more-streams", type=parse_levels, default=[32, 64], metavar="N,N,...",
                    help="with --vs-transformers-serve: levels for the worker alone "
                         "(default 32,64), to show where its throughput stops growing")
 

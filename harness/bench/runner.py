@@ -39,6 +39,18 @@ class Benchmark:
     measure: Callable[[argparse.Namespace, Progress], BenchResult]
 
 
+def parse_levels(text: str, what: str = "concurrency levels") -> list[int]:
+    """`--streams 1,4,16`-style option values: distinct positive integers, sorted."""
+    try:
+        levels = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas: {text!r}") \
+            from exc
+    if not levels or levels[0] < 1:
+        raise argparse.ArgumentTypeError(f"{what} must be 1 or more")
+    return levels
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every benchmark takes."""
     parser.add_argument("--json", type=Path, metavar="PATH", dest="json_path",

@@ -1,0 +1,270 @@
+"""`llm-chaos bench formats`: the worker's weight formats against this machine's limit.
+
+A decode step of one stream reads every weight once, so on a CPU its speed is bound by memory
+bandwidth over the bytes of weights a token reads. This benchmark measures the bandwidth (a
+large copy), starts one worker per format (fp32, bf16, weight-only int8 and int4; one at a
+time), reads from its /debug/engine how many bytes of weights a token reads, and measures it
+over HTTP at several concurrency levels (streaming chats, greedy, `ignore_eos`). One stream's
+tokens/s is then reported as a fraction of its format's bound and of the float32 bound. The
+formats' greedy fidelity against float32 (free-running and teacher-forced) comes from
+`python -m targets.reference fidelity` in its own process: the harness reaches the target
+only over HTTP and process control.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from ..errors import TargetError, UsageError
+from ..launcher import start_worker
+from .engine import PROMPTS
+from .result import BenchResult, Figure, Goal, Table
+from .runner import Benchmark, Progress, parse_levels
+from .streams import BatchTiming, measure_batch
+
+__all__ = ["BENCHMARK", "FORMATS", "copy_bandwidth"]
+
+FORMATS = {"fp32": ["--dtype", "float32"], "bf16": ["--dtype", "bfloat16"],
+           "int8": ["--quantize", "int8"], "int4": ["--quantize", "int4"]}
+BOUND_GOAL = 0.8  # one stream's tokens/s over its format's weight-bandwidth bound
+FP32_BOUND_GOAL = 1.6  # the fastest format's one stream over the float32 bound
+TEACHER_FORCED_GOAL = 0.99
+FREE_RUNNING_GOAL = 0.90
+COPY_BYTES = 512 * 2**20
+
+
+def copy_bandwidth(nbytes: int = COPY_BYTES, repeats: int = 3) -> float:
+    """Bytes per second moved (read plus written) by the best of `repeats` copies of `nbytes`:
+    one thread's memcpy between two buffers far larger than any cache."""
+    src = bytearray(nbytes)
+    dst = bytearray(nbytes)
+    dst[:] = src  # both buffers' pages mapped before timing
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst[:] = src
+        best = min(best, time.perf_counter() - start)
+    return 2 * nbytes / best
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `bench formats`."""
+    p.add_argument("--model", default="smollm2",
+                   help="worker model: smollm2 (default) or a local Hugging Face folder")
+    p.add_argument("--formats", default="fp32,bf16,int8,int4",
+                   help="comma-separated, from fp32, bf16, int8, int4 (default all four; "
+                        "fp32 is every bound's reference and always runs)")
+    p.add_argument("--streams", type=parse_levels, default=[1, 4, 16, 32], metavar="N,N,...",
+                   help="concurrent streams to measure (default 1,4,16,32)")
+    p.add_argument("--max-tokens", type=int, default=64,
+                   help="output tokens per request (default 64)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="timed batches per level (default 2, 1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="one round per level")
+    p.add_argument("--skip-fidelity", action="store_true",
+                   help="leave out the greedy agreement with float32 (reported as not measured)")
+    p.add_argument("--ready-timeout", type=float, default=300.0,
+                   help="seconds a worker may take to become ready (default 300)")
+
+
+@dataclass(frozen=True)
+class _FormatRun:
+    """One worker in one format: weights it reports, its memory, its timed batches."""
+
+    weights_bytes: int | None
+    rss_bytes: int
+    ready_s: float
+    batches: dict[int, list[BatchTiming]]
+
+
+def _formats(text: str) -> list[str]:
+    asked = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in asked if f not in FORMATS]
+    if unknown:
+        raise UsageError(f"--formats {text!r}: {', '.join(unknown)} unknown; expected "
+                         f"{', '.join(FORMATS)}")
+    return ["fp32", *[f for f in FORMATS if f in asked and f != "fp32"]]
+
+
+def _weights(url: str) -> int | None:
+    try:
+        weights = httpx.get(url + "/debug/engine", timeout=10).json().get("weights") or {}
+    except (httpx.HTTPError, ValueError) as exc:
+        raise TargetError(f"{url}/debug/engine did not answer: {exc!r}") from exc
+    value = weights.get("bytes_per_token")
+    return int(value) if value else None
+
+
+def _run_format(args: argparse.Namespace, fmt: str, rounds: int, logs: Path,
+                progress: Progress) -> _FormatRun:
+    levels: list[int] = args.streams
+    extra = ["--device", "cpu", *FORMATS[fmt]]
+    if max(levels) > 32:
+        extra += ["--max-num-seqs", str(max(levels))]
+    with start_worker(args.model, args=extra, log_dir=logs) as worker:
+        ready = worker.wait_ready(timeout=args.ready_timeout)
+        weights = _weights(worker.url)
+        name = httpx.get(worker.url + "/v1/models", timeout=10).json()["data"][0]["id"]
+        size = f"{weights / 1e6:.0f} MB of weights a token" if weights else "weights unknown"
+        progress(f"{fmt} worker ready in {ready:.1f} s (pid {worker.pid}, {size})")
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(max(levels))]
+        measure_batch(worker.url, name, prompts, min(8, args.max_tokens))  # warm-up
+        batches: dict[int, list[BatchTiming]] = {}
+        for level in levels:
+            batches[level] = []
+            for r in range(rounds):
+                batch = measure_batch(worker.url, name, prompts[:level], args.max_tokens)
+                batches[level].append(batch)
+                progress(f"{fmt} at {level} stream(s), round {r + 1}/{rounds}: "
+                         f"{batch.tokens_per_s:.1f} tokens/s")
+        rss = psutil.Process(worker.pid).memory_info().rss
+    return _FormatRun(weights, rss, ready, batches)
+
+
+def _fidelity(args: argparse.Namespace, formats: list[str], logs: Path,
+              progress: Progress) -> dict[str, dict[str, float]]:
+    others = [f for f in formats if f != "fp32"]
+    if args.skip_fidelity or not others:
+        return {}
+    prompts, out = logs / "prompts.json", logs / "fidelity.json"
+    prompts.write_text(json.dumps(list(PROMPTS)))
+    cmd = [sys.executable, "-m", "targets.reference", "fidelity", "--model", args.model,
+           "--formats", ",".join(others), "--prompts", str(prompts),
+           "--max-tokens", str(args.max_tokens), "--json", str(out)]
+    progress(f"greedy fidelity of {', '.join(others)} against fp32 on {len(PROMPTS)} prompts "
+             "(own process)")
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise TargetError(f"the fidelity run failed ({done.returncode}): "
+                          f"{done.stderr.strip()[-600:]}")
+    for line in done.stdout.strip().splitlines():
+        progress(line)
+    return {row["format"]: row for row in json.loads(out.read_text())}
+
+
+def _median(values: Sequence[float]) -> float | None:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else None
+
+
+def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
+    formats = _formats(args.formats)
+    rounds = args.rounds or (1 if args.quick else 2)
+    if rounds < 1 or args.max_tokens < 1:
+        raise UsageError("--rounds and --max-tokens must be 1 or more")
+    progress("memory bandwidth: copying 512 MiB three times")
+    bandwidth = copy_bandwidth()
+    progress(f"memory bandwidth {bandwidth / 1e9:.1f} GB/s (read + written)")
+    runs: dict[str, _FormatRun] = {}
+    with tempfile.TemporaryDirectory(prefix="llm-chaos-bench-") as tmp:
+        logs = Path(tmp)
+        for fmt in formats:
+            runs[fmt] = _run_format(args, fmt, rounds, logs, progress)
+        fidelity = _fidelity(args, formats, logs, progress)
+    return _result(args, formats, rounds, bandwidth, runs, fidelity)
+
+
+def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth: float,
+            runs: dict[str, _FormatRun], fidelity: dict[str, dict[str, float]]) -> BenchResult:
+    levels: list[int] = args.streams
+    low = levels[0]
+    figures = [Figure("machine.copy_bandwidth_bytes_per_s", bandwidth, "bytes/s",
+                      "one thread's memcpy of 512 MiB, bytes read plus written (best of 3)")]
+    fp32_bytes = runs["fp32"].weights_bytes
+    fp32_bound = bandwidth / fp32_bytes if fp32_bytes else None
+    goals = []
+    rows = []
+    for fmt in formats:
+        run = runs[fmt]
+        bound = bandwidth / run.weights_bytes if run.weights_bytes else None
+        tps = {level: _median([b.tokens_per_s for b in run.batches[level]])
+               for level in levels}
+        one = tps[low]
+        figures += [
+            Figure(f"{fmt}.weight_bytes_per_token", run.weights_bytes, "bytes",
+                   f"{fmt}: bytes of weights one decode step of one stream reads"),
+            Figure(f"{fmt}.rss_bytes", run.rss_bytes, "bytes",
+                   f"{fmt}: worker resident memory after the run"),
+            Figure(f"{fmt}.bound_tokens_per_s", bound, "tokens/s",
+                   f"{fmt}: bandwidth / bytes of weights a token reads"),
+            Figure(f"{fmt}.fraction_of_bound", one / bound if one and bound else None,
+                   "fraction", f"{fmt}: {low} stream(s) tokens/s over its own bound"),
+            Figure(f"{fmt}.vs_fp32_bound", one / fp32_bound if one and fp32_bound else None,
+                   "x", f"{fmt}: {low} stream(s) tokens/s over the float32 bound"),
+        ]
+        for level in levels:
+            figures.append(Figure(f"{fmt}.streams_{level}.output_tokens_per_s", tps[level],
+                                  "tokens/s", f"{fmt}: aggregate output tokens/s of {level} "
+                                  f"streams (median of {rounds} round(s))"))
+        fid = fidelity.get(fmt, {})
+        if fmt != "fp32":
+            figures += [
+                Figure(f"{fmt}.teacher_forced", fid.get("teacher_forced"), "fraction",
+                       f"{fmt}: share of positions where, fed fp32's output, its greedy "
+                       "choice is fp32's next token"),
+                Figure(f"{fmt}.free_running", fid.get("free_running"), "fraction",
+                       f"{fmt}: share of fp32's greedy tokens it repeats before the first "
+                       "difference"),
+            ]
+            goals += [
+                Goal(f"{fmt} teacher-forced", f"{fmt}.teacher_forced", ">=",
+                     TEACHER_FORCED_GOAL, f"{fmt} picks fp32's next token at >= 99%"),
+                Goal(f"{fmt} free-running", f"{fmt}.free_running", ">=", FREE_RUNNING_GOAL,
+                     f"{fmt} keeps >= 90% of fp32's tokens before the first difference"),
+            ]
+        goals.append(Goal(f"{fmt} near its bound", f"{fmt}.fraction_of_bound", ">=", BOUND_GOAL,
+                          f"{fmt}: one stream at >= 80% of its weight-bandwidth bound"))
+        rows.append((fmt, run.weights_bytes / 1e6 if run.weights_bytes else None,
+                     run.rss_bytes / 2**20, bound, *[tps[level] for level in levels],
+                     one / bound if one and bound else None,
+                     fid.get("teacher_forced"), fid.get("free_running")))
+    best = max(formats, key=lambda f: _median([b.tokens_per_s for b in runs[f].batches[low]])
+               or 0.0)
+    figures.append(Figure("best.vs_fp32_bound", next(
+        f.value for f in figures if f.name == f"{best}.vs_fp32_bound"), "x",
+        f"the fastest format at {low} stream(s) ({best}) over the float32 bound"))
+    goals.append(Goal("1.6x the fp32 bound", "best.vs_fp32_bound", ">=", FP32_BOUND_GOAL,
+                      "the fastest format's one stream at >= 1.6x the float32 bound"))
+    table = Table(
+        f"weight formats, {args.max_tokens}-token greedy chats (tokens/s)",
+        ("format", "weights MB/token", "RSS MiB", "bound tok/s",
+         *[f"{level} stream(s)" for level in levels], "of bound", "teacher-forced",
+         "free-running"),
+        tuple(rows))
+    notes = [f"bound = memory bandwidth ({bandwidth / 1e9:.1f} GB/s, a one-thread copy) / "
+             "bytes of weights a token reads; int8 and int4 compute in bfloat16 (torch's "
+             "weight-only CPU kernels)"]
+    if args.skip_fidelity:
+        notes.append("--skip-fidelity: the agreement figures are not measured")
+    return BenchResult(
+        bench="formats",
+        config={"model": args.model, "formats": formats, "streams": levels,
+                "max_tokens": args.max_tokens, "rounds": rounds},
+        figures=tuple(figures), goals=tuple(goals), tables=(table,), notes=tuple(notes),
+        details={fmt: {"ready_s": r.ready_s, "rounds": {
+            str(level): [b.tokens_per_s for b in batches]
+            for level, batches in r.batches.items()}} for fmt, r in runs.items()})
+
+
+BENCHMARK = Benchmark(
+    name="formats",
+    help="weight formats (fp32, bf16, int8, int4): tokens/s against the bandwidth bound, "
+         "fidelity",
+    description="Measure this machine's memory bandwidth, then the worker in each weight "
+                "format over HTTP at several concurrency levels: tokens/s, memory, one "
+                "stream's speed as a fraction of the format's weight-bandwidth bound, and the "
+                "format's greedy agreement with float32. One heavy process at a time.",
+    add_arguments=add_arguments,
+    measure=measure,
+)

@@ -1,0 +1,76 @@
+"""`llm-chaos bench formats`: the weight formats end to end on the tiny model, and the bound's
+arithmetic. The goals themselves are judged by a real SmolLM2 run (README), not here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.bench import formats
+from harness.bench.streams import BatchTiming, StreamTiming
+from harness.cli import main
+from harness.errors import UsageError
+
+
+@pytest.mark.timeout(240)
+def test_every_format_end_to_end_on_the_tiny_model(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Four real workers, one at a time, and the fidelity subprocess: every figure measured,
+    the bytes a token reads shrink with the format, the table and goals printed."""
+    out = tmp_path / "formats.json"
+    code = main(["bench", "formats", "--model", "tiny", "--quick", "--streams", "1,2",
+                 "--max-tokens", "4", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    data = json.loads(out.read_text())
+    figures = {f["name"]: f["value"] for f in data["figures"]}
+    missing = [name for name, value in figures.items() if value is None]
+    assert not missing, missing
+    size = {fmt: figures[f"{fmt}.weight_bytes_per_token"] for fmt in formats.FORMATS}
+    assert size["fp32"] > size["bf16"] > size["int8"] > size["int4"]
+    # the tiny model's rows are short: the byte counts are the layers' own, not estimates
+    assert size["fp32"] == pytest.approx(2 * size["bf16"], rel=0.01)
+    for fmt in formats.FORMATS:
+        assert figures[f"{fmt}.bound_tokens_per_s"] == pytest.approx(
+            figures["machine.copy_bandwidth_bytes_per_s"] / size[fmt])
+    for fmt in ("bf16", "int8", "int4"):
+        assert 0 <= figures[f"{fmt}.teacher_forced"] <= 1
+    assert data["machine"]["cpu_model"]
+    assert "weight formats" in captured.out and "int4 near its bound" in captured.out
+
+
+def test_formats_are_checked_and_fp32_always_runs() -> None:
+    assert formats._formats("int4") == ["fp32", "int4"]
+    assert formats._formats("int4,bf16,fp32") == ["fp32", "bf16", "int4"]
+    with pytest.raises(UsageError, match="int3 unknown; expected fp32, bf16, int8, int4"):
+        formats._formats("int3,int4")
+
+
+def test_the_copy_moves_bytes_at_a_plausible_rate() -> None:
+    rate = formats.copy_bandwidth(8 * 2**20, repeats=2)
+    assert 1e8 < rate < 1e13  # 0.1 GB/s to 10 TB/s: a rate, not a duration or a byte count
+
+
+def _run(weights: int, tokens_per_s: float) -> formats._FormatRun:
+    """One stream of 64 tokens at `tokens_per_s`."""
+    stream = StreamTiming(text="x", output_tokens=64, ttft=0.1, e2e=64 / tokens_per_s)
+    batch = BatchTiming(streams=(stream,), wall=64 / tokens_per_s)
+    return formats._FormatRun(weights, 2**30, 1.0, {1: [batch]})
+
+
+def test_bound_fractions_and_goals() -> None:
+    """1 GB/s over 100 MB a token bounds one stream at 10 tokens/s: 8 tokens/s is 80%."""
+    args = argparse.Namespace(streams=[1], max_tokens=64, model="m", skip_fidelity=False)
+    runs = {"fp32": _run(400_000_000, 1.5), "int4": _run(100_000_000, 8.0)}
+    fidelity = {"int4": {"teacher_forced": 0.995, "free_running": 0.85}}
+    result = formats._result(args, ["fp32", "int4"], 1, 1e9, runs, fidelity)
+    assert result.value("fp32.bound_tokens_per_s") == pytest.approx(2.5)
+    assert result.value("int4.fraction_of_bound") == pytest.approx(0.8)
+    assert result.value("best.vs_fp32_bound") == pytest.approx(8.0 / 2.5)
+    met = {row["name"]: row["met"] for row in result.goal_rows()}
+    assert met["int4 near its bound"] and met["1.6x the fp32 bound"]
+    assert met["int4 teacher-forced"] and not met["int4 free-running"]
+    assert not met["fp32 near its bound"]  # 1.5 of 2.5 tokens/s

@@ -2,9 +2,11 @@
 
 A decode step of one stream reads every weight once, so on a CPU its speed is bound by memory
 bandwidth over the bytes of weights a token reads. This benchmark measures the bandwidth (a
-large copy), starts one worker per format (fp32, bf16, weight-only int8 and int4; one at a
-time), reads from its /debug/engine how many bytes of weights a token reads, and measures it
-over HTTP at several concurrency levels (streaming chats, greedy, `ignore_eos`). One stream's
+large copy), starts one worker per format (fp32, bf16, weight-only int8 and int4, and
+`--quantize auto`: int4 beside dense weights, whichever the worker measured faster at a batch
+size; one at a time), reads from its /debug/engine how many bytes of weights a token reads,
+and measures it over HTTP at several concurrency levels (streaming chats, greedy,
+`ignore_eos`). One stream's
 tokens/s is then reported as a fraction of its format's bound and of the float32 bound. The
 formats' greedy fidelity against float32 (free-running and teacher-forced) comes from
 `python -m targets.reference fidelity` in its own process: the harness reaches the target
@@ -36,7 +38,8 @@ from .streams import BatchTiming, measure_batch
 __all__ = ["BENCHMARK", "FORMATS", "copy_bandwidth"]
 
 FORMATS = {"fp32": ["--dtype", "float32"], "bf16": ["--dtype", "bfloat16"],
-           "int8": ["--quantize", "int8"], "int4": ["--quantize", "int4"]}
+           "int8": ["--quantize", "int8"], "int4": ["--quantize", "int4"],
+           "auto": ["--quantize", "auto"]}
 BOUND_GOAL = 0.8  # one stream's tokens/s over its format's weight-bandwidth bound
 FP32_BOUND_GOAL = 1.6  # the fastest format's one stream over the float32 bound
 TEACHER_FORCED_GOAL = 0.99
@@ -62,9 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `bench formats`."""
     p.add_argument("--model", default="smollm2",
                    help="worker model: smollm2 (default) or a local Hugging Face folder")
-    p.add_argument("--formats", default="fp32,bf16,int8,int4",
-                   help="comma-separated, from fp32, bf16, int8, int4 (default all four; "
-                        "fp32 is every bound's reference and always runs)")
+    p.add_argument("--formats", default="fp32,bf16,int8,int4,auto",
+                   help="comma-separated, from fp32, bf16, int8, int4, auto (int4 beside "
+                        "dense weights in the worker's default dtype, chosen per batch size; "
+                        "default all five; fp32 is every bound's reference and always runs)")
     p.add_argument("--streams", type=parse_levels, default=[1, 4, 16, 32], metavar="N,N,...",
                    help="concurrent streams to measure (default 1,4,16,32)")
     p.add_argument("--max-tokens", type=int, default=64,

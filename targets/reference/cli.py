@@ -19,11 +19,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto",
                    help="auto (bfloat16 on CUDA and on CPUs with AVX512-BF16 or AMX, else "
                         "float32), float32, bfloat16 or float16")
-    p.add_argument("--quantize", default="none", choices=["none", "int8", "int4"],
+    p.add_argument("--quantize", default="none", choices=["none", "int8", "int4", "auto"],
                    help="weight-only quantized projections and head, computed in bfloat16 by "
                         "torch's CPU kernels (targets/reference/quant.py): int8 (a scale per "
                         "output channel) or int4 (a scale and zero point per 32 inputs; "
-                        "SmolLM2's bundled weights are this grid already, GGUF Q4_1)")
+                        "SmolLM2's bundled weights are this grid already, GGUF Q4_1). auto: "
+                        "int4 beside the --dtype weights, each step taking whichever the "
+                        "worker measured faster at its batch size on this CPU")
 
 
 def _positive_seconds(text: str) -> float:
@@ -157,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "difference) and teacher-forced (next-token agreement).")
     d.add_argument("--model", default="smollm2")
     d.add_argument("--formats", default="bf16,int8,int4",
-                   help="comma-separated: fp32, bf16, int8, int4 (default bf16,int8,int4)")
+                   help="comma-separated: fp32, bf16, int8, int4, auto (--quantize auto with "
+                        "--dtype auto; default bf16,int8,int4)")
     d.add_argument("--prompts", required=True, help="a JSON file: a list of prompt strings")
     d.add_argument("--max-tokens", type=int, default=64)
     d.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")

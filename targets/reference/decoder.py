@@ -140,8 +140,9 @@ class BatchDecoder:
         weight = self.embed.weight
         self.device = weight.device
         self.dtype = weight.dtype
-        head_fp32 = getattr(model, "head_fp32", None)
-        self.head_fp32 = head_fp32 if self.dtype != torch.float32 else None
+        # a float32 head for rescoring, where the head itself is less precise (load_llama
+        # keeps one for bfloat16, load_model for a quantized head)
+        self.head_fp32 = getattr(model, "head_fp32", None)
         shape = (max_slots, self.n_kv, max_len, self.head_dim)
         self.k_cache = [_lazy_zeros(shape, self.dtype, self.device) for _ in self.layers]
         self.v_cache = [_lazy_zeros(shape, self.dtype, self.device) for _ in self.layers]
@@ -274,6 +275,16 @@ class BatchDecoder:
             x = x + layer.o(o.reshape(b, -1))
             x = x + layer.mlp(self._rms(x, layer.norm2, layer.eps))
         return self._logits(x)
+
+    def timing_step(self, rows: int) -> None:
+        """A decode step of `rows` dummy sequences at position 64 of slots 0..rows-1, to time
+        the kernels (quant.calibrate). What it writes into the cache is masked from every real
+        sequence until that sequence overwrites it: a slot's own steps write each position
+        before attending to it."""
+        rows = min(rows, self.max_slots)
+        position = min(64, self.max_len - 1)
+        self.decode(torch.zeros(rows, dtype=torch.long, device=self.device),
+                    torch.full((rows,), position, device=self.device))
 
     @staticmethod
     def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,

@@ -13,6 +13,7 @@ batched decode pass that raises (nothing to tell its sequences apart) fails the 
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 import time
 import traceback
@@ -240,6 +241,7 @@ class BatchEngine:
     def _loop(self) -> None:
         if self.threads is not None:
             torch.set_num_threads(self.threads)  # per thread under OpenMP: this one's
+        self._calibrate()
         while True:
             with self._cond:
                 while not (self._stopping or self._inbox or self._waiting or self._running):
@@ -256,6 +258,21 @@ class BatchEngine:
                 self._fail_all(f"{type(exc).__name__}: {exc}")
                 traceback.print_exc()
         self._fail_all("worker is shutting down")
+
+    def _calibrate(self) -> None:
+        """With int4 beside dense weights (--quantize auto), time which runs faster at how
+        many rows, here on the engine thread with its threads, before the first step."""
+        from .quant import calibrate, describe_weights
+
+        if "+" not in str(self.weights.get("format")):
+            return
+        started = time.monotonic()
+        with torch.inference_mode():
+            rows = calibrate(self.model, self.decoder.timing_step, self.max_num_seqs)
+        self.weights = describe_weights(self.model)
+        print(f"engine: weights {self.weights['format']}: steps of up to {rows} sequences run "
+              "the packed kernels, larger ones the dense weights (timed here in "
+              f"{time.monotonic() - started:.2f} s)", file=sys.stderr, flush=True)
 
     def _fail_all(self, error: str) -> None:
         with self._cond:

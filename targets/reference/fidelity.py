@@ -144,7 +144,9 @@ def measure(folder: Path, prompts: tuple[str, ...] | list[str], dtype: str = "bf
         reference = greedy_tokens(model, tok, prompts, max_tokens)
         del model
     model, tok = load_model(folder, "cpu", dtype, quantize)
-    own = greedy_tokens(model, tok, prompts, max_tokens)
+    own = greedy_tokens(model, tok, prompts, max_tokens)  # the engine calibrates --quantize auto
+    # the teacher-forced decoder below runs with the crossover the engine measured (it stays
+    # on the model's layers)
     share, positions = teacher_forced(model, tok, reference, prompts)
     return Fidelity(
         format=_name(dtype, quantize), free_running=agreement(reference, own),
@@ -166,10 +168,10 @@ def main(args: Any) -> int:
     reference = None
     results = []
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in ("fp32", "bf16", "int8", "int4")]
+    unknown = [f for f in formats if f not in ("fp32", "bf16", "int8", "int4", "auto")]
     if unknown or not formats:
-        raise ValueError(f"--formats {args.formats!r}: expected fp32, bf16, int8 or int4, "
-                         "comma-separated")
+        raise ValueError(f"--formats {args.formats!r}: expected fp32, bf16, int8, int4 or "
+                         "auto, comma-separated")
     for fmt in formats:
         dtype, quantize = ("float32", None) if fmt == "fp32" else \
             ("bfloat16", None) if fmt == "bf16" else ("auto", fmt)

@@ -232,6 +232,26 @@ def _load_tokenizer(folder: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
+def _auto_refusal(folder: Path, device: str, dense: str) -> str | None:
+    """Why `--quantize auto` cannot hold int4 beside dense weights here (None: it can)."""
+    import json
+
+    if device != "cpu":
+        return "torch's int4 kernel is CPU-only"
+    if dense not in ("float32", "bfloat16"):
+        return f"dense weights in {dense} (float32 or bfloat16 only)"
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return "no readable config.json"
+    if config.get("model_type") not in ("llama", "mistral", "qwen2"):
+        return f"model type {config.get('model_type')!r} is not a Llama-family model"
+    sizes = [config.get("hidden_size", 0), config.get("intermediate_size", 0)]
+    if any(not size or size % 32 for size in sizes):
+        return f"layer sizes {sizes} are not multiples of int4's groups of 32"
+    return None
+
+
 def load_model(
     folder: Path, device: str = "cpu", dtype: str = "auto", quantize: str | None = None
 ) -> tuple[Any, Any]:
@@ -243,7 +263,17 @@ def load_model(
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quantize = None if quantize in (None, "none") else quantize
-    if quantize is not None:
+    dense: str | None = None  # --quantize auto: the dtype of the dense copy kept beside int4
+    if quantize == "auto":
+        dense = dtype if dtype != "auto" else default_dtype(device)
+        why = _auto_refusal(folder, device, dense)
+        if why:
+            _log(f"--quantize auto: {why}; no quantization")
+            quantize = None
+        else:
+            quantize = "int4"
+            dtype = "float32"  # quantized from the full-precision weights
+    elif quantize is not None:
         if quantize not in FORMATS:
             raise ModelError(f"--quantize {quantize!r}: expected none, {', '.join(FORMATS)} "
                              "or auto")
@@ -277,8 +307,9 @@ def load_model(
             raise UnsupportedModel(f"--quantize {quantize}: model type "
                                    f"{model.config.model_type!r} is not a Llama-family model")
         head = model.lm_head.weight.detach()
-        quantize_model(model, quantize)
+        dense_dtype = _torch_dtype(dense, device) if dense else None
+        quantize_model(model, quantize, dense_dtype)
         for param in model.parameters():  # embedding and norms (not RoPE's float32 buffers)
-            param.data = param.data.to(torch.bfloat16)
+            param.data = param.data.to(dense_dtype or torch.bfloat16)
         model.head_fp32 = head  # the float32 rescoring of the head's best candidates
     return model, tok

@@ -19,14 +19,17 @@ bfloat16 and runs one matmul instead. int4's kernel has no such cliff (1 row 3.3
 
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["FORMATS", "INT4_GROUP", "INT8_ROWS", "QuantLinear", "describe_weights",
-           "quantize_model", "weight_bytes"]
+__all__ = ["FORMATS", "INT4_GROUP", "INT8_ROWS", "QuantLinear", "calibrate", "describe_weights",
+           "quantize_model", "set_packed_rows", "weight_bytes"]
 
 FORMATS = ("int8", "int4")
 INT8_ROWS = 8  # above this many activation rows int8 converts its weights and runs one matmul
@@ -34,10 +37,16 @@ INT4_GROUP = 32  # inputs sharing one int4 scale and zero point
 
 
 class QuantLinear(nn.Module):
-    """A Linear layer (no bias or a bias kept in bfloat16) with weight-only int8 or int4
-    weights; `forward` takes and returns bfloat16 (other dtypes are cast on the way in)."""
+    """A Linear layer with weight-only int8 or int4 weights, and optionally a dense copy.
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, fmt: str) -> None:
+    The packed path takes and returns bfloat16 (other inputs are cast on the way in). With a
+    dense copy (`dense_dtype`, the `--quantize auto` layout) a call of more than
+    `packed_rows` rows runs one matmul of the dense weights in their dtype instead: the
+    packed kernels win at a few rows and lose at many, and `calibrate` sets where, on the
+    CPU at hand. Without one, int8 converts its weights above `INT8_ROWS` rows."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, fmt: str,
+                 dense_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if fmt not in FORMATS:
             raise ValueError(f"quantized format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -51,9 +60,18 @@ class QuantLinear(nn.Module):
             self.scales = scale.to(torch.bfloat16)
         else:
             self.qweight, self.scales = _pack_int4(w)
+        self.dense: torch.Tensor | None = None
+        self.dense_bias: torch.Tensor | None = None
+        if dense_dtype is not None:
+            self.dense = weight.detach().to(dense_dtype).contiguous()
+            self.dense_bias = None if bias is None else bias.detach().to(dense_dtype)
+        # rows up to which the packed kernel runs; beyond, the dense copy (or int8's
+        # conversion); `calibrate` measures it for layers with a dense copy
+        self.packed_rows = INT8_ROWS if fmt == "int8" and dense_dtype is None else 1 << 30
 
     @classmethod
-    def side_by_side(cls, mods: list[Any], fmt: str) -> QuantLinear:
+    def side_by_side(cls, mods: list[Any], fmt: str,
+                     dense_dtype: torch.dtype | None = None) -> QuantLinear:
         """One layer computing `mods` (Linear layers with the same input) at once."""
         weight = torch.cat([m.weight.detach() for m in mods])
         biases = [m.bias for m in mods]
@@ -61,26 +79,91 @@ class QuantLinear(nn.Module):
         if any(b is not None for b in biases):
             bias = torch.cat([b.detach() if b is not None else weight.new_zeros(m.out_features)
                               for b, m in zip(biases, mods, strict=True)])
-        return cls(weight, bias, fmt)
+        return cls(weight, bias, fmt, dense_dtype)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of weights and scales a full pass over this layer reads."""
+        """Bytes of weights and scales one call on the packed path reads."""
         return self.qweight.nbytes + self.scales.nbytes + (self.bias.nbytes if self.bias
                                                            is not None else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        rows = x.reshape(-1, self.in_features)
+        if rows.shape[0] > self.packed_rows and self.dense is not None:
+            out = F.linear(rows.to(self.dense.dtype), self.dense, self.dense_bias)
+        else:
+            out = self.packed(rows)
+        return out.view(*shape[:-1], self.out_features)
+
+    def packed(self, rows: torch.Tensor) -> torch.Tensor:
+        """[n, in] -> [n, out] in bfloat16 through the quantized weights."""
+        rows = rows.to(torch.bfloat16)
         if self.fmt == "int4":
             out = torch._weight_int4pack_mm_for_cpu(rows, self.qweight, INT4_GROUP, self.scales)
-        elif rows.shape[0] <= INT8_ROWS:
+        elif rows.shape[0] <= INT8_ROWS or self.dense is not None:
             out = torch._weight_int8pack_mm(rows, self.qweight, self.scales)
         else:
             out = F.linear(rows, self.qweight.to(torch.bfloat16)) * self.scales
         if self.bias is not None:
             out = out + self.bias
-        return out.view(*shape[:-1], self.out_features)
+        return out
+
+
+def calibrate(model: Any, step: Callable[[int], Any], max_rows: int, repeats: int = 1) -> int:
+    """Time whole decode steps (`step(rows)`) with every layer on its packed kernel and with
+    every layer on its dense copy, at growing row counts, on this thread (call it where the
+    engine runs, with its threads), and set every QuantLinear with a dense copy to run packed
+    up to the most rows at which the packed steps were faster (0: never). Returns that count.
+
+    Whole steps, not each layer alone: a layer timed alone keeps its weights in cache, which
+    flatters the dense copy (per-layer timing put SmolLM2's crossover at 4-6 rows; whole
+    steps put it past 8), and one step mixing both kinds of kernel ran 10x slower than either
+    on a 2-core Xeon."""
+    if not any(layer.dense is not None for layer in _quantized(model)):
+        return 0
+    found = 0
+    for rows in _row_grid(max_rows):
+        set_packed_rows(model, 1 << 30)
+        packed_s = _best_time(functools.partial(step, rows), repeats)
+        set_packed_rows(model, 0)
+        dense_s = _best_time(functools.partial(step, rows), repeats)
+        if packed_s >= dense_s:
+            break
+        found = rows
+    set_packed_rows(model, found)
+    return found
+
+
+def set_packed_rows(model: Any, rows: int) -> None:
+    """Every QuantLinear with a dense copy runs its packed kernel up to `rows` rows."""
+    for layer in _quantized(model):
+        if layer.dense is not None:
+            layer.packed_rows = rows
+
+
+def _row_grid(max_rows: int) -> list[int]:
+    """1, 4, 8, 12, 16, 24, 32, 48, ... up to max_rows: one row, then steps of a few rows
+    where crossovers fall, then half-octaves."""
+    grid, step = [1], 4
+    while step <= max_rows:
+        grid += [r for r in (step, step + step // 2) if r <= max_rows]
+        step *= 2
+    return grid
+
+
+def _best_time(call: Any, repeats: int) -> float:
+    call()  # the first call of a shape picks and caches kernels
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _quantized(model: Any) -> list[QuantLinear]:
+    return [m for m in model.modules() if isinstance(m, QuantLinear)]
 
 
 def _pack_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,20 +183,25 @@ def _pack_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, scales.to(torch.bfloat16)
 
 
-def quantize_model(model: Any, fmt: str) -> None:
+def quantize_model(model: Any, fmt: str, dense_dtype: torch.dtype | None = None) -> None:
     """Quantize a Llama-family model's projections and head in place, from the weights it
     holds (load it in float32 first). Each layer's q, k and v projections become one
     QuantLinear, `self_attn.qkv_proj`, and gate and up one, `mlp.gate_up_proj` (the decoder
     computes them side by side; int4's packed layout cannot be joined after packing); the old
-    modules are removed. The embedding stays as it is (a lookup reads one row per token)."""
+    modules are removed. The head is int8 whatever `fmt` (the decoder rescores its best
+    candidates in float32, so its rounding barely shows). `dense_dtype`: keep a dense copy of
+    every layer in that dtype too (see QuantLinear; `calibrate` then decides which runs). The
+    embedding stays as it is (a lookup reads one row per token)."""
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        attn.qkv_proj = QuantLinear.side_by_side([attn.q_proj, attn.k_proj, attn.v_proj], fmt)
-        attn.o_proj = QuantLinear(attn.o_proj.weight, attn.o_proj.bias, fmt)
-        mlp.gate_up_proj = QuantLinear.side_by_side([mlp.gate_proj, mlp.up_proj], fmt)
-        mlp.down_proj = QuantLinear(mlp.down_proj.weight, mlp.down_proj.bias, fmt)
+        attn.qkv_proj = QuantLinear.side_by_side([attn.q_proj, attn.k_proj, attn.v_proj], fmt,
+                                                 dense_dtype)
+        attn.o_proj = QuantLinear(attn.o_proj.weight, attn.o_proj.bias, fmt, dense_dtype)
+        mlp.gate_up_proj = QuantLinear.side_by_side([mlp.gate_proj, mlp.up_proj], fmt,
+                                                    dense_dtype)
+        mlp.down_proj = QuantLinear(mlp.down_proj.weight, mlp.down_proj.bias, fmt, dense_dtype)
         del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
-    model.lm_head = QuantLinear(model.lm_head.weight, None, "int8")
+    model.lm_head = QuantLinear(model.lm_head.weight, None, "int8", dense_dtype)
 
 
 def weight_bytes(model: Any) -> int:
@@ -130,21 +218,26 @@ def weight_bytes(model: Any) -> int:
 
 
 def describe_weights(model: Any) -> dict[str, Any]:
-    """What a worker's weights are held in, for /debug/engine: `format` (int8, int4, or the
-    dtype's short name) and `bytes_per_token` (weight_bytes; None for an unknown layout)."""
-    head = getattr(model, "lm_head", None)
-    if isinstance(head, QuantLinear):
-        layers = model.model.layers
-        fmt = layers[0].mlp.down_proj.fmt if len(layers) else head.fmt
-    else:
-        embed = model.model.embed_tokens.weight
-        fmt = {torch.float32: "fp32", torch.bfloat16: "bf16",
-               torch.float16: "fp16"}.get(embed.dtype, str(embed.dtype))
+    """What a worker's weights are held in, for /debug/engine: `format` (int8, int4, the
+    dtype's short name, or e.g. `int4+bf16` for packed weights with a dense copy),
+    `bytes_per_token` (weight_bytes; None for an unknown layout) and, with a dense copy,
+    `packed_rows`: up to how many rows a step runs the packed kernels."""
+    embed = model.model.embed_tokens.weight
+    dense = {torch.float32: "fp32", torch.bfloat16: "bf16",
+             torch.float16: "fp16"}.get(embed.dtype, str(embed.dtype))
+    layers = _quantized(model)
+    described: dict[str, Any] = {"format": dense}
+    if layers:
+        fmt = layers[0].fmt  # the first layer's projections (the head is int8 whatever)
+        hybrid = layers[0].dense is not None
+        described["format"] = f"{fmt}+{dense}" if hybrid else fmt
+        if hybrid:
+            described["packed_rows"] = layers[0].packed_rows
     try:
-        size: int | None = weight_bytes(model)
+        described["bytes_per_token"] = weight_bytes(model)
     except AttributeError:
-        size = None
-    return {"format": fmt, "bytes_per_token": size}
+        described["bytes_per_token"] = None
+    return described
 
 
 def _layer_bytes(layer: Any) -> int:

@@ -31,12 +31,13 @@ def test_every_format_end_to_end_on_the_tiny_model(tmp_path: Path,
     assert not missing, missing
     size = {fmt: figures[f"{fmt}.weight_bytes_per_token"] for fmt in formats.FORMATS}
     assert size["fp32"] > size["bf16"] > size["int8"] > size["int4"]
+    assert size["auto"] == size["int4"]  # one stream reads the packed int4 weights
     # the tiny model's rows are short: the byte counts are the layers' own, not estimates
     assert size["fp32"] == pytest.approx(2 * size["bf16"], rel=0.01)
     for fmt in formats.FORMATS:
         assert figures[f"{fmt}.bound_tokens_per_s"] == pytest.approx(
             figures["machine.copy_bandwidth_bytes_per_s"] / size[fmt])
-    for fmt in ("bf16", "int8", "int4"):
+    for fmt in ("bf16", "int8", "int4", "auto"):
         assert 0 <= figures[f"{fmt}.teacher_forced"] <= 1
     assert data["machine"]["cpu_model"]
     assert "weight formats" in captured.out and "int4 near its bound" in captured.out
@@ -44,8 +45,8 @@ def test_every_format_end_to_end_on_the_tiny_model(tmp_path: Path,
 
 def test_formats_are_checked_and_fp32_always_runs() -> None:
     assert formats._formats("int4") == ["fp32", "int4"]
-    assert formats._formats("int4,bf16,fp32") == ["fp32", "bf16", "int4"]
-    with pytest.raises(UsageError, match="int3 unknown; expected fp32, bf16, int8, int4"):
+    assert formats._formats("auto,int4,bf16,fp32") == ["fp32", "bf16", "int4", "auto"]
+    with pytest.raises(UsageError, match="int3 unknown; expected fp32, bf16, int8, int4, auto"):
         formats._formats("int3,int4")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -85,3 +88,63 @@ def test_a_quantized_tiny_model_generates_and_says_what_it_holds(fmt: str) -> No
     ids = logits.argmax(-1)
     step = decoder.decode(ids, torch.tensor([3, 2]))
     assert step.shape == logits.shape and torch.isfinite(step).all()
+
+
+def test_a_dense_copy_takes_the_calls_past_the_measured_crossover() -> None:
+    """--quantize auto's layout: the packed kernel up to `packed_rows` rows, the dense matmul
+    beyond; `calibrate` sets `packed_rows` from timed steps, all layers one way or the other."""
+    from targets.reference.quant import calibrate
+
+    weight = torch.randn(96, 64)
+    layer = QuantLinear(weight, None, "int4", torch.float32)
+    x = torch.randn(5, 64)
+    layer.packed_rows = 4
+    dense_out = layer(x)
+    assert dense_out.dtype == torch.float32
+    assert torch.allclose(dense_out, x @ weight.T, atol=1e-4)  # the dense path is exact
+    layer.packed_rows = 5
+    assert layer(x).dtype == torch.bfloat16  # packed
+    model = torch.nn.Module()
+    model.proj = layer
+    timed: list[tuple[int, int]] = []
+
+    def step(rows: int) -> None:  # packed slower from 8 rows on, dense slower below
+        timed.append((rows, layer.packed_rows))
+        packed = layer.packed_rows >= rows
+        if packed == (rows >= 8):
+            time.sleep(0.002)
+
+    assert calibrate(model, step, max_rows=32, repeats=1) == 6  # grid 1, 4, 6, 8, 12, ...
+    assert layer.packed_rows == 6
+    assert max(rows for rows, _ in timed) == 8  # it stops at the first loss
+    assert {packed for _, packed in timed} == {0, 1 << 30}  # every layer one way, per step
+
+
+def test_auto_keeps_int4_beside_the_dtype_it_resolves_to() -> None:
+    """On the tiny model: int4 packed plus float32 dense weights, the embedding in float32,
+    and a float32 head kept for rescoring; `/debug/engine`'s description says so."""
+    from targets.reference.models import ensure_tiny_folder, load_model
+
+    model, _ = load_model(ensure_tiny_folder(), "cpu", "float32", "auto")
+    layer = model.model.layers[0].mlp.down_proj
+    assert isinstance(layer, QuantLinear) and layer.fmt == "int4"
+    assert layer.dense is not None and layer.dense.dtype == torch.float32
+    assert model.model.embed_tokens.weight.dtype == torch.float32
+    assert model.head_fp32 is not None and model.head_fp32.dtype == torch.float32
+    described = describe_weights(model)
+    assert described["format"] == "int4+fp32"
+    assert described["packed_rows"] == 1 << 30  # until the engine calibrates
+
+
+def test_auto_falls_back_where_int4_cannot_run(tmp_path: Path) -> None:
+    from targets.reference.models import _auto_refusal
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "hidden_size": 100, '
+                                          '"intermediate_size": 256}')
+    assert "not multiples of int4's groups of 32" in str(_auto_refusal(tmp_path, "cpu",
+                                                                        "float32"))
+    assert "CPU-only" in str(_auto_refusal(tmp_path, "cuda", "float32"))
+    assert "float32 or bfloat16 only" in str(_auto_refusal(tmp_path, "cpu", "float16"))
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "hidden_size": 64, '
+                                          '"intermediate_size": 256}')
+    assert "not a Llama-family model" in str(_auto_refusal(tmp_path, "cpu", "float32"))

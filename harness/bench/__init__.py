@@ -18,12 +18,13 @@ __all__ = ["BenchResult", "Benchmark", "Figure", "Goal", "Progress", "Table", "a
 def _benchmarks() -> list[Benchmark]:
     from .audit import BENCHMARK as audit
     from .client import BENCHMARK as client
+    from .cores import BENCHMARK as cores
     from .engine import BENCHMARK as engine
     from .formats import BENCHMARK as formats
     from .proxy import BENCHMARK as proxy
     from .router import BENCHMARK as router
 
-    return [engine, formats, router, client, proxy, audit]
+    return [engine, formats, cores, router, client, proxy, audit]
 
 
 def add_parser(sub: Any) -> None:

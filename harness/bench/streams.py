@@ -8,6 +8,7 @@ tokens/s = total output tokens / wall time. Times follow the project's metric de
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,7 @@ class StreamTiming:
     ttft: float
     e2e: float
     prompt_tokens: int | None = None  # the server's usage.prompt_tokens, when it sent usage
+    gaps: tuple[float, ...] = ()  # seconds between consecutive content chunks (inter-token)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ async def _stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any]
     prompt_tokens: int | None = None
     finished = False
     content_chunks = 0
+    stamps: list[float] = []
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
         if resp.status_code != 200:
             raise TargetError(f"chat completion answered {resp.status_code}: "
@@ -80,8 +83,9 @@ async def _stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any]
             for choice in chunk.get("choices") or []:
                 piece = (choice.get("delta") or {}).get("content")
                 if piece:
+                    stamps.append(clock())
                     if first is None:
-                        first = clock()
+                        first = stamps[-1]
                     pieces.append(piece)
                     content_chunks += 1
                 if choice.get("finish_reason"):
@@ -92,7 +96,8 @@ async def _stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any]
     return StreamTiming(text="".join(pieces),
                         output_tokens=usage if usage is not None else content_chunks,
                         ttft=(first if first is not None else end) - start, e2e=end - start,
-                        prompt_tokens=int(prompt_tokens) if prompt_tokens is not None else None)
+                        prompt_tokens=int(prompt_tokens) if prompt_tokens is not None else None,
+                        gaps=tuple(b - a for a, b in itertools.pairwise(stamps)))
 
 
 async def _batch(url: str, model: str, prompts: Sequence[str], max_tokens: int,

@@ -1,0 +1,57 @@
+"""`llm-chaos bench cores`: three real fleets end to end on the tiny model, and its figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.bench import cores
+from harness.bench.streams import BatchTiming, StreamTiming
+from harness.cli import main
+
+
+@pytest.mark.timeout(240)
+def test_three_fleets_end_to_end_on_the_tiny_model(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cores.json"
+    code = main(["bench", "cores", "--model", "tiny", "--quick", "--streams", "4",
+                 "--max-tokens", "6", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    data = json.loads(out.read_text())
+    figures = {f["name"]: f["value"] for f in data["figures"]}
+    for setup in ("one", "two", "two_all_cores"):
+        assert figures[f"{setup}.itl_p95_s"] > 0
+        assert figures[f"{setup}.itl_p95_s"] >= figures[f"{setup}.itl_p50_s"]
+    assert figures["two_vs_one.itl_p95_ratio"] == pytest.approx(
+        figures["two.itl_p95_s"] / figures["one.itl_p95_s"])
+    assert "two workers share the cores" in captured.out
+
+
+def test_percentiles_interpolate() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert cores.percentile(values, 50) == pytest.approx(50.5)
+    assert cores.percentile(values, 95) == pytest.approx(95.05)
+    assert cores.percentile([], 95) is None
+    assert cores.percentile([0.2], 95) == 0.2
+
+
+def _batch(gap: float) -> BatchTiming:
+    stream = StreamTiming("x", 5, 0.1, 0.1 + 4 * gap, gaps=(gap,) * 4)
+    return BatchTiming((stream, stream), 0.1 + 4 * gap)
+
+
+def test_the_goal_compares_two_workers_with_one() -> None:
+    args = argparse.Namespace(streams=2, max_tokens=5, model="m", worker_arg=[])
+    setups = [cores._Setup("one", "one", 1, 0), cores._Setup("two", "two", 2, 0),
+              cores._Setup("two_all_cores", "all", 2, 2)]
+    met = {}
+    for two_gap in (0.15, 0.25):
+        runs = {"one": [_batch(0.1)], "two": [_batch(two_gap)], "two_all_cores": [_batch(1.0)]}
+        result = cores._result(args, 1, 2, setups, runs)
+        met[two_gap] = result.goal_rows()[0]["met"]
+        assert result.value("two_all_cores_vs_one.itl_p95_ratio") == pytest.approx(10.0)
+    assert met == {0.15: True, 0.25: False}

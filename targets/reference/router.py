@@ -139,6 +139,218 @@ def _commits(event: bytes) -> bool:
     return False
 
 
+@dataclass
+class _Stream:
+    """A started stream, from its head to its end: the attempt feeding it (a resumed stream
+    swaps in the next one) and the request it answers, which a resume asks again."""
+
+    flight: _Flight
+    timer: asyncio.TimerHandle  # ends the attempt at the request's deadline
+    head: bytes  # held back until the first content-bearing event: the first bytes to send
+    model: str
+    started: float
+    request_id: str
+    path: str
+    payload: dict[str, Any]
+    deadline: float
+    tried: set[str]
+    trail: RequestTrail | None
+
+
+class _Steps:
+    """What a stream's relay (`Router._relay`) sends, and when; these steps forward the
+    worker's bytes as they come. The relay reads the chunks, ends a failed stream and lets
+    its attempt go; `_AuditSteps` and `_ResumeSteps` change what goes out in between."""
+
+    def __init__(self, router: Router, stream: _Stream) -> None:
+        self.router, self.stream = router, stream
+        self.done = False  # the stream's end went out: the relay reads no further
+        self.tokens = 0  # content events sent, counted for the truncate fault
+        self.tail = b""  # the last bytes sent: whether the worker sent its `[DONE]`
+
+    def begin(self) -> None:
+        """The first bytes are about to go out."""
+
+    async def forward(self, received: bytes) -> AsyncIterator[bytes]:
+        """What the client is sent for a chunk of the worker's stream (the head first)."""
+        self.tail = (self.tail + received)[-512:]
+        async for piece in self.send(received):
+            yield piece
+
+    async def lost(self, why: str, ended: bool) -> list[bytes] | None:
+        """The worker's stream stopped (`ended`: it closed, else it failed) before `done`: the
+        frames that end the client's stream, or None where the stream goes on."""
+        if ended and b"[DONE]" in self.tail:
+            self.router.m_success.labels(self.stream.model, _finish_reason(self.tail)).inc()
+            return []
+        self.router.m_cut.inc()
+        if ended:  # the worker closed without its end marker: never a silent cut
+            return [_error_frame(why)]
+        # close a half-sent event before the error frame
+        return ([] if self.tail.endswith(b"\n\n") else [b"\n\n"]) + [_error_frame(why)]
+
+    async def record(self, type_: str, error: str) -> None:
+        """Write the terminal record of a stream the relay ends with an error (none here)."""
+
+    def abandon(self) -> None:
+        """The relay ends, perhaps before the stream did (the client left)."""
+
+    async def send(self, chunk: bytes) -> AsyncIterator[bytes]:
+        """`chunk` as it is, or event by event under the slow_tokens / truncate faults."""
+        faults = self.router.faults
+        if not (faults.faults and (faults.token_delay() or faults.truncate())):
+            yield chunk
+            return
+        buffer = bytearray(chunk)
+        for event in _sse_events(buffer):
+            if _commits(event) and b"[DONE]" not in event:
+                delay = faults.token_delay()
+                if delay:
+                    await asyncio.sleep(delay)
+                self.tokens += 1
+            cut = faults.truncate()
+            if cut is not None and self.tokens > cut[0]:
+                raise _Truncated(cut[1])
+            yield event + b"\n\n"
+        if buffer:
+            yield bytes(buffer)
+
+
+class _AuditSteps(_Steps):
+    """Whole events only, and `data: [DONE]` held back until the request's terminal record is
+    durable. Chunks go out whole as they come (up to their last complete event); the text
+    sent is parsed once, at the end, from the bytes kept."""
+
+    def __init__(self, router: Router, stream: _Stream, trail: RequestTrail) -> None:
+        super().__init__(router, stream)
+        self.trail = trail
+        self.sent: list[bytes] = []
+        self.pending = bytearray()
+
+    def begin(self) -> None:
+        self.trail.first_content = time.monotonic()  # the head ends with the first content event
+
+    async def forward(self, received: bytes) -> AsyncIterator[bytes]:
+        self.pending += received
+        cut = self.pending.rfind(b"\n\n") + 2
+        if cut < 2:
+            return
+        ready = bytes(self.pending[:cut])
+        del self.pending[:cut]
+        self.sent.append(ready)  # as the worker sent it: usage included
+        if self.trail.strip_usage:  # usage was asked upstream for the record only
+            ready = ready.replace(b',"usage":null', b"")
+            if b'"choices":[]' in ready:
+                ready = b"".join(e + b"\n\n" for e in _sse_events(bytearray(ready))
+                                 if b'"choices":[]' not in e)
+        done_at = ready.find(b"data: [DONE]")
+        if done_at < 0:
+            async for piece in self.send(ready):
+                yield piece
+            return
+        if done_at:
+            yield ready[:done_at]
+        self.trail.observe_stream(b"".join(self.sent))
+        if self.trail.error is not None:
+            self.router.m_cut.inc()
+            await self.trail.finish("failed", http_status=200)
+        else:
+            await self.trail.finish("completed", http_status=200)
+            self.router.m_success.labels(self.stream.model,
+                                         self.trail.finish_reason or "unknown").inc()
+        self.done = True
+        yield b"data: [DONE]\n\n"
+
+    async def lost(self, why: str, ended: bool) -> list[bytes] | None:
+        self.router.m_cut.inc()
+        await self.record("timeout" if why == "deadline exceeded" else "failed", why)
+        return [_error_frame(why)]
+
+    async def record(self, type_: str, error: str) -> None:
+        self.trail.observe_stream(b"".join(self.sent))
+        await self.trail.finish(type_, error=error, http_status=200)
+
+    def abandon(self) -> None:
+        if not self.trail.finished:
+            self.trail.observe_stream(b"".join(self.sent))
+            self.trail.abandon("cancelled", "client disconnected")
+
+
+class _ResumeSteps(_Steps):
+    """Event by event, keeping the stream's checkpoint (token ids, characters sent); when the
+    worker is lost, the same stream goes on from another worker. The audit trail, if any,
+    takes in each chunk as it goes."""
+
+    def __init__(self, router: Router, stream: _Stream) -> None:
+        super().__init__(router, stream)
+        self.checkpoint: list[int] = []
+        self.sent_chars = 0
+        self.stream_id: str | None = None
+        self.buffer = bytearray()
+        self.resumes = 0
+
+    async def forward(self, received: bytes) -> AsyncIterator[bytes]:
+        trail = self.stream.trail
+        self.buffer += received
+        for event in _sse_events(self.buffer):
+            data = event[5:].strip() if event.startswith(b"data:") else b""
+            if data == b"[DONE]":
+                if trail is not None:
+                    await trail.finish("completed", http_status=200)
+                self.router.m_success.labels(self.stream.model, "stop").inc()
+                self.done = True
+                yield b"data: [DONE]\n\n"
+                return
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                continue
+            if "error" in chunk:
+                await self.lost(f"worker error: {chunk['error'].get('message')}", ended=False)
+                return
+            self.stream_id = self.stream_id or chunk.get("id")
+            chunk["id"] = self.stream_id
+            if trail is not None:
+                trail.observe_chunk(chunk)
+                if trail.strip_usage and chunk.pop("usage", None) is not None \
+                        and not chunk.get("choices"):
+                    continue
+            keep = bool(chunk.get("usage"))
+            for choice in chunk.get("choices") or []:
+                self.checkpoint.extend(choice.pop("token_ids", None) or [])
+                delta = choice.get("delta") or {}
+                text = delta.get("content") or choice.get("text") or ""
+                self.sent_chars += len(text)
+                role_only = "role" in delta and self.resumes > 0
+                if (text or choice.get("finish_reason") or "role" in delta) and not role_only:
+                    keep = True
+            if keep:
+                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+    async def lost(self, why: str, ended: bool) -> list[bytes] | None:
+        """The worker is gone (or failed): go on from the checkpoint on another one; raises
+        _ResumeFailed where none takes the stream."""
+        router, stream = self.router, self.stream
+        await router._close(stream.flight)
+        stream.timer.cancel()
+        router.events_resume(stream.model, why)
+        stream.flight, stream.timer = await router._resume(stream, self.checkpoint,
+                                                           self.sent_chars, why)
+        self.buffer.clear()  # the lost worker's unfinished event
+        self.resumes += 1
+        if stream.trail is not None:
+            stream.trail.attempt(stream.flight.worker.id)
+        return None
+
+    async def record(self, type_: str, error: str) -> None:
+        if self.stream.trail is not None:
+            await self.stream.trail.finish(type_, error=error, http_status=200)
+
+    def abandon(self) -> None:
+        if self.stream.trail is not None:
+            self.stream.trail.abandon("cancelled", "client disconnected")
+
+
 class Router:
     """Routes OpenAI requests to the fleet's workers."""
 
@@ -447,14 +659,13 @@ class Router:
                         continue
                     self.m_requests.labels("200").inc()
                     handed_off = True
-                    relay = (self._relay_resumable(flight, head, timer, model, started, path,
-                                                   payload, request_id, deadline, tried, trail)
-                             if resumable else
-                             self._relay_audited(flight, head, timer, model, started, trail)
-                             if trail is not None else
-                             self._relay(flight, head, timer, model, started))
+                    started_stream = _Stream(flight, timer, head, model, started, request_id,
+                                             path, payload, deadline, tried, trail)
+                    steps = (_ResumeSteps(self, started_stream) if resumable else
+                             _AuditSteps(self, started_stream, trail) if trail is not None else
+                             _Steps(self, started_stream))
                     return StreamingResponse(
-                        relay,
+                        self._relay(steps),
                         media_type="text/event-stream",
                         headers={**SSE_HEADERS, "X-Request-Id": request_id})
                 data = await self._collect(flight, left)
@@ -505,22 +716,6 @@ class Router:
         if delay:
             await asyncio.sleep(delay)
 
-    async def _faulty(self, chunks: bytes, state: dict[str, int]) -> AsyncIterator[bytes]:
-        """Relay a piece of stream event by event under slow_tokens / truncate faults."""
-        buffer = bytearray(chunks)
-        for event in _sse_events(buffer):
-            if _commits(event) and b"[DONE]" not in event:
-                delay = self.faults.token_delay()
-                if delay:
-                    await asyncio.sleep(delay)
-                state["tokens"] += 1
-            cut = self.faults.truncate()
-            if cut is not None and state["tokens"] > cut[0]:
-                raise _Truncated(cut[1])
-            yield event + b"\n\n"
-        if buffer:
-            yield bytes(buffer)
-
     async def _collect(self, flight: _Flight, left: asyncio.Future[None] | None = None
                        ) -> bytes | str:
         """The whole upstream body, or a string saying why there is none (`left`: done once
@@ -561,230 +756,74 @@ class Router:
             else:
                 return str(value)
 
-    async def _relay(self, flight: _Flight, head: bytes, timer: asyncio.TimerHandle,
-                     model: str, started: float) -> AsyncIterator[bytes]:
-        self.m_ttft.labels(model).observe(time.monotonic() - started)
-        tail = b""
-        state = {"tokens": 0}
+    async def _relay(self, steps: _Steps) -> AsyncIterator[bytes]:
+        """The one relay of a started stream: its head, then the worker's chunks, each sent
+        through `steps`. A stream that cannot finish ends with an error frame (a silent cut
+        only where the truncate fault asks for one); its attempt always ends with it."""
+        stream = steps.stream
+        self.m_ttft.labels(stream.model).observe(time.monotonic() - stream.started)
+        steps.begin()
         try:
-            pending: bytes | str = head
+            received = stream.head
             while True:
-                if isinstance(pending, bytes):
-                    value = pending
-                    tail = (tail + value)[-512:]
-                    if self.faults.faults and (self.faults.token_delay()
-                                               or self.faults.truncate()):
-                        async for piece in self._faulty(value, state):
-                            yield piece
-                    else:
-                        yield value
-                kind, pending = await flight.queue.get()
+                async for piece in steps.forward(received):
+                    yield piece
+                if steps.done:
+                    return
+                kind, value = await stream.flight.queue.get()
                 if kind == "data":
+                    assert isinstance(value, bytes)
+                    received = value
                     continue
-                if kind == "end":
-                    if b"[DONE]" not in tail:
-                        # the worker closed without its end marker: never a silent cut
-                        self.m_cut.inc()
-                        yield _error_frame("stream ended without [DONE]")
-                    else:
-                        self.m_success.labels(model, _finish_reason(tail)).inc()
-                    return
-                if kind == "error":
-                    self.m_cut.inc()
-                    if not tail.endswith(b"\n\n"):
-                        yield b"\n\n"  # close a half-sent event before the error frame
-                    yield _error_frame(str(pending))
-                    return
+                ending = await steps.lost(
+                    "stream ended without [DONE]" if kind == "end" else str(value),
+                    ended=kind == "end")
+                if ending is None:  # it goes on from another worker
+                    received = b""
+                    continue
+                for piece in ending:
+                    yield piece
+                return
         except _Truncated as cut:
             self.m_cut.inc()
+            await steps.record("failed", "stream truncated by an injected fault"
+                               + ("" if cut.error_frame else " (no error frame)"))
             if cut.error_frame:
                 yield _error_frame("stream truncated by an injected fault")
             # without an error frame the connection just ends: the silent cut a checker must catch
-        finally:
-            timer.cancel()
-            self.in_flight -= 1
-            self.m_e2e.labels(model).observe(time.monotonic() - started)
-            await self._close(flight)
-
-    async def _relay_audited(self, flight: _Flight, head: bytes, timer: asyncio.TimerHandle,
-                             model: str, started: float, trail: RequestTrail
-                             ) -> AsyncIterator[bytes]:
-        """`_relay`, holding `data: [DONE]` back until the request's terminal record is
-        durable. Chunks go out whole as they come (up to their last complete event); the
-        text sent is parsed once, at the end, from the bytes kept."""
-        self.m_ttft.labels(model).observe(time.monotonic() - started)
-        trail.first_content = time.monotonic()  # the head ends with the first content event
-        state = {"tokens": 0}
-        sent: list[bytes] = []
-        pending = bytearray(head)
-        try:
-            while True:
-                cut = pending.rfind(b"\n\n") + 2
-                if cut >= 2:
-                    ready = bytes(pending[:cut])
-                    del pending[:cut]
-                    sent.append(ready)  # as the worker sent it: usage included
-                    if trail.strip_usage:  # usage was asked upstream for the record only
-                        ready = ready.replace(b',"usage":null', b"")
-                        if b'"choices":[]' in ready:
-                            ready = b"".join(e + b"\n\n" for e in _sse_events(bytearray(ready))
-                                             if b'"choices":[]' not in e)
-                    done_at = ready.find(b"data: [DONE]")
-                    if done_at >= 0:
-                        if done_at:
-                            yield ready[:done_at]
-                        trail.observe_stream(b"".join(sent))
-                        if trail.error is not None:
-                            self.m_cut.inc()
-                            await trail.finish("failed", http_status=200)
-                        else:
-                            await trail.finish("completed", http_status=200)
-                            self.m_success.labels(model, trail.finish_reason or "unknown").inc()
-                        yield b"data: [DONE]\n\n"
-                        return
-                    if self.faults.faults and (self.faults.token_delay()
-                                               or self.faults.truncate()):
-                        async for piece in self._faulty(ready, state):
-                            yield piece
-                    else:
-                        yield ready
-                got, value = await flight.queue.get()
-                if got == "data":
-                    assert isinstance(value, bytes)
-                    pending += value
-                    continue
-                failure = "stream ended without [DONE]" if got == "end" else str(value)
-                break
+        except _ResumeFailed as exc:
             self.m_cut.inc()
-            trail.observe_stream(b"".join(sent))
-            await trail.finish("timeout" if failure == "deadline exceeded" else "failed",
-                               error=failure, http_status=200)
-            yield _error_frame(failure)
-        except _Truncated as cut_short:
-            self.m_cut.inc()
-            trail.observe_stream(b"".join(sent))
-            await trail.finish("failed", error="stream truncated by an injected fault"
-                               + ("" if cut_short.error_frame else " (no error frame)"),
-                               http_status=200)
-            if cut_short.error_frame:
-                yield _error_frame("stream truncated by an injected fault")
+            await steps.record("timeout" if "deadline" in str(exc) else "failed", str(exc))
+            yield _error_frame(str(exc))
         except AuditUnavailable as exc:
             # the text went out, but not its end: the client sees an unfinished stream
             yield _error_frame(f"the audit log is unavailable ({exc}); this response was "
                                "not recorded and is withdrawn")
         finally:
-            if not trail.finished:
-                trail.observe_stream(b"".join(sent))
-                trail.abandon("cancelled", "client disconnected")
-            timer.cancel()
+            steps.abandon()  # the client left (or the router stops), unless it ended
+            stream.timer.cancel()
             self.in_flight -= 1
-            self.m_e2e.labels(model).observe(time.monotonic() - started)
-            await self._close(flight)
-
-    async def _relay_resumable(self, flight: _Flight, head: bytes, timer: asyncio.TimerHandle,
-                               model: str, started: float, path: str,
-                               payload: dict[str, Any], request_id: str, deadline: float,
-                               tried: set[str], trail: RequestTrail | None = None
-                               ) -> AsyncIterator[bytes]:
-        """Relay event by event, keeping the stream's checkpoint (token ids, characters sent);
-        when the worker is lost, continue the same stream from another worker."""
-        self.m_ttft.labels(model).observe(time.monotonic() - started)
-        checkpoint: list[int] = []
-        sent_chars = 0
-        stream_id: str | None = None
-        buffer = bytearray(head)
-        failure = ""
-        resumes = 0
-        try:
-            while True:
-                for event in _sse_events(buffer):
-                    data = event[5:].strip() if event.startswith(b"data:") else b""
-                    if data == b"[DONE]":
-                        if trail is not None:
-                            await trail.finish("completed", http_status=200)
-                        self.m_success.labels(model, "stop").inc()
-                        yield b"data: [DONE]\n\n"
-                        return
-                    try:
-                        chunk = json.loads(data)
-                    except ValueError:
-                        continue
-                    if "error" in chunk:
-                        failure = f"worker error: {chunk['error'].get('message')}"
-                        break
-                    stream_id = stream_id or chunk.get("id")
-                    chunk["id"] = stream_id
-                    if trail is not None:
-                        trail.observe_chunk(chunk)
-                        if trail.strip_usage and chunk.pop("usage", None) is not None \
-                                and not chunk.get("choices"):
-                            continue
-                    keep = bool(chunk.get("usage"))
-                    for choice in chunk.get("choices") or []:
-                        checkpoint.extend(choice.pop("token_ids", None) or [])
-                        delta = choice.get("delta") or {}
-                        text = delta.get("content") or choice.get("text") or ""
-                        sent_chars += len(text)
-                        role_only = "role" in delta and resumes > 0
-                        if (text or choice.get("finish_reason") or "role" in delta) and \
-                                not role_only:
-                            keep = True
-                    if keep:
-                        yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() \
-                            + b"\n\n"
-                else:
-                    kind, value = await flight.queue.get()
-                    if kind == "data":
-                        assert isinstance(value, bytes)
-                        buffer += value
-                        continue
-                    failure = "stream ended without [DONE]" if kind == "end" else str(value)
-                # the worker is gone (or failed): resume from the checkpoint elsewhere
-                await self._close(flight)
-                timer.cancel()
-                self.events_resume(model, failure)
-                flight, buffer, timer = await self._resume(
-                    path, payload, request_id, deadline, tried, checkpoint, sent_chars, failure)
-                resumes += 1
-                if trail is not None:
-                    trail.attempt(flight.worker.id)
-        except _ResumeFailed as exc:
-            self.m_cut.inc()
-            if trail is not None:
-                await trail.finish("timeout" if "deadline" in str(exc) else "failed",
-                                   error=str(exc), http_status=200)
-            yield _error_frame(str(exc))
-        except AuditUnavailable as exc:
-            yield _error_frame(f"the audit log is unavailable ({exc}); this response was "
-                               "not recorded and is withdrawn")
-        finally:
-            if trail is not None:
-                trail.abandon("cancelled", "client disconnected")
-            timer.cancel()
-            self.in_flight -= 1
-            self.m_e2e.labels(model).observe(time.monotonic() - started)
-            await self._close(flight)
+            self.m_e2e.labels(stream.model).observe(time.monotonic() - stream.started)
+            await self._close(stream.flight)
 
     def events_resume(self, model: str, why: str) -> None:
         self.m_resumed.inc()
 
-    async def _resume(self, path: str, payload: dict[str, Any], request_id: str,
-                      deadline: float, tried: set[str], checkpoint: list[int],
-                      sent_chars: int, why: str
-                      ) -> tuple[_Flight, bytearray, asyncio.TimerHandle]:
-        body = json.dumps({**payload, "continuation": {"token_ids": checkpoint,
-                                                      "text_sent": sent_chars}}).encode()
-        model = str(payload["model"])
+    async def _resume(self, stream: _Stream, checkpoint: list[int], sent_chars: int, why: str
+                      ) -> tuple[_Flight, asyncio.TimerHandle]:
+        """A new attempt that continues `stream` from its checkpoint, with its deadline timer."""
+        body = json.dumps({**stream.payload, "continuation": {"token_ids": checkpoint,
+                                                             "text_sent": sent_chars}}).encode()
         for _ in range(self.settings.max_attempts):
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= stream.deadline:
                 break
             try:
-                worker = await self._acquire(model, deadline, tried)
+                worker = await self._acquire(stream.model, stream.deadline, stream.tried)
             except _Reject as exc:
                 raise _ResumeFailed(f"{why}; could not resume: {exc.message}") from exc
-            tried.add(worker.id)
+            stream.tried.add(worker.id)
             try:
-                flight, status = await self._start(worker, path, body, request_id)
+                flight, status = await self._start(worker, stream.path, body, stream.request_id)
             except _WorkerLost as exc:
                 self._release(worker)
                 why = str(exc)
@@ -795,9 +834,9 @@ class Router:
                 await self._close(flight)
                 continue
             loop = asyncio.get_running_loop()
-            timer = loop.call_at(loop.time() + (deadline - time.monotonic()), flight.fail,
-                                 "deadline exceeded")
-            return flight, bytearray(), timer
+            timer = loop.call_at(loop.time() + (stream.deadline - time.monotonic()),
+                                 flight.fail, "deadline exceeded")
+            return flight, timer
         raise _ResumeFailed(f"{why}; could not resume the stream")
 
     def live_summary(self) -> dict[str, int]:

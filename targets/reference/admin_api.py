@@ -15,7 +15,17 @@ from pydantic import ValidationError
 from .api import error_body, validation_message
 from .faults import FaultSet, FaultSpec
 
-__all__ = ["admin_router"]
+__all__ = ["admin_router", "read_fault_spec"]
+
+
+async def read_fault_spec(request: Request) -> FaultSpec | JSONResponse:
+    """The fault a POST /admin/faults body describes, or the 400 answer naming what is wrong
+    (the worker's admin API and the router's share it)."""
+    try:
+        return FaultSpec.model_validate_json(await request.body())
+    except ValidationError as exc:
+        message, param = validation_message(exc)
+        return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
 
 
 def _denied(request: Request, admin_token: str) -> JSONResponse | None:
@@ -44,12 +54,9 @@ def admin_router(faults: FaultSet, admin_token: str) -> APIRouter:
         denied = _denied(request, admin_token)
         if denied is not None:
             return denied
-        try:
-            spec = FaultSpec.model_validate_json(await request.body())
-        except ValidationError as exc:
-            message, param = validation_message(exc)
-            return JSONResponse(error_body(message, "invalid_request_error", param),
-                                status_code=400)
+        spec = await read_fault_spec(request)
+        if isinstance(spec, JSONResponse):
+            return spec
         return JSONResponse(faults.add(spec).public(), status_code=201)
 
     @router.delete("/admin/faults/{fault_id}")

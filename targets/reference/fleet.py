@@ -26,12 +26,11 @@ import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter, Gauge, generate_latest
-from pydantic import ValidationError
 
-from .api import KEEP_ALIVE_S, error_body, validation_message
+from .admin_api import read_fault_spec
+from .api import KEEP_ALIVE_S, error_body
 from .audit import AuditLog, AuditSettings, register_metrics
 from .auth import require_api_key
-from .faults import FaultSpec
 from .http_limits import guarded_protocol
 from .liveness import threads_per_worker, usable_cores
 from .registry import EventBus, Registry, WorkerState
@@ -237,12 +236,9 @@ def create_fleet_app(fleet: Fleet) -> FastAPI:
 
     @app.post("/admin/faults", dependencies=admin)
     async def add_fault(request: Request) -> JSONResponse:
-        try:
-            spec = FaultSpec.model_validate_json(await request.body())
-        except ValidationError as exc:
-            message, param = validation_message(exc)
-            return JSONResponse(error_body(message, "invalid_request_error", param),
-                                status_code=400)
+        spec = await read_fault_spec(request)
+        if isinstance(spec, JSONResponse):
+            return spec
         if spec.target == "router":
             fault = fleet.router.faults.add(spec)
             fleet.events.emit("fault_added", fault=fault.id, fault_kind=spec.kind, target="router",

@@ -262,13 +262,18 @@ class BatchEngine:
     def _calibrate(self) -> None:
         """With int4 beside dense weights (--quantize auto), time which runs faster at how
         many rows, here on the engine thread with its threads, before the first step."""
-        from .quant import calibrate, describe_weights
+        from .quant import calibrate, describe_weights, set_packed_rows
 
         if "+" not in str(self.weights.get("format")):
             return
         started = time.monotonic()
-        with torch.inference_mode():
-            rows = calibrate(self.model, self.decoder.timing_step, self.max_num_seqs)
+        try:
+            with torch.inference_mode():
+                rows = calibrate(self.model, self.decoder.timing_step, self.max_num_seqs)
+        except Exception:  # a kernel this CPU or torch refuses: serve on the dense weights
+            traceback.print_exc()
+            set_packed_rows(self.model, 0)
+            rows = 0
         self.weights = describe_weights(self.model)
         print(f"engine: weights {self.weights['format']}: steps of up to {rows} sequences run "
               "the packed kernels, larger ones the dense weights (timed here in "

@@ -94,6 +94,8 @@ class QuantLinear(nn.Module):
             out = F.linear(rows.to(self.dense.dtype), self.dense, self.dense_bias)
         else:
             out = self.packed(rows)
+            if self.dense is not None:  # as the dense copy would answer: a float32 model's
+                out = out.to(self.dense.dtype)  # KV cache and residual stay float32
         return out.view(*shape[:-1], self.out_features)
 
     def packed(self, rows: torch.Tensor) -> torch.Tensor:

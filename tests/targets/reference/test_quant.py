@@ -103,7 +103,9 @@ def test_a_dense_copy_takes_the_calls_past_the_measured_crossover() -> None:
     assert dense_out.dtype == torch.float32
     assert torch.allclose(dense_out, x @ weight.T, atol=1e-4)  # the dense path is exact
     layer.packed_rows = 5
-    assert layer(x).dtype == torch.bfloat16  # packed
+    packed_out = layer(x)  # packed, answered in the dense copy's dtype (float32 KV caches)
+    assert packed_out.dtype == torch.float32
+    assert torch.equal(packed_out, layer.packed(x.reshape(-1, 64)).float())
     model = torch.nn.Module()
     model.proj = layer
     timed: list[tuple[int, int]] = []
@@ -134,6 +136,24 @@ def test_auto_keeps_int4_beside_the_dtype_it_resolves_to() -> None:
     described = describe_weights(model)
     assert described["format"] == "int4+fp32"
     assert described["packed_rows"] == 1 << 30  # until the engine calibrates
+
+
+def test_auto_on_float32_calibrates_and_decodes_on_the_real_decoder() -> None:
+    """Where the CPU lacks bf16, auto's dense copy is float32: the packed kernels' bfloat16
+    answers must not reach the float32 KV cache (it did: the engine thread died calibrating,
+    on an AVX2-only EPYC, and every request waited forever)."""
+    from targets.reference.decoder import BatchDecoder
+    from targets.reference.models import ensure_tiny_folder, load_model
+    from targets.reference.quant import calibrate
+
+    model, _ = load_model(ensure_tiny_folder(), "cpu", "float32", "auto")
+    decoder = BatchDecoder(model, max_slots=4, max_len=80)
+    with torch.inference_mode():
+        rows = calibrate(model, decoder.timing_step, 4)
+        logits = decoder.prefill_many([(0, [5, 6, 7], 0), (1, [8, 9], 0)])
+        step = decoder.decode(logits.argmax(-1), torch.tensor([3, 2]))
+    assert 0 <= rows <= 4 and describe_weights(model)["packed_rows"] == rows
+    assert step.dtype == torch.float32 and torch.isfinite(step).all()
 
 
 def test_auto_falls_back_where_int4_cannot_run(tmp_path: Path) -> None:

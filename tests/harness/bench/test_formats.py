@@ -31,7 +31,9 @@ def test_every_format_end_to_end_on_the_tiny_model(tmp_path: Path,
     assert not missing, missing
     size = {fmt: figures[f"{fmt}.weight_bytes_per_token"] for fmt in formats.FORMATS}
     assert size["fp32"] > size["bf16"] > size["int8"] > size["int4"]
-    assert size["auto"] == size["int4"]  # one stream reads the packed int4 weights
+    # one stream reads the packed int4 weights (the norms stay in the dense dtype: float32
+    # where the CPU lacks bf16, a few hundred bytes more on the tiny model)
+    assert size["auto"] == pytest.approx(size["int4"], rel=0.001)
     # the tiny model's rows are short: the byte counts are the layers' own, not estimates
     assert size["fp32"] == pytest.approx(2 * size["bf16"], rel=0.01)
     for fmt in formats.FORMATS:

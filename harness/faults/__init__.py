@@ -3,6 +3,7 @@ the injector that schedules and always reverts them, the guard, and `faults clea
 
 - `base`: the Fault protocol, Effect and Ledger; `heal`: the undo of each action as data.
 - `process`, `admin`, `host`, `network`, `container`: the fault families.
+- `docker_engine`: the Docker client that container faults and their heals act through.
 - `schedule`: at / for / every steps and abort conditions; `injector`: the FaultInjector.
 - `history`: recorders for history lines; `state`, `guard`: healing a run that died.
 """

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..errors import TargetError
 from ..target import Target
 from .heal import Heal
 
@@ -99,8 +100,6 @@ def revert_heals(heals: tuple[Heal, ...] | list[Heal]) -> HealReport:
 
 def revert_effect(effect: Effect) -> list[str]:
     """The common revert: apply the effect's heals; TargetError naming every one that failed."""
-    from ..errors import TargetError
-
     report = revert_heals(effect.heals)
     if report.errors:
         raise TargetError(f"reverting {effect.fault} failed: " + "; ".join(report.errors))

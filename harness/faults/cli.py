@@ -11,7 +11,7 @@ import httpx
 
 from ..errors import TargetError, UsageError
 from ..target import Target
-from .guard import _alive, heal_state_file
+from .guard import heal_state_file, process_alive
 from .state import default_state_dir, read_state
 
 __all__ = ["add_parser", "clear"]
@@ -56,8 +56,8 @@ def clear(args: argparse.Namespace) -> int:
             print(f"{path}: nothing to heal")
             continue
         owner, _ = read_state(path)
-        if not args.force and owner and _alive(int(owner.get("pid", 0)),
-                                               float(owner.get("create_time", 0.0))):
+        if not args.force and owner and process_alive(int(owner.get("pid", 0)),
+                                                      float(owner.get("create_time", 0.0))):
             if args.state:
                 raise UsageError(f"the run that owns {path} (pid {owner['pid']}) is still "
                                  "alive; stop it first, or pass --force")

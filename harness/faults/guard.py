@@ -33,13 +33,14 @@ from .base import revert_heals
 from .heal import StopProcess
 from .state import Entry, StateFile, default_state_dir, read_state
 
-__all__ = ["RunGuard", "heal_state_file", "main", "start_guard", "stop_guard"]
+__all__ = ["RunGuard", "heal_state_file", "main", "process_alive", "start_guard", "stop_guard"]
 
 POLL_S = 0.2
 NEVER = 1e12  # the deadline of a heal applied only when the run ends (Unix time, year 33658)
 
 
-def _alive(pid: int, create_time: float) -> bool:
+def process_alive(pid: int, create_time: float) -> bool:
+    """Whether the process `pid` started at `create_time` still runs (a reused PID does not)."""
     try:
         proc = psutil.Process(pid)
         return (abs(proc.create_time() - create_time) <= 0.01
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("ready", flush=True)
     applied: set[str] = set()
     while not stop:
-        owner_alive = _alive(args.owner, args.owner_create_time)
+        owner_alive = process_alive(args.owner, args.owner_create_time)
         if not owner_alive:
             _log(args.log, f"owner {args.owner} died: healing")
             break

@@ -20,6 +20,7 @@ import psutil
 
 from ..errors import TargetError, UsageError
 from ..launcher import terminate_tree
+from .docker_engine import docker_client
 
 __all__ = [
     "DockerConnect",
@@ -306,8 +307,6 @@ def heal_from_json(data: dict[str, Any]) -> Heal:
 
 
 def _docker() -> Any:
-    from .container import docker_client
-
     try:
         return docker_client()
     except UsageError as exc:

@@ -26,15 +26,16 @@ proxy: run one in front of the deployment (`llm-chaos proxy`, or a real Toxiprox
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import httpx
 
@@ -49,26 +50,35 @@ from ..experiment import (
 )
 from ..faults import FaultInjector, JsonlRecorder
 from ..runner.faults import abort_conditions, build_steps
-from ..runner.lifecycle import (
-    NEMESIS_FILE,
-    RunOutcome,
-    _fetch_events,
-    _merge_history,
-    _run_dir,
-    judge_run,
-    write_plan,
-)
+from ..runner.lifecycle import RunOutcome, judge_run, write_plan
 from ..runner.probes import run_probes
+from ..runner.rundir import NEMESIS_FILE, fetch_events, merge_history, new_run_dir
 from ..target import Target
 from ..telemetry import Observer
 
-__all__ = ["ADMIN_TOKEN_ENV", "ChaosPlan", "ChaosSession", "add_options", "copy_audit_log",
-           "install", "load_plan", "on_init"]
+__all__ = ["ADMIN_TOKEN_ENV", "ChaosPlan", "ChaosSession", "LoadState", "add_options",
+           "copy_audit_log", "install", "load_plan", "on_init"]
 
 log = logging.getLogger("llm_chaos.chaos_plan")
 
 ADMIN_TOKEN_ENV = "LLM_CHAOS_ADMIN_TOKEN"
 SCHEDULE_GRACE = 60.0  # seconds a stopped schedule gets to revert its faults
+
+
+class LoadState(Protocol):
+    """What a chaos plan reads of the loadgen plugin's state (`plugin.LoadgenState`): how the
+    load reaches the target, and its request records to flush before the checks."""
+
+    @property
+    def headers(self) -> list[tuple[str, str]]: ...
+
+    @property
+    def api_key(self) -> str | None: ...
+
+    @property
+    def tls(self) -> Any: ...
+
+    def flush(self) -> None: ...
 
 
 @dataclass
@@ -133,7 +143,7 @@ def load_plan(opts: Any, environ: Mapping[str, str]) -> ChaosPlan:
     if url is None and getattr(opts, "headless", False):
         raise UsageError("target.url: no target to test; give --host URL (or target.url in "
                          "the plan)")
-    run_dir = Path(opts.run_dir) if opts.run_dir else _run_dir(experiment, None)
+    run_dir = Path(opts.run_dir) if opts.run_dir else new_run_dir(experiment, None)
     if run_dir.exists() and any(run_dir.iterdir()) and not _prepared(run_dir, opts.chaos_plan):
         raise UsageError(f"--run-dir: {run_dir} exists and is not empty; choose another "
                          "directory or remove it")
@@ -192,6 +202,7 @@ class ChaosSession:
 
     plan: ChaosPlan
     environment: Any
+    loadgen: LoadState
     out: TextIO = sys.stdout
     url: str = ""
     target: Target | None = None
@@ -212,9 +223,7 @@ class ChaosSession:
         if not self.url:
             raise UsageError("target.url: no target to test; set the host (--host URL)")
         write_plan(_recorded(plan, self.url), plan.run_dir)
-        from .plugin import state
-
-        st = state(self.environment)  # how the load reaches the target: the probes do the same
+        st = self.loadgen  # how the load reaches the target: the probes do the same
         self._access = {"headers": dict(auth_headers(st.headers, st.api_key, False)),
                         "verify": st.tls}
         self.target = Target(self.url, plan.admin_token, verify=st.tls)
@@ -287,8 +296,8 @@ class ChaosSession:
             cfg = _recorded(plan, self.url).target
             if plan.admin_token is not None and cfg.adapter == "reference":
                 try:
-                    count = _fetch_events(self.url, plan.admin_token,
-                                          plan.run_dir / "events.jsonl")
+                    count = fetch_events(self.url, plan.admin_token,
+                                         plan.run_dir / "events.jsonl")
                     self._say(f"  {count} target event(s) -> events.jsonl")
                 except (TargetError, httpx.HTTPError) as exc:
                     self._say(f"  target events not fetched: {exc}")
@@ -299,8 +308,8 @@ class ChaosSession:
         finally:
             if self.target is not None:
                 self.target.close()
-            _flush_records(self.environment)
-            _merge_history(plan.run_dir)
+            self.loadgen.flush()  # every request record is in history.jsonl before the checks
+            merge_history(plan.run_dir)
         inconclusive = "; ".join(self.problems) or None
         if inconclusive:
             self._say(f"the run could not complete: {inconclusive}")
@@ -326,13 +335,6 @@ class ChaosSession:
     def _say(self, line: str) -> None:
         print(f"llm-chaos: {line}" if not line.startswith(" ") else line, file=self.out,
               flush=True)
-
-
-def _flush_records(environment: Any) -> None:
-    # every request record is in history.jsonl before the checks read it
-    from .plugin import state
-
-    state(environment).flush()
 
 
 # -- Locust's events -----------------------------------------------------------------------
@@ -382,7 +384,7 @@ def _plan(environment: Any) -> ChaosPlan | None:
     return plan if isinstance(plan, ChaosPlan) else None
 
 
-def _on_test_start(environment: Any, **_: Any) -> None:
+def _on_test_start(environment: Any, loadgen: Callable[[Any], LoadState], **_: Any) -> None:
     plan = _plan(environment)
     if plan is None:
         return
@@ -390,7 +392,7 @@ def _on_test_start(environment: Any, **_: Any) -> None:
         log.warning("llm-chaos: the chaos plan ran in this Locust process already; this test "
                     "runs without it")
         return
-    session = ChaosSession(plan, environment)
+    session = ChaosSession(plan, environment, loadgen(environment))
     try:
         session.start()
     except (UsageError, TargetError) as exc:
@@ -426,28 +428,10 @@ def _on_quitting(environment: Any, **_: Any) -> None:
     plan.session.finish()
 
 
-def _on_init_console(environment: Any, **_: Any) -> None:
-    # after the loadgen plugin's init: its run directory is chosen, its LLM tab added
-    if getattr(environment, "web_ui", None) is None or _role(environment) == "worker":
-        return
-    from .console import install_console
-    from .plugin import state
-
-    install_console(environment, state(environment).run_dir)
-
-
-def _on_test_start_console(environment: Any, **_: Any) -> None:
-    console = getattr(environment, "llm_chaos_console", None)
-    if console is not None:
-        console.start()
-
-
-def install(events: Any) -> None:
-    """Register the listeners that run after the loadgen plugin's (its records flushed), and
-    the game-day console's (a Chaos tab in the web UI)."""
-    events.init.add_listener(_on_init_console)
-    events.test_start.add_listener(_on_test_start)
-    events.test_start.add_listener(_on_test_start_console)
+def install(events: Any, loadgen: Callable[[Any], LoadState]) -> None:
+    """Register the listeners that run after the loadgen plugin's (its records flushed);
+    `loadgen` gives that plugin's state of a Locust environment."""
+    events.test_start.add_listener(functools.partial(_on_test_start, loadgen=loadgen))
     events.test_stop.add_listener(_on_test_stop)
     events.quitting.add_listener(_on_quitting)
 

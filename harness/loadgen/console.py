@@ -42,7 +42,7 @@ from ..checks import load_run, run_checks
 from ..errors import HarnessError, UsageError
 from ..faults import Step
 from ..runner.faults import build_fault
-from ..runner.lifecycle import NEMESIS_FILE
+from ..runner.rundir import NEMESIS_FILE
 from .chaos_plan import ChaosPlan
 from .console_model import (
     JsonlTail,

@@ -34,6 +34,7 @@ from ..endpoint import API_KEY_ENV, auth_headers, parse_header, resolve_api_key,
 from ..errors import UsageError
 from . import chaos_plan
 from .arrivals import KINDS, ArrivalSchedule, parse_arrival
+from .console import install_console
 from .datasets import DatasetPrompts
 from .llm_stats import COLUMNS, LLMStats
 from .records import HistoryWriter, PendingRecord, default_run_dir
@@ -280,7 +281,10 @@ def install(events: Any = None) -> None:
     events.quitting.add_listener(_on_quitting)
     events.quit.add_listener(_on_quit)
     events.reset_stats.add_listener(_on_reset_stats)
-    chaos_plan.install(events)  # after ours: its test_stop judges the flushed records
+    chaos_plan.install(events, state)  # after ours: its test_stop judges the flushed records
+    # the game-day console (a Chaos tab in the web UI) starts after the plan's session
+    events.init.add_listener(_on_init_console)
+    events.test_start.add_listener(_on_test_start_console)
     events.init.add_listener(_refresh_loop_clock)  # last of every init listener
 
 
@@ -325,6 +329,19 @@ def _on_init(environment: Any, **_: Any) -> None:
 
 # the state of the process's last init: `quit` and `reset_stats` carry no environment
 _LAST: list[LoadgenState] = []
+
+
+def _on_init_console(environment: Any, **_: Any) -> None:
+    # after _on_init: the run directory is chosen, the LLM tab added
+    if getattr(environment, "web_ui", None) is None or state(environment).role == "worker":
+        return
+    install_console(environment, state(environment).run_dir)
+
+
+def _on_test_start_console(environment: Any, **_: Any) -> None:
+    console = getattr(environment, "llm_chaos_console", None)
+    if console is not None:
+        console.start()
 
 
 def _drop_opt_in_users(environment: Any, opts: Any) -> None:

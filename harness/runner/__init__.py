@@ -5,6 +5,8 @@ state before, load with the fault schedule, always revert, steady state after, c
 - `probes`: steady-state probes (HTTP status, a metric within bounds).
 - `locust`: Locust as a headless subprocess, and when its load started.
 - `capacity`: the target's capacity measured before the load, for `load.users: auto`.
+- `rundir`: the run directory's path, the target's events and the harness's lines in the
+  history, written the same way by `llm-chaos run` and Locust's `--chaos-plan`.
 - `lifecycle`: the run itself; `cli`: the subcommand.
 """
 

@@ -36,7 +36,7 @@ import yaml
 
 from ..checks import load_run, run_checks
 from ..endpoint import API_KEY_ENV
-from ..errors import TargetError, UsageError
+from ..errors import TargetError
 from ..experiment import Experiment, LoadConfig, load_experiment
 from ..faults import FaultInjector, JsonlRecorder
 from ..faults.guard import RunGuard
@@ -51,10 +51,10 @@ from .capacity import ClientFactory, measure_capacity
 from .faults import abort_conditions, build_steps
 from .locust import LocustProcess
 from .probes import run_probes
+from .rundir import NEMESIS_FILE, fetch_events, merge_history, new_run_dir
 
 __all__ = ["RunOutcome", "judge_run", "run_experiment", "write_plan"]
 
-NEMESIS_FILE = "nemesis.jsonl"
 ADMIN_TOKEN_ENV = "LLM_CHAOS_ADMIN_TOKEN"  # as chaos_plan reads it (it imports this module)
 MACHINE_FILE = "machine.json"
 LOAD_START_TIMEOUT = 120.0
@@ -136,19 +136,6 @@ class _Progress:
             self._thread.join(timeout=5)
 
 
-def _run_dir(experiment: Experiment, report_dir: Path | None) -> Path:
-    root = report_dir or Path(experiment.report.dir)
-    run_id = experiment.report.run_id or "{}-{}-{}".format(
-        time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
-        "".join(c if c.isalnum() or c in "-_" else "-" for c in (experiment.name or "run"))[:40],
-        experiment.seed)
-    run_dir = root / run_id
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UsageError(f"report.run_id: the run directory {run_dir} exists and is not empty; "
-                         "choose another run_id or remove it")
-    return run_dir
-
-
 def _start_target(experiment: Experiment, run_dir: Path, token: str) -> ServerProcess:
     cfg = experiment.target
     # the audit log is written straight into the run directory: the run's audit.jsonl is the
@@ -175,35 +162,6 @@ def _clients(experiment: Experiment) -> ClientFactory:
     key, tls = cfg.api_key(), cfg.tls()
     return lambda url, timeout: StreamClient(url, timeout=timeout, headers=cfg.headers,
                                              api_key=key, tls=tls)
-
-
-def _fetch_events(url: str, token: str | None, path: Path) -> int:
-    """The target's event backlog (`/admin/events?follow=false`) as events.jsonl."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    resp = httpx.get(url + "/admin/events", params={"follow": "false"}, headers=headers,
-                     timeout=10.0)
-    if resp.status_code != 200:
-        raise TargetError(f"GET {url}/admin/events answered {resp.status_code}")
-    events = []
-    for line in resp.text.splitlines():
-        if line.startswith("data:"):
-            try:
-                events.append(json.loads(line[5:]))
-            except ValueError:
-                continue
-    path.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events),
-                    encoding="utf-8")
-    return len(events)
-
-
-def _merge_history(run_dir: Path) -> None:
-    """Append the harness's own lines (nemesis, probes) to history.jsonl."""
-    nemesis = run_dir / NEMESIS_FILE
-    history = run_dir / "history.jsonl"
-    text = nemesis.read_text(encoding="utf-8") if nemesis.is_file() else ""
-    with open(history, "a", encoding="utf-8") as fh:
-        fh.write(text)
-    nemesis.unlink(missing_ok=True)
 
 
 def _worker_engines(target: Target) -> list[dict[str, Any]]:
@@ -265,7 +223,7 @@ def run_experiment(path: Path, overrides: Sequence[str] = (), *,
     experiment.target.check_tls()
     steps = build_steps(experiment)
     aborts = abort_conditions(experiment)
-    run_dir = _run_dir(experiment, report_dir)
+    run_dir = new_run_dir(experiment, report_dir)
     write_plan(experiment, run_dir)
     assert experiment.seed is not None  # load_experiment resolves it
     print(f"llm-chaos run: {experiment.name or path.name} seed {experiment.seed} -> {run_dir}",
@@ -282,7 +240,7 @@ def run_experiment(path: Path, overrides: Sequence[str] = (), *,
             print(f"llm-chaos run: the run could not complete: {exc}", file=out, flush=True)
         finally:
             progress.stop()
-            _merge_history(run_dir)
+            merge_history(run_dir)
     progress.set("checks")
     return judge_run(experiment, run_dir, out, inconclusive)
 
@@ -413,7 +371,7 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
             print(f"  probe {name}: {'ok' if ok else 'FAILED'} (after)", file=out)
         if admin_token is not None and cfg.adapter == "reference":
             try:
-                count = _fetch_events(url, admin_token, run_dir / "events.jsonl")
+                count = fetch_events(url, admin_token, run_dir / "events.jsonl")
                 print(f"  {count} target event(s) -> events.jsonl", file=out)
             except (TargetError, httpx.HTTPError) as exc:
                 print(f"  target events not fetched: {exc}", file=out)

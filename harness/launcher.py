@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,21 +23,68 @@ from .errors import TargetError
 __all__ = ["ServerProcess", "free_port", "start_worker", "stop_tree"]
 
 
+# Ports the harness hands out (a router, a worker, a proxy, Locust's web UI) come from below the
+# kernel's ephemeral range, so no outgoing connection and no `bind(("", 0))` elsewhere (the
+# fleet's supervisor picks its workers' ports that way) can take one between the pick and the
+# server's own bind; and each is reserved for a while in a file every harness process on this
+# machine checks, so two runs or tests side by side never get the same one.
+RESERVATIONS = Path(tempfile.gettempdir()) / f"llm-chaos-ports-{os.getuid()}"
+RESERVE_FOR = 300.0  # seconds a port handed out is not handed out again
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
+    """A TCP port that was free a moment ago, reserved against other harness processes."""
     return free_ports(1, host)[0]
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct TCP ports that were free a moment ago. All are held at once while
-    they are picked: two free_port() calls in a row can get the same port back (seen in CI:
-    a proxy's listener and its API on one port)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                 for _ in range(count)]
-        for sock in socks:
-            sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
+    """`count` distinct TCP ports that were free a moment ago, each reserved for RESERVE_FOR
+    seconds against every other harness process (see RESERVATIONS)."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    ports: list[int] = []
+    for _ in range(10_000):
+        port = rng.randrange(max(1024, low // 2), low)
+        if port not in ports and _bindable(host, port) and _reserve(port):
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise TargetError(f"no free TCP port on {host} below {low} after 10000 tries")
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux; the usual 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _reserve(port: int) -> bool:
+    """Claim `port` for this process: False when another claimed it less than RESERVE_FOR ago."""
+    RESERVATIONS.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = RESERVATIONS / str(port)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return True
+    except FileExistsError:
+        pass
+    try:
+        if time.time() - path.stat().st_mtime < RESERVE_FOR:
+            return False
+        os.utime(path)  # an old claim: take it over
+        return True
+    except OSError:
+        return False
 
 
 def stop_tree(popen: subprocess.Popen[Any], timeout: float = 10.0,

@@ -6,6 +6,7 @@ temporary folder and renamed into place, so a crash mid-conversion never leaves 
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -78,6 +79,17 @@ def _atomic_folder(final: Path, build: Callable[[Path], None]) -> Path:
     if (final / _COMPLETE).exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
+    # one builder at a time (workers or test processes started together on a cold cache):
+    # the others wait for it and find the folder complete
+    with open(final.parent / f".{final.name}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / _COMPLETE).exists():
+            return final
+        return _build_folder(final, build)
+
+
+def _build_folder(final: Path, build: Callable[[Path], None]) -> Path:
+    """`build` into a temporary folder beside `final`, synced, then renamed into place."""
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
         build(tmp)

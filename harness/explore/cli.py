@@ -27,7 +27,8 @@ def _run(args: argparse.Namespace) -> int:
     from .search import ExploreSettings, explore
 
     config = ExploreSettings(max_examples=args.max_examples, seed=args.seed,
-                             budget=args.budget, max_faults=args.max_faults,
+                             budget=args.budget, max_shrinks=args.max_shrinks,
+                             max_faults=args.max_faults,
                              vary_load=args.vary_load)
     if args.kinds is not None:
         config = dataclasses.replace(config, kinds=args.kinds)
@@ -57,6 +58,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                    help="start no new example after this many seconds (search and shrinking "
                         "together); default: no limit")
+    p.add_argument("--max-shrinks", type=int, default=None, metavar="N",
+                   help="runs to spend shrinking a failing schedule at most (default: no "
+                        "limit); unlike --budget, the same on a fast or a slow machine")
     p.add_argument("--max-faults", type=int, default=3, metavar="K",
                    help="faults per schedule at most (default 3)")
     # (the default, harness.strategies.SCHEDULE_KINDS, is not imported here: Hypothesis

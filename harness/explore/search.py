@@ -8,8 +8,8 @@ Each example is a fresh target, Locust and injector (no state carried between ex
 every time relative to the load's start and every RNG seeded from the search's seed, so one
 example replays as itself. A live run is still not a pure function, so each distinct schedule
 is run once and its verdict remembered: Hypothesis' replays of a schedule get the same answer.
-After `budget` seconds no new example starts; a failure found by then is still shrunk only as
-far as the examples already run allow.
+After `budget` seconds, or `max_shrinks` runs after the first failure, no new example starts; a
+failure found by then is still shrunk only as far as the examples already run allow.
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ REPRODUCER = "minimal.yaml"
 @dataclass(frozen=True)
 class ExploreSettings:
     """How far to search: examples, the seed of every RNG, the wall-clock budget (seconds, the
-    whole search) and what a schedule may hold."""
+    whole search), the runs shrinking may take and what a schedule may hold."""
 
     max_examples: int = 10
     seed: int = 0
     budget: float | None = None
+    max_shrinks: int | None = None
     max_faults: int = 3
     kinds: tuple[str, ...] = SCHEDULE_KINDS
     vary_load: bool = False
@@ -87,6 +88,7 @@ class ExploreResult:
     minimal: Example | None = None
     reproducer: Path | None = None
     budget_spent: bool = False
+    shrinks_spent: bool = False
     seconds: float = 0.0
 
     @property
@@ -97,6 +99,7 @@ class ExploreResult:
     def to_json(self) -> dict[str, Any]:
         return {"search_dir": str(self.search_dir), "seed": self.seed,
                 "examples_run": len(self.examples), "budget_spent": self.budget_spent,
+                "shrinks_spent": self.shrinks_spent,
                 "seconds": round(self.seconds, 1),
                 "first_failure": None if self.first_failure is None
                 else self.first_failure.index,
@@ -147,17 +150,22 @@ class _Search:
         return doc
 
     def run(self, faults: Sequence[JsonObject], load: JsonObject | None) -> Example | None:
-        """The example for this schedule: remembered, or run now (None: the budget is spent)."""
+        """The example for this schedule: remembered, or run now (None: the budget or the
+        shrink limit is spent)."""
         key = _key(faults, load)
         if key in self.seen:
             return self.seen[key]
+        index = len(self.result.examples) + 1
         budget = self.config.budget
         if budget is not None and time.monotonic() - self.started >= budget:
             self.result.budget_spent = True
             return None
+        first, limit = self.result.first_failure, self.config.max_shrinks
+        if first is not None and limit is not None and index - 1 - first.index >= limit:
+            self.result.shrinks_spent = True
+            return None
         from ..runner import run_experiment
 
-        index = len(self.result.examples) + 1
         name = f"example-{index:03d}"
         path = self.search_dir / "examples" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -260,6 +268,8 @@ def explore(path: Path, overrides: Sequence[str] = (), config: ExploreSettings |
     out = out or sys.stdout
     if config.max_examples < 1 or config.max_faults < 1:
         raise UsageError("--max-examples and --max-faults must be at least 1")
+    if config.max_shrinks is not None and config.max_shrinks < 0:
+        raise UsageError("--max-shrinks must be 0 or more")
     if config.budget is not None and config.budget <= 0:
         raise UsageError("--budget must be more than 0 seconds")
     base, experiment = _base(path, overrides)
@@ -294,7 +304,8 @@ def explore(path: Path, overrides: Sequence[str] = (), config: ExploreSettings |
         result.reproducer = _write_reproducer(search, result.minimal, path)
     (search_dir / "search.json").write_text(json.dumps(result.to_json(), indent=2) + "\n",
                                             encoding="utf-8")
-    spent = " (budget spent)" if result.budget_spent else ""
+    spent = (" (budget spent)" if result.budget_spent else "") + (
+        f" (shrink limit of {config.max_shrinks} run(s) reached)" if result.shrinks_spent else "")
     print(f"llm-chaos explore: {len(result.examples)} example(s) run in "
           f"{result.seconds:.0f} s{spent}", file=out)
     if result.minimal is None:

@@ -25,9 +25,10 @@ EXPLORE = ROOT / "scenarios" / "explore_workers.yaml"
 PLANTED = "target.planted_bug=audit-loss-kill-while-paused"
 BUG = ["--set", PLANTED]
 # The bounded search CI runs (README: a longer one for game days): seed 0, 8 examples, at most
-# 240 s. With the planted bug it fails at example 5 and shrinks in about 18 runs (~2 min);
-# without it, 7 distinct schedules pass (~50 s).
-SEARCH = ["--seed", "0", "--max-examples", "8", "--budget", "240"]
+# 4 runs shrinking (a count, not seconds: the same search on a fast or a slow machine). With the
+# planted bug it fails at example 5 (3 faults) and shrinks to a kill inside a pause at example 9
+# (~10 s an example on a 2-core AVX2 EPYC); without it, 7 distinct schedules pass.
+SEARCH = ["--seed", "0", "--max-examples", "8", "--max-shrinks", "4"]
 DURATION = 3.0
 BASE: dict[str, Any] = yaml.safe_load(EXPLORE.read_text())
 
@@ -90,7 +91,7 @@ def test_explore_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["explore", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--max-examples", "--seed", "--budget", "--kinds", "--set"):
+    for option in ("--max-examples", "--seed", "--budget", "--max-shrinks", "--kinds", "--set"):
         assert option in out
     assert ",".join(SCHEDULE_KINDS) in "".join(out.split())  # the default it names
 
@@ -106,6 +107,8 @@ def test_bad_input_exits_2_before_anything_starts(tmp_path: Path, no_leftovers: 
     assert main(["explore", str(remote), "--out", str(out)]) == 2
     assert "target.url" in capsys.readouterr().err
     assert main(["explore", str(EXPLORE), "--out", str(out), "--budget", "0"]) == 2
+    assert main(["explore", str(EXPLORE), "--out", str(out), "--max-shrinks", "-1"]) == 2
+    assert "--max-shrinks" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(SystemExit) as exc:
         main(["explore", str(EXPLORE), "--kinds", "process-kill,process-explode"])
@@ -156,6 +159,9 @@ def test_search_finds_the_planted_bug_shrinks_it_and_run_replays_it(
     pause, kill = sorted(minimal["faults"], key=lambda f: f["kind"] != "process-pause")
     assert pause["at"] <= kill["at"] <= pause["at"] + pause["for"], minimal  # they overlap
     assert found["first_failure"] is not None
+    # shrinking stopped at its limit of runs, and said so
+    assert found["examples_run"] - found["first_failure"] <= 4, text
+    assert found["shrinks_spent"] == ("shrink limit of 4 run(s) reached" in text), text
     reproducer = out / "minimal.yaml"
     assert found["reproducer"] == str(reproducer)
     doc = yaml.safe_load(reproducer.read_text())

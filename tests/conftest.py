@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,11 +15,25 @@ import pytest
 from harness.launcher import ServerProcess, start_worker
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background by a non-interactive shell (`make test &`, a CI step
+    # run that way) inherits SIGINT ignored, and so would every process a test starts: the
+    # tests that press Ctrl-C on a run would wait for a signal never delivered. A handler of
+    # our own is reset to the default in each child, where Python raises KeyboardInterrupt.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the marks added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        # the real model takes every core it is given
+        if "smollm2" in item.keywords or "smollm2_worker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.solo)
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --run-slow (make test-all)")

@@ -27,6 +27,9 @@ from harness.bench.transformers_serve import (
 from harness.cli import build_parser, main
 from harness.machine import describe
 
+# timings or every core: runs alone, not beside another test (make test: solo phase)
+pytestmark = pytest.mark.solo
+
 LEVELS = (1, 2, 4)
 
 

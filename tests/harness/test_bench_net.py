@@ -11,6 +11,9 @@ import pytest
 
 from harness.cli import main
 
+# timings or every core: runs alone, not beside another test (make test: solo phase)
+pytestmark = pytest.mark.solo
+
 
 def _figures(path: Path) -> tuple[dict[str, float | None], dict[str, bool]]:
     data = json.loads(path.read_text())

@@ -9,6 +9,9 @@ import pytest
 
 from harness.cli import main
 
+# timings or every core: runs alone, not beside another test (make test: solo phase)
+pytestmark = pytest.mark.solo
+
 
 @pytest.mark.timeout(180)
 def test_bench_audit_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

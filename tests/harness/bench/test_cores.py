@@ -12,6 +12,9 @@ from harness.bench import cores
 from harness.bench.streams import BatchTiming, StreamTiming
 from harness.cli import main
 
+# timings or every core: runs alone, not beside another test (make test: solo phase)
+pytestmark = pytest.mark.solo
+
 
 @pytest.mark.timeout(240)
 def test_three_fleets_end_to_end_on_the_tiny_model(tmp_path: Path,

@@ -14,6 +14,9 @@ from harness.bench.streams import BatchTiming, StreamTiming
 from harness.cli import main
 from harness.errors import UsageError
 
+# timings or every core: runs alone, not beside another test (make test: solo phase)
+pytestmark = pytest.mark.solo
+
 
 @pytest.mark.timeout(240)
 def test_every_format_end_to_end_on_the_tiny_model(tmp_path: Path,

@@ -9,6 +9,9 @@ import pytest
 
 from harness.cli import main
 
+# timings or every core: runs alone, not beside another test (make test: solo phase)
+pytestmark = pytest.mark.solo
+
 
 @pytest.mark.timeout(240)
 def test_bench_client_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

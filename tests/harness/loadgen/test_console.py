@@ -31,6 +31,9 @@ import yaml
 from harness.checks.cli import check_command
 from harness.launcher import ServerProcess, free_ports, stop_tree
 
+# timings or every core: runs alone, not beside another test (make test: solo phase)
+pytestmark = pytest.mark.solo
+
 ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "console-test-token"
 CHROMIUM = Path("/usr/bin/chromium")

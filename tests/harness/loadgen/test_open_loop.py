@@ -5,9 +5,14 @@ from __future__ import annotations
 import itertools
 import statistics
 
+import pytest
+
 from harness.launcher import ServerProcess
 
 from .conftest import LOCUSTFILES, RunLocust
+
+# timings or every core: runs alone, not beside another test (make test: solo phase)
+pytestmark = pytest.mark.solo
 
 
 def _lags(run_dir_records: list[dict[str, object]]) -> list[tuple[float, float]]:

@@ -24,6 +24,9 @@ from harness.launcher import ServerProcess, free_port
 
 from .conftest import LOCUSTFILES, RunLocust, locust_env, realtime_prefix
 
+# timings or every core: runs alone, not beside another test (make test: solo phase)
+pytestmark = pytest.mark.solo
+
 USERS = 16
 TOKENS = 32
 

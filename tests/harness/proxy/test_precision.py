@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import statistics
 
+import pytest
+
 from harness.bench.proxy import interleaved
 from harness.launcher import ServerProcess
 
 from .conftest import Proxy
+
+# timings or every core: runs alone, not beside another test (make test: solo phase)
+pytestmark = pytest.mark.solo
 
 N = 40
 

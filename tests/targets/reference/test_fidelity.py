@@ -18,6 +18,9 @@ from harness.loadgen.prompt_set import PROMPTS
 from targets.reference.fidelity import EOS, agreement, greedy_tokens, teacher_forced
 from targets.reference.models import cpu_has_native_bf16
 
+# timings or every core: runs alone, not beside another test (make test: solo phase)
+pytestmark = pytest.mark.solo
+
 # bf16 is the worker's default only where the CPU computes it natively (AVX512-BF16, AMX);
 # elsewhere it serves float32 and bf16 is emulated: the test takes 2.5 minutes on a 2-core
 # AVX2-only EPYC, so there it runs in make test-all (the int4 test below keeps fidelity covered)

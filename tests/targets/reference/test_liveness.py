@@ -15,6 +15,9 @@ from targets.reference.liveness import STALL_STEPS, StepTimes, threads_per_worke
 from targets.reference.models import ensure_tiny_folder, load_model
 from targets.reference.params import GenerationRequest, Output, SamplingParams
 
+# timings or every core: runs alone, not beside another test (make test: solo phase)
+pytestmark = pytest.mark.solo
+
 
 def test_the_stall_limit_stretches_with_slow_steps_and_keeps_its_floor() -> None:
     times = StepTimes(floor=3.0, keep=4)

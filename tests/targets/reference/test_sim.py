@@ -72,6 +72,7 @@ def _emission_errors(url: str) -> list[float]:
     return sorted(errors)
 
 
+@pytest.mark.solo  # a timing at 1 ms
 def test_64_streams_emit_on_schedule(sim_worker: ServerProcess) -> None:
     """Tokens of 64 concurrent streams are emitted within 1 ms of their schedule (p99).
 

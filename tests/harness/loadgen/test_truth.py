@@ -121,10 +121,11 @@ def test_recorded_timings_match_the_engine(timed_sim: tuple[ServerProcess, list[
                                            run_locust: RunLocust, tmp_path: Path) -> None:
     sim, prefix = timed_sim
     warm_up(sim.url)
-    # Up to three runs: CPU contention from other processes on a small machine shows up as
-    # late deliveries in the tail; a systematic client error (buffering, a late clock read)
-    # fails every run.
-    for attempt in range(3):
+    # Up to five runs: CPU contention from other processes on a small machine shows up as
+    # late deliveries in the tail, at times for several runs in a row (three of three, once, on
+    # a 2-core AVX2 EPYC: first token p99 3.7 ms against a bound of 2.95); a systematic client
+    # error (buffering, a late clock read) fails every run.
+    for attempt in range(5):
         errs, figures, noise = measure(sim.url, run_locust, attempt, prefix, tmp_path)
         # Causality: our start is before the engine got the request, our arrival after it
         # emitted the token.
@@ -138,4 +139,4 @@ def test_recorded_timings_match_the_engine(timed_sim: tuple[ServerProcess, list[
         if figures["first_token"][1] <= bound and figures["gap"][1] <= bound:
             return
     raise AssertionError(f"p99 error above 2 ms + the machine's wake-up lateness "
-                         f"({noise * 1e3:.3f} ms) in all three runs: {figures}")
+                         f"({noise * 1e3:.3f} ms) in all five runs: {figures}")

@@ -46,10 +46,11 @@ demo: $(STAMP)
 # at a time, then the rest JOBS at a time (pytest-xdist; most of them wait on live processes,
 # not on the CPU). Both phases run; the exit status is the first failing one's (5, nothing
 # selected, counts as a pass so a PYTEST_ARGS selection may fall in one phase only).
-JOBS ?= $(shell $(PYTHON) -c 'import os; print(min(4, max(2, len(os.sched_getaffinity(0)))))')
+# JOBS=1 by default: two at a time failed 3 tests in one of three fresh-clone runs (see README)
+JOBS ?= 1
 define two_phases
 	@$(PY) -m pytest -m solo $(1) $(PYTEST_ARGS); a=$$?; \
-	$(PY) -m pytest -m 'not solo' -n $(JOBS) --dist worksteal $(1) $(PYTEST_ARGS); b=$$?; \
+	$(PY) -m pytest -m 'not solo' $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist worksteal) $(1) $(PYTEST_ARGS); b=$$?; \
 	for rc in $$a $$b; do [ $$rc -eq 0 ] || [ $$rc -eq 5 ] || exit $$rc; done
 endef
 

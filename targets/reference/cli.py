@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(w)
     w.add_argument("--host", default="127.0.0.1")
     w.add_argument("--port", type=int, default=8001)
+    w.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # the supervisor's
     w.add_argument("--served-model-name", action="append", default=None,
                    help="name(s) clients use in `model` (default: the --model name)")
     w.add_argument("--max-num-seqs", type=int, default=32, help="sequences decoded together")
@@ -232,9 +233,22 @@ def main(argv: list[str] | None = None) -> int:
     from .worker import create_app
 
     app = create_app(engine, args.served_model_name)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S,
+                            http=guarded_protocol(args.request_read_timeout))
+    sockets = None
+    if args.fd is not None:
+        # a fleet's worker serves on the listening socket its supervisor bound and passed
+        # down: the port was held from the moment it was chosen, so no other process (another
+        # fleet, an outgoing connection) can take it before the worker listens
+        import socket
+
+        sockets = [socket.socket(fileno=args.fd)]
+        host, port = sockets[0].getsockname()[:2]
+    else:
+        host, port = args.host, args.port
     print(f"llm-chaos worker: model={engine.model_name} pid={os.getpid()} "
-          f"listening on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_S,
-                http=guarded_protocol(args.request_read_timeout))
-    return 0
+          f"listening on http://{host}:{port}", file=sys.stderr, flush=True)
+    server = uvicorn.Server(config)
+    server.run(sockets=sockets)
+    return 0 if server.started else 3  # 3: startup failed, as uvicorn.run exits

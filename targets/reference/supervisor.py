@@ -18,6 +18,7 @@ import ctypes
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,15 +79,29 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def _free_port(avoid: int | None = None) -> int:
-    import socket
-
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port != avoid:
-            return port
+def _listening_socket(avoid: int | None = None) -> socket.socket:
+    """A listening socket on a port the kernel picks (never `avoid`), for a worker to inherit:
+    the port stays held from the moment it is chosen until the worker exits (choosing a free
+    port, closing it and letting the worker bind it leaves a gap in which another process, an
+    outgoing connection or another fleet, may take it: seen when tests ran two at a time)."""
+    refused: list[socket.socket] = []
+    try:
+        while True:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", 0))
+                if sock.getsockname()[1] == avoid:
+                    refused.append(sock)  # held while the next is picked
+                    continue
+                sock.listen(2048)
+                sock.set_inheritable(True)
+            except OSError:
+                sock.close()
+                raise
+            return sock
+    finally:
+        for sock in refused:
+            sock.close()
 
 
 class Supervisor:
@@ -113,15 +128,21 @@ class Supervisor:
     # -- processes ----------------------------------------------------------------------------
 
     def _spawn(self, worker: WorkerInfo) -> None:
-        worker.port = _free_port(avoid=self.settings.router_port)
+        listener = _listening_socket(avoid=self.settings.router_port)
+        worker.port = int(listener.getsockname()[1])
         log = open(self.settings.log_dir / f"{worker.id}.log", "ab")  # noqa: SIM115
         cmd = [sys.executable, "-m", "targets.reference", "worker", "--model", worker.model,
                "--host", "127.0.0.1", "--port", str(worker.port),
+               "--fd", str(listener.fileno()),
                "--stall-timeout", str(self.settings.stall_timeout), *self.settings.worker_args]
         env = {**os.environ, **self.settings.worker_env}
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        log.close()
+        try:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+                                    pass_fds=(listener.fileno(),))
+        finally:
+            log.close()
+            listener.close()  # the worker holds it now: the port is freed when it exits
         self._procs[worker.id] = proc
         worker.pid = proc.pid
         worker.started_at = time.time()

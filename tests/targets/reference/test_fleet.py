@@ -42,6 +42,12 @@ def start_fleet(tmp_path: Path) -> Iterator[FleetFactory]:
                            port=port)
         started.append(proc)
         proc.wait_ready(timeout=120)
+        # ready means one live worker per model; the tests address any of them, so wait for
+        # all (a fault sent to a worker still starting was refused when tests ran two at a time)
+        deadline = time.monotonic() + 120
+        while not all(w["state"] == "live" for w in workers(proc)):
+            assert time.monotonic() < deadline, f"not every worker live:\n{proc.log_tail()}"
+            time.sleep(0.05)
         return proc
 
     yield factory
@@ -157,6 +163,46 @@ def test_replacement_live_within_5s(start_fleet: FleetFactory) -> None:
     ok = httpx.post(fleet.url + "/v1/completions",
                     json={"model": "sim", "prompt": "x", "max_tokens": 2}, timeout=10)
     assert ok.status_code == 200
+
+
+def _listening(pid: int) -> set[int]:
+    return {c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN}
+
+
+def _listen_inode(port: int) -> int:
+    """The inode of the socket listening on 127.0.0.1:`port` (/proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:
+            return int(fields[9])
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def test_a_worker_serves_on_the_socket_its_supervisor_bound(start_fleet: FleetFactory
+                                                              ) -> None:
+    """The supervisor binds each worker's port and hands the listening socket down (a port
+    chosen, closed and bound later by the worker could be taken in between); the router keeps
+    no copy, so a dead worker's port refuses connections until its replacement, on a new one."""
+    fleet = start_fleet("--model", "sim", "--workers", "1")
+    (worker,) = workers(fleet)
+    router = fleet.pid
+    assert worker["port"] in _listening(worker["pid"])
+    # the listening socket is the descriptor it was handed (`--fd N`), not one it bound
+    cmd = psutil.Process(worker["pid"]).cmdline()
+    handed = os.readlink(f"/proc/{worker['pid']}/fd/{cmd[cmd.index('--fd') + 1]}")
+    assert handed == f"socket:[{_listen_inode(worker['port'])}]"
+    assert worker["port"] not in _listening(router)
+    os.kill(worker["pid"], signal.SIGKILL)
+    wait_for(lambda: not psutil.pid_exists(worker["pid"]) or
+             psutil.Process(worker["pid"]).status() == psutil.STATUS_ZOMBIE, 10, "the death")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", worker["port"]), timeout=2).close()
+    wait_for(lambda: any(w["state"] == "live" and w["pid"] != worker["pid"]
+                         for w in workers(fleet)), 30, "the replacement")
+    (again,) = workers(fleet)
+    assert again["port"] in _listening(again["pid"])
+    assert _listening(router) == {int(fleet.url.rsplit(":", 1)[1])}
 
 
 def test_sigstop_leaves_routing_set_and_sigcont_returns(start_fleet: FleetFactory) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -54,6 +55,18 @@ def _same_process(pid: int, create_time: float) -> psutil.Process | None:
         return None
 
 
+def _on_process(pid: int, create_time: float, act: Callable[[psutil.Process], str]) -> str:
+    """`act(process)` on the very process noted; what it did, or that it is gone (before or
+    while it acts)."""
+    proc = _same_process(pid, create_time)
+    if proc is None:
+        return f"pid {pid} is gone"
+    try:
+        return act(proc)
+    except psutil.NoSuchProcess:
+        return f"pid {pid} is gone"
+
+
 @dataclass(frozen=True)
 class ResumeProcess:
     """SIGCONT a process that a pause fault stopped."""
@@ -63,18 +76,15 @@ class ResumeProcess:
     create_time: float
 
     def apply(self) -> str:
-        proc = _same_process(self.pid, self.create_time)
-        if proc is None:
-            return f"pid {self.pid} is gone"
-        try:
+        def resume(proc: psutil.Process) -> str:
             proc.resume()
             # SIGCONT is delivered asynchronously: done means running again
             deadline = time.monotonic() + 2.0
             while proc.status() == psutil.STATUS_STOPPED and time.monotonic() < deadline:
                 time.sleep(0.005)
-        except psutil.NoSuchProcess:
-            return f"pid {self.pid} is gone"
-        return f"resumed pid {self.pid}"
+            return f"resumed pid {self.pid}"
+
+        return _on_process(self.pid, self.create_time, resume)
 
 
 @dataclass(frozen=True)
@@ -86,10 +96,7 @@ class KillProcess:
     create_time: float
 
     def apply(self) -> str:
-        proc = _same_process(self.pid, self.create_time)
-        if proc is None:
-            return f"pid {self.pid} is gone"
-        try:
+        def kill(proc: psutil.Process) -> str:
             proc.kill()
             deadline = time.monotonic() + _TIMEOUT
             # dead once it is a zombie: who reaps it (us if it is our child, else init) is
@@ -100,9 +107,9 @@ class KillProcess:
                 time.sleep(0.01)
             if proc.ppid() == os.getpid():
                 proc.wait(timeout=_TIMEOUT)
-        except psutil.NoSuchProcess:
-            return f"pid {self.pid} is gone"
-        return f"killed pid {self.pid}"
+            return f"killed pid {self.pid}"
+
+        return _on_process(self.pid, self.create_time, kill)
 
 
 @dataclass(frozen=True)
@@ -116,21 +123,18 @@ class StopProcess:
     grace: float = 3.0
 
     def apply(self) -> str:
-        proc = _same_process(self.pid, self.create_time)
-        if proc is None:
-            return f"pid {self.pid} is gone"
-        try:
+        def stop(proc: psutil.Process) -> str:
             under = len(proc.children(recursive=True))
             left = terminate_tree(proc, self.grace)
-        except psutil.NoSuchProcess:
-            return f"pid {self.pid} is gone"
-        if left:
-            raise TargetError(f"pid {self.pid}: {len(left)} process(es) still running after "
-                              "SIGKILL: " + ", ".join(str(p.pid) for p in left))
-        with contextlib.suppress(psutil.Error, ChildProcessError):
-            if proc.ppid() == os.getpid():
-                proc.wait(timeout=_TIMEOUT)
-        return f"stopped pid {self.pid} and {under} process(es) under it"
+            if left:
+                raise TargetError(f"pid {self.pid}: {len(left)} process(es) still running "
+                                  "after SIGKILL: " + ", ".join(str(p.pid) for p in left))
+            with contextlib.suppress(psutil.Error, ChildProcessError):
+                if proc.ppid() == os.getpid():
+                    proc.wait(timeout=_TIMEOUT)
+            return f"stopped pid {self.pid} and {under} process(es) under it"
+
+        return _on_process(self.pid, self.create_time, stop)
 
 
 @dataclass(frozen=True)
@@ -199,22 +203,14 @@ class DockerUnpause:
     container: str
 
     def apply(self) -> str:
-        from docker.errors import APIError, NotFound
-
-        client = _docker()
-        try:
-            container = client.containers.get(self.container)
-            container.reload()
+        def unpause(_: Any, container: Any) -> str:
             if container.status != "paused":
                 return f"container {self.container} is not paused"
             container.unpause()
-        except NotFound:
-            return f"container {self.container} is gone"
-        except APIError as exc:
-            raise TargetError(f"could not unpause container {self.container}: {exc}") from exc
-        finally:
-            client.close()
-        return f"unpaused container {self.container}"
+            return f"unpaused container {self.container}"
+
+        return _on_container(self.container, unpause,
+                             failed=f"could not unpause container {self.container}")
 
 
 @dataclass(frozen=True)
@@ -225,22 +221,14 @@ class DockerStart:
     container: str
 
     def apply(self) -> str:
-        from docker.errors import APIError, NotFound
-
-        client = _docker()
-        try:
-            container = client.containers.get(self.container)
-            container.reload()
+        def start(_: Any, container: Any) -> str:
             if container.status == "running":
                 return f"container {self.container} is running"
             container.start()
-        except NotFound:
-            return f"container {self.container} is gone"
-        except APIError as exc:
-            raise TargetError(f"could not start container {self.container}: {exc}") from exc
-        finally:
-            client.close()
-        return f"started container {self.container}"
+            return f"started container {self.container}"
+
+        return _on_container(self.container, start,
+                             failed=f"could not start container {self.container}")
 
 
 @dataclass(frozen=True)
@@ -258,26 +246,39 @@ class DockerConnect:
         object.__setattr__(self, "aliases", tuple(self.aliases))  # a list, read from JSON
 
     def apply(self) -> str:
-        from docker.errors import APIError, NotFound
-
-        client = _docker()
-        try:
-            container = client.containers.get(self.container)
-            container.reload()
+        def connect(client: Any, container: Any) -> str:
             networks = container.attrs.get("NetworkSettings", {}).get("Networks", {}) or {}
             net = client.networks.get(self.network)
             if net.name in networks:
                 return f"container {self.container} is on network {self.network}"
             net.connect(container, aliases=list(self.aliases) or None, ipv4_address=self.ipv4,
                         ipv6_address=self.ipv6)
-        except NotFound:
-            return f"container {self.container} or network {self.network} is gone"
-        except APIError as exc:
-            raise TargetError(f"could not connect {self.container} to {self.network}: "
-                              f"{exc}") from exc
-        finally:
-            client.close()
-        return f"connected container {self.container} to network {self.network}"
+            return f"connected container {self.container} to network {self.network}"
+
+        return _on_container(
+            self.container, connect,
+            failed=f"could not connect {self.container} to {self.network}",
+            gone=f"container {self.container} or network {self.network} is gone")
+
+
+def _on_container(name: str, act: Callable[[Any, Any], str], *, failed: str,
+                  gone: str | None = None) -> str:
+    """`act(client, container)` on container `name`, freshly read; what it did, or `gone` when
+    the container (or what `act` looks up) no longer exists; TargetError(`failed`: why) when
+    the engine refuses."""
+    from docker.errors import APIError, NotFound
+
+    client = _docker()
+    try:
+        container = client.containers.get(name)
+        container.reload()
+        return act(client, container)
+    except NotFound:
+        return gone or f"container {name} is gone"
+    except APIError as exc:
+        raise TargetError(f"{failed}: {exc}") from exc
+    finally:
+        client.close()
 
 
 Heal = (ResumeProcess | KillProcess | StopProcess | RemoveAdminFault | RemoveToxic

@@ -58,49 +58,50 @@ class AbortCondition(Protocol):
         ...
 
 
-class NoLiveWorkers:
+class _Sustained:
+    """Abort when `healthy(target)` has been false for `seconds` in a row."""
+
+    what = ""  # how the reason reads: "<what> for N s"
+
+    def __init__(self, seconds: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self._since: float | None = None
+
+    def healthy(self, target: Target) -> bool:
+        raise NotImplementedError
+
+    def check(self, target: Target) -> str | None:
+        if self.healthy(target):
+            self._since = None
+            return None
+        now = self.clock()
+        self._since = now if self._since is None else self._since
+        if now - self._since >= self.seconds:
+            return f"{self.what} for {self.seconds:g} s"
+        return None
+
+
+class NoLiveWorkers(_Sustained):
     """Abort when the target has had no live worker for `seconds`."""
 
-    def __init__(self, seconds: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.seconds = seconds
-        self.clock = clock
-        self._since: float | None = None
+    what = "no live worker"
 
-    def check(self, target: Target) -> str | None:
+    def healthy(self, target: Target) -> bool:
         try:
-            live = sum(w.state == "live" for w in target.workers())
+            return any(w.state == "live" for w in target.workers())
         except HarnessError:
-            live = 0
-        if live:
-            self._since = None
-            return None
-        now = self.clock()
-        self._since = now if self._since is None else self._since
-        if now - self._since >= self.seconds:
-            return f"no live worker for {self.seconds:g} s"
-        return None
+            return False
 
 
-class RouterUnhealthy:
+class RouterUnhealthy(_Sustained):
     """Abort when the router's `/health` has not answered 200 for `seconds`."""
 
-    def __init__(self, seconds: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.seconds = seconds
-        self.clock = clock
-        self._since: float | None = None
+    what = "router unhealthy"
 
-    def check(self, target: Target) -> str | None:
+    def healthy(self, target: Target) -> bool:
         try:
-            ok = httpx.get(target.url + "/health", timeout=2.0).status_code == 200
+            return httpx.get(target.url + "/health", timeout=2.0).status_code == 200
         except httpx.HTTPError:
-            ok = False
-        if ok:
-            self._since = None
-            return None
-        now = self.clock()
-        self._since = now if self._since is None else self._since
-        if now - self._since >= self.seconds:
-            return f"router unhealthy for {self.seconds:g} s"
-        return None
+            return False

@@ -75,6 +75,21 @@ def _verdicts(run_dir: Path) -> dict[str, str]:
     return {c["name"]: c["verdict"] for c in checks}
 
 
+def _passes(tmp_path: Path, capsys: pytest.CaptureFixture[str], checks: Sequence[str],
+            *extra: str, **run: Any) -> tuple[Path, str]:
+    """Run a game day that must pass: exit 0 and exactly `checks`, each valid."""
+    code, run_dir = _run(tmp_path, *extra, **run)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert _verdicts(run_dir) == dict.fromkeys(checks, "valid")
+    return run_dir, out
+
+
+def _recycled(run_dir: Path) -> None:
+    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [e for e in events if e["type"] == "recycle"], "the leaking worker was not recycled"
+
+
 def _twin_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str,
                 check: str, phrase: str, still_valid: Sequence[str] = ("audit",),
                 **run: Any) -> None:
@@ -128,11 +143,8 @@ def test_gameday_with_users_sized_from_the_measured_capacity(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`load.users: auto`: the capacity is measured after the steady-state probes, its line
     printed before the load, Locust runs exactly the users chosen, every check stays valid."""
-    code, run_dir = _run(tmp_path, "--set", "load.users=auto")
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert _verdicts(run_dir) == {"slo": "valid", "recovery": "valid", "audit": "valid",
-                                  "steady_state": "valid"}
+    run_dir, out = _passes(tmp_path, capsys, ("slo", "recovery", "audit", "steady_state"),
+                           "--set", "load.users=auto")
     capacity = json.loads((run_dir / "capacity.json").read_text())
     users = capacity["users"]
     assert capacity["requested"] == "auto" and 1 <= users <= 64
@@ -167,11 +179,8 @@ def test_users_auto_with_a_spike_exits_2(tmp_path: Path,
 
 def test_scale_up_gameday_passes_on_the_reference_target(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, run_dir = _run(tmp_path, gameday=SCALE_UP, fast=SCALE_UP_FAST, min_processes=4)
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert _verdicts(run_dir) == {"slo": "valid", "scaling": "valid", "audit": "valid",
-                                  "steady_state": "valid"}
+    run_dir, out = _passes(tmp_path, capsys, ("slo", "scaling", "audit", "steady_state"),
+                           gameday=SCALE_UP, fast=SCALE_UP_FAST, min_processes=4)
     scaling = json.loads((run_dir / "checks.json").read_text())["checks"]
     (result,) = [c for c in scaling if c["name"] == "scaling"]
     # the spike was answered up to the ceiling and the fleet shrank after it
@@ -215,13 +224,10 @@ def test_demo_gameday_kill_latency_and_leak(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """`make demo`'s game day, shortened on the simulated engine: a kill, router latency and a
     memory leak the supervisor recycles; every check valid."""
-    code, run_dir = _run(tmp_path, gameday=DEMO, fast=DEMO_FAST, min_processes=4)
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert _verdicts(run_dir) == {"slo": "valid", "recovery": "valid", "audit": "valid",
-                                  "steady_state": "valid", "memory": "valid"}
-    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert [e for e in events if e["type"] == "recycle"], "the leaking worker was not recycled"
+    run_dir, out = _passes(tmp_path, capsys,
+                           ("slo", "recovery", "audit", "steady_state", "memory"),
+                           gameday=DEMO, fast=DEMO_FAST, min_processes=4)
+    _recycled(run_dir)
     assert "report.html" in out
 
 
@@ -241,11 +247,8 @@ def test_demo_twin_with_a_lossy_audit_log_fails_the_audit_check(
 @pytest.mark.slow
 def test_latency_gameday_passes_on_the_reference_target(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, run_dir = _run(tmp_path, gameday=LATENCY, fast=LATENCY_FAST)
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert _verdicts(run_dir) == {"slo": "valid", "recovery": "valid", "audit": "valid",
-                                  "steady_state": "valid"}
+    run_dir, _ = _passes(tmp_path, capsys, ("slo", "recovery", "audit", "steady_state"),
+                         gameday=LATENCY, fast=LATENCY_FAST)
     # the latency was really there: requests sent during the fault waited for it
     history = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines()]
     slow = [x for x in history if x["f"] == "chat" and (x["value"].get("ttft") or 0) > 5.5]
@@ -268,13 +271,10 @@ def test_latency_twin_with_a_tight_deadline_fails_the_recovery_check(
 @pytest.mark.slow
 def test_memory_leak_gameday_passes_on_the_reference_target(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, run_dir = _run(tmp_path, gameday=LEAK, fast=LEAK_FAST, min_processes=4)
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert _verdicts(run_dir) == {"slo": "valid", "recovery": "valid", "audit": "valid",
-                                  "steady_state": "valid", "memory": "valid"}
-    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert [e for e in events if e["type"] == "recycle"], "the leaking worker was not recycled"
+    run_dir, _ = _passes(tmp_path, capsys,
+                         ("slo", "recovery", "audit", "steady_state", "memory"),
+                         gameday=LEAK, fast=LEAK_FAST, min_processes=4)
+    _recycled(run_dir)
 
 
 # make test-all (the 20-minute budget of make test): the demo game day keeps the memory

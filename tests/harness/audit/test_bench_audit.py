@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from tests.benching import run_bench
 
 # timings or every core: runs alone, not beside another test (make test: solo phase)
 pytestmark = pytest.mark.solo
@@ -15,13 +14,11 @@ pytestmark = pytest.mark.solo
 
 @pytest.mark.timeout(180)
 def test_bench_audit_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "audit.json"
-    assert main(["bench", "audit", "--rounds", "1", "--seconds", "0.5", "--streams", "4",
-                 "--max-tokens", "8", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
-    figures = {f["name"]: f["value"] for f in result["figures"]}
+    run = run_bench(tmp_path, capsys, "audit", "--rounds", "1", "--seconds", "0.5",
+                    "--streams", "4", "--max-tokens", "8")
+    figures = run.figures
     assert figures["audit_on.tokens_per_s"] > 0 and figures["audit_off.tokens_per_s"] > 0
     assert figures["audit.cost_pct"] is not None and figures["audit.verifies"] == 1.0
     assert figures["audit.requests"] > 0
-    assert [r["audit"] for r in result["details"]["rounds"]] == ["on", "off"]
-    assert "audit cost" in capsys.readouterr().out
+    assert [r["audit"] for r in run.data["details"]["rounds"]] == ["on", "off"]
+    assert "audit cost" in run.out

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pytest
 
 from harness.bench import cores
 from harness.bench.streams import BatchTiming, StreamTiming
-from harness.cli import main
+from tests.benching import run_bench
 
 # timings or every core: runs alone, not beside another test (make test: solo phase)
 pytestmark = pytest.mark.solo
@@ -19,19 +18,15 @@ pytestmark = pytest.mark.solo
 @pytest.mark.timeout(240)
 def test_three_fleets_end_to_end_on_the_tiny_model(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "cores.json"
-    code = main(["bench", "cores", "--model", "tiny", "--quick", "--streams", "4",
-                 "--max-tokens", "6", "--json", str(out)])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    data = json.loads(out.read_text())
-    figures = {f["name"]: f["value"] for f in data["figures"]}
+    run = run_bench(tmp_path, capsys, "cores", "--model", "tiny", "--quick", "--streams", "4",
+                    "--max-tokens", "6")
+    figures = run.figures
     for setup in ("one", "two", "two_all_cores"):
         assert figures[f"{setup}.itl_p95_s"] > 0
         assert figures[f"{setup}.itl_p95_s"] >= figures[f"{setup}.itl_p50_s"]
     assert figures["two_vs_one.itl_p95_ratio"] == pytest.approx(
         figures["two.itl_p95_s"] / figures["one.itl_p95_s"])
-    assert "two workers share the cores" in captured.out
+    assert "two workers share the cores" in run.out
 
 
 def test_percentiles_interpolate() -> None:

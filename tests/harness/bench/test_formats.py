@@ -4,15 +4,14 @@ arithmetic. The goals themselves are judged by a real SmolLM2 run (README), not 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pytest
 
 from harness.bench import formats
 from harness.bench.streams import BatchTiming, StreamTiming
-from harness.cli import main
 from harness.errors import UsageError
+from tests.benching import run_bench
 
 # timings or every core: runs alone, not beside another test (make test: solo phase)
 pytestmark = pytest.mark.solo
@@ -23,13 +22,9 @@ def test_every_format_end_to_end_on_the_tiny_model(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """Four real workers, one at a time, and the fidelity subprocess: every figure measured,
     the bytes a token reads shrink with the format, the table and goals printed."""
-    out = tmp_path / "formats.json"
-    code = main(["bench", "formats", "--model", "tiny", "--quick", "--streams", "1,2",
-                 "--max-tokens", "4", "--json", str(out)])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    data = json.loads(out.read_text())
-    figures = {f["name"]: f["value"] for f in data["figures"]}
+    run = run_bench(tmp_path, capsys, "formats", "--model", "tiny", "--quick", "--streams",
+                    "1,2", "--max-tokens", "4")
+    figures = run.figures
     missing = [name for name, value in figures.items() if value is None]
     assert not missing, missing
     size = {fmt: figures[f"{fmt}.weight_bytes_per_token"] for fmt in formats.FORMATS}
@@ -44,8 +39,8 @@ def test_every_format_end_to_end_on_the_tiny_model(tmp_path: Path,
             figures["machine.copy_bandwidth_bytes_per_s"] / size[fmt])
     for fmt in ("bf16", "int8", "int4", "auto"):
         assert 0 <= figures[f"{fmt}.teacher_forced"] <= 1
-    assert data["machine"]["cpu_model"]
-    assert "weight formats" in captured.out and "int4 near its bound" in captured.out
+    assert run.data["machine"]["cpu_model"]
+    assert "weight formats" in run.out and "int4 near its bound" in run.out
 
 
 def test_formats_are_checked_and_fp32_always_runs() -> None:

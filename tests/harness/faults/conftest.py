@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from harness.launcher import ServerProcess, free_port, free_ports
 from harness.launcher import start_fleet as launch_fleet
 from harness.target import Target
+from tests.waiting import wait_for
 
 TOKEN = "faults-test-token"
 
@@ -80,16 +80,6 @@ def shared_fleet(tmp_path_factory: pytest.TempPathFactory
     """One fleet of two sim workers for a whole module (its tests leave no fault behind)."""
     for factory in _fleets(tmp_path_factory.mktemp("fleet")):
         yield factory()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll `predicate` until true; AssertionError naming `what` after `timeout` s."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def status(pid: int) -> str:

@@ -16,8 +16,7 @@ from harness.faults import AdminFault
 from harness.faults.base import Effect, Ledger
 from harness.launcher import ServerProcess
 from harness.target import Target
-
-from .conftest import wait_for
+from tests.waiting import wait_for
 
 
 def _stream(target: Target, tokens: int = 12, timeout: float = 10.0) -> dict[str, Any]:

@@ -18,8 +18,9 @@ from harness.errors import UsageError
 from harness.faults.guard import start_guard
 from harness.faults.heal import ResumeProcess
 from harness.faults.state import StateFile
+from tests.waiting import wait_for
 
-from .conftest import status, wait_for
+from .conftest import status
 
 ROOT = Path(__file__).resolve().parents[3]
 

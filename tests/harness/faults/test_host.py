@@ -12,8 +12,9 @@ from harness.errors import UsageError
 from harness.faults import CpuHog, MemoryHog
 from harness.faults.base import Ledger
 from harness.target import Target
+from tests.waiting import wait_for
 
-from .conftest import status, wait_for
+from .conftest import status
 
 NOWHERE = Target("http://127.0.0.1:9")  # host faults do not talk to the target
 

@@ -14,8 +14,9 @@ from harness.faults import ProcessFault, Victims
 from harness.faults.base import Ledger
 from harness.launcher import ServerProcess
 from harness.target import Target
+from tests.waiting import wait_for
 
-from .conftest import FleetFactory, status, wait_for
+from .conftest import FleetFactory, status
 
 
 def _state(target: Target, worker_id: str) -> str:

@@ -19,8 +19,9 @@ import pytest
 
 from harness.launcher import ServerProcess
 from harness.target import Target
+from tests.waiting import wait_for
 
-from .conftest import TOKEN, ChaosProxy, status, wait_for
+from .conftest import TOKEN, ChaosProxy, status
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from tests.benching import run_bench
 
 # timings or every core: runs alone, not beside another test (make test: solo phase)
 pytestmark = pytest.mark.solo
@@ -15,12 +14,8 @@ pytestmark = pytest.mark.solo
 
 @pytest.mark.timeout(240)
 def test_bench_client_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "bench.json"
-    code = main(["bench", "client", "--users", "2", "--seconds", "2", "--json", str(out)])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    data = json.loads(out.read_text())
-    figures = {f["name"]: f["value"] for f in data["figures"]}
+    run = run_bench(tmp_path, capsys, "client", "--users", "2", "--seconds", "2")
+    figures = run.figures
     for client in ("ours", "baseline"):
         for name in ("ttft_error_p50_ms", "ttft_error_p99_ms", "itl_error_p50_ms",
                      "itl_error_p99_ms", "events_per_s", "cpu_us_per_event"):
@@ -29,5 +24,5 @@ def test_bench_client_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert 100 < figures[f"{client}.users_2.events_per_s"] < 200
         # medians are sub-millisecond even on a busy machine
         assert figures[f"{client}.users_2.ttft_error_p50_ms"] < 1.0
-    assert [g["name"] for g in data["goals"]] == ["vs_baseline"]
-    assert "client timing error against the simulated engine" in captured.out
+    assert list(run.measured) == ["vs_baseline"]
+    assert "client timing error against the simulated engine" in run.out

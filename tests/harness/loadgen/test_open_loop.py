@@ -24,14 +24,20 @@ def _lags(run_dir_records: list[dict[str, object]]) -> list[tuple[float, float]]
     return sorted(out)
 
 
+def _open_loop(run_locust: RunLocust, url: str, users: int, arrival: str, rate: float
+               ) -> list[tuple[float, float]]:
+    """A 4-second open-loop run of `users` users; (due, lag) of each request, by due time."""
+    run = run_locust("-f", str(LOCUSTFILES / "plain_chat.py"), "--headless", "-u", str(users),
+                     "-r", str(users), "-t", "4s", "--host", url, "--arrival", arrival,
+                     "--rate", f"{rate:g}", "--seed", "3")
+    assert run.code == 0, run.output[-3000:]
+    return _lags(run.records())
+
+
 def test_poisson_above_capacity_shows_growing_lag(sim_worker: ServerProcess,
                                                   run_locust: RunLocust) -> None:
     # 2 users, each request ~0.13 s: about 15 requests/s at most; ask for 60/s.
-    run = run_locust("-f", str(LOCUSTFILES / "plain_chat.py"), "--headless", "-u", "2", "-r",
-                     "2", "-t", "4s", "--host", sim_worker.url, "--arrival", "poisson",
-                     "--rate", "60", "--seed", "3")
-    assert run.code == 0, run.output[-3000:]
-    lags = _lags(run.records())
+    lags = _open_loop(run_locust, sim_worker.url, 2, "poisson", 60)
     assert len(lags) > 20
     quarter = len(lags) // 4
     early = statistics.median(lag for _, lag in lags[:quarter])
@@ -43,11 +49,7 @@ def test_poisson_above_capacity_shows_growing_lag(sim_worker: ServerProcess,
 
 def test_poisson_below_capacity_keeps_up(sim_worker: ServerProcess,
                                          run_locust: RunLocust) -> None:
-    run = run_locust("-f", str(LOCUSTFILES / "plain_chat.py"), "--headless", "-u", "8", "-r",
-                     "8", "-t", "4s", "--host", sim_worker.url, "--arrival", "constant",
-                     "--rate", "10", "--seed", "3")
-    assert run.code == 0, run.output[-3000:]
-    lags = _lags(run.records())
+    lags = _open_loop(run_locust, sim_worker.url, 8, "constant", 10)
     assert 30 <= len(lags) <= 45  # 10/s for 4 s (+ the one due at the start)
     assert statistics.median(lag for _, lag in lags) < 0.01
     due = [t for t, _ in lags]

@@ -25,6 +25,7 @@ from harness.launcher import ServerProcess, free_port
 from harness.launcher import start_fleet as launch_fleet
 from targets.reference.api import KEEP_ALIVE_S
 from targets.reference.router import POOL_IDLE_S
+from tests.waiting import wait_for
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -58,15 +59,6 @@ def start_fleet(tmp_path: Path) -> Iterator[FleetFactory]:
 def workers(fleet: ServerProcess) -> list[dict[str, Any]]:
     resp = httpx.get(fleet.url + "/admin/workers", headers=AUTH, timeout=5)
     return resp.json()["workers"]  # type: ignore[no-any-return]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass

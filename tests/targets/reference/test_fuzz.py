@@ -71,31 +71,27 @@ def assert_still_serves(client: httpx.Client, url: str, model: str) -> None:
     assert client.get(url + "/health").status_code == 200
 
 
-def test_sim_worker_refuses_every_bad_request(sim_worker: ServerProcess) -> None:
-    with httpx.Client(timeout=20) as client:
-        limit = _max_model_len(client, sim_worker.url)
+def _fuzz(worker: ServerProcess, model: str, examples: int, timeout: float) -> None:
+    """`examples` bad requests drawn by Hypothesis, each refused; then the worker still serves."""
+    with httpx.Client(timeout=timeout) as client:
+        limit = _max_model_len(client, worker.url)
 
-        @settings(_SETTINGS, max_examples=150)
+        @settings(_SETTINGS, max_examples=examples)
         @given(data=st.data())
         def fuzz(data: st.DataObject) -> None:
-            send(client, sim_worker.url, data.draw(bad_requests("sim", limit), label="request"))
+            send(client, worker.url, data.draw(bad_requests(model, limit), label="request"))
 
         fuzz()
-        assert_still_serves(client, sim_worker.url, "sim")
+        assert_still_serves(client, worker.url, model)
+
+
+def test_sim_worker_refuses_every_bad_request(sim_worker: ServerProcess) -> None:
+    _fuzz(sim_worker, "sim", examples=150, timeout=20)
 
 
 def test_tiny_worker_refuses_bad_requests(tiny_worker: ServerProcess) -> None:
-    # A few of the same cases against a real model: chat templates and a real tokenizer.
-    with httpx.Client(timeout=30) as client:
-        limit = _max_model_len(client, tiny_worker.url)
-
-        @settings(_SETTINGS, max_examples=15)
-        @given(data=st.data())
-        def fuzz(data: st.DataObject) -> None:
-            send(client, tiny_worker.url, data.draw(bad_requests("tiny", limit), label="request"))
-
-        fuzz()
-        assert_still_serves(client, tiny_worker.url, "tiny")
+    # a few of the same cases against a real model: chat templates and a real tokenizer
+    _fuzz(tiny_worker, "tiny", examples=15, timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import torch
 from .decoder import BatchDecoder
 from .liveness import StepTimes
 from .params import GenerationRequest, Output
-from .protocol import EngineFull, Prompt
+from .protocol import EngineFull, EngineThread, Prompt
 
 __all__ = ["BatchEngine"]
 
@@ -82,7 +81,7 @@ class _Detokenizer:
         return delta
 
 
-class BatchEngine:
+class BatchEngine(EngineThread):
     """Continuous batching over a Llama-family model with a preallocated KV cache."""
 
     def __init__(
@@ -100,6 +99,7 @@ class BatchEngine:
         prefix_cache_size: int = 16,
         threads: int | None = None,
     ) -> None:
+        super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
@@ -112,12 +112,9 @@ class BatchEngine:
         self.decoder = BatchDecoder(model, max_num_seqs, self.max_model_len)
         self.detok = _Detokenizer(tokenizer)
         self.eos_ids = self._eos_ids(model, tokenizer)
-        self._cond = threading.Condition()
         self._inbox: collections.deque[GenerationRequest] = collections.deque()
         self._waiting: collections.deque[_Seq] = collections.deque()
         self._running: list[_Seq] = []
-        self._thread: threading.Thread | None = None
-        self._stopping = False
         self.step = 0
         self.last_progress = time.monotonic()
         self.generated_tokens = 0
@@ -180,17 +177,6 @@ class BatchEngine:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
     def submit(self, request: GenerationRequest) -> None:
         with self._cond:
             if len(self._inbox) + len(self._waiting) >= self.max_waiting:
@@ -198,15 +184,10 @@ class BatchEngine:
             self._inbox.append(request)
             self._cond.notify()
 
-    def cancel(self, request: GenerationRequest) -> None:
-        request.cancelled.set()
-        with self._cond:
-            self._cond.notify()
-
     def healthy(self) -> tuple[bool, str]:
         if self.crashed:
             return False, f"engine crashed: {self.crashed}"
-        if self._thread is None or not self._thread.is_alive():
+        if not self.thread_alive():
             return False, "engine thread is not running"
         busy = bool(self._running or self._waiting or self._inbox)
         idle_for = time.monotonic() - self.last_progress

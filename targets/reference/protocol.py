@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .params import GenerationRequest
 
-__all__ = ["Engine", "EngineFull", "Prompt"]
+__all__ = ["Engine", "EngineFull", "EngineThread", "Prompt"]
 
 
 class EngineFull(Exception):
@@ -38,3 +39,39 @@ class Engine(Protocol):
     def check_resume(self, token_ids: list[int], text_sent: int) -> str | None: ...
     def stats(self) -> dict[str, Any]: ...
     def healthy(self) -> tuple[bool, str]: ...
+
+
+class EngineThread:
+    """An engine's scheduler thread and the condition it sleeps on, shared by both engines:
+    `start` runs `_loop` in the thread, `stop` wakes it to end (it returns once `_stopping`
+    is set), `cancel` wakes it to drop a request."""
+
+    thread_name = "engine"
+    join_timeout = 10.0  # seconds `stop` waits for the thread (its current step)
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=self.join_timeout)
+
+    def cancel(self, request: GenerationRequest) -> None:
+        request.cancelled.set()
+        with self._cond:
+            self._cond.notify()
+
+    def thread_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()

@@ -14,13 +14,12 @@ import heapq
 import itertools
 import random
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .params import GenerationRequest, Output
-from .protocol import EngineFull, Prompt
+from .protocol import EngineFull, EngineThread, Prompt
 
 __all__ = ["WORDS", "Delay", "SimEngine"]
 
@@ -86,8 +85,11 @@ class _Stream:
     offset: int = 0  # tokens generated before a resume
 
 
-class SimEngine:
+class SimEngine(EngineThread):
     """Engine interface without a model: deterministic text on a configured schedule."""
+
+    thread_name = "sim-engine"
+    join_timeout = 5.0
 
     def __init__(
         self,
@@ -100,20 +102,18 @@ class SimEngine:
         max_num_seqs: int = 4096,
         trace_size: int = 20000,
     ) -> None:
+        super().__init__()
         self.model_name = model_name
         self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
         self.ttft = Delay.parse(ttft)
         self.itl = Delay.parse(itl)
         self.seed = seed
-        self._cond = threading.Condition()
         self._heap: list[tuple[float, int, _Stream, int]] = []
         self._tiebreak = itertools.count()
         self._streams: dict[str, _Stream] = {}
         self.traces: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self.trace_size = trace_size
-        self._thread: threading.Thread | None = None
-        self._stopping = False
         self.last_progress = time.monotonic()
         self.step = 0
         self.generated_tokens = 0
@@ -146,15 +146,7 @@ class SimEngine:
         # The scheduler thread must get the GIL back within a fraction of a millisecond when a
         # token is due; CPython's default switch interval (5 ms) would make it late.
         sys.setswitchinterval(0.0005)
-        self._thread = threading.Thread(target=self._loop, name="sim-engine", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        super().start()
 
     def submit(self, request: GenerationRequest) -> None:
         received = request.received_at or time.monotonic()
@@ -181,13 +173,8 @@ class SimEngine:
             heapq.heappush(self._heap, (schedule[0], next(self._tiebreak), stream, 0))
             self._cond.notify()
 
-    def cancel(self, request: GenerationRequest) -> None:
-        request.cancelled.set()
-        with self._cond:
-            self._cond.notify()
-
     def healthy(self) -> tuple[bool, str]:
-        if self._thread is None or not self._thread.is_alive():
+        if not self.thread_alive():
             return False, "engine thread is not running"
         return True, "ok"
 

@@ -99,6 +99,7 @@ class _Flight:
         self.worker = worker
         self.queue: asyncio.Queue[tuple[str, bytes | str]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
+        self.closed = False  # let go: its worker's count of ongoing requests taken back
 
     def fail(self, why: str) -> None:
         if self.task is not None:
@@ -494,6 +495,11 @@ class Router:
             flight.task.cancel()
 
     async def _close(self, flight: _Flight) -> None:
+        """Let an attempt go, once: a stream whose resume failed still holds the lost attempt
+        (let go when the resume began) when its relay ends."""
+        if flight.closed:
+            return
+        flight.closed = True
         self._end(flight)  # cancelling the attempt closes its unfinished upstream response
         self._release(flight.worker)
 

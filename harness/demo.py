@@ -12,6 +12,7 @@ import httpx
 
 from .errors import TargetError
 from .launcher import start_worker
+from .loadgen.sse import iter_events
 
 __all__ = ["add_parser", "run"]
 
@@ -45,10 +46,8 @@ def _stream_chat(client: httpx.Client, url: str, model: str, question: str,
     with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
         if resp.status_code != 200:
             raise TargetError(f"worker answered {resp.status_code}: {resp.read().decode()}")
-        for line in resp.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[len("data: "):]
+        for event in iter_events(resp.iter_bytes()):
+            data = event.data
             if data == "[DONE]":
                 done = True
                 break

@@ -22,6 +22,7 @@ import httpx
 from ..audit import verify
 from ..errors import UsageError
 from ..launcher import ServerProcess, free_port, start_fleet
+from ..loadgen.sse import aiter_events
 from .result import BenchResult, Figure, Goal, Table
 from .runner import Benchmark, Progress
 
@@ -73,12 +74,12 @@ async def _round(url: str, streams: int, seconds: float, max_tokens: int) -> tup
     async def user(client: httpx.AsyncClient) -> None:
         while time.perf_counter() < end:
             async with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
-                async for line in resp.aiter_lines():
+                async for event in aiter_events(resp.aiter_bytes()):
                     if time.perf_counter() >= end:
                         continue  # past the window: finish the request, count nothing
-                    if line == "data: [DONE]":
+                    if event.data == "[DONE]":
                         done[0] += 1
-                    elif '"content":"' in line and '"content":""' not in line:
+                    elif '"content":"' in event.data and '"content":""' not in event.data:
                         done[1] += 1  # a token (the role-only first chunk has no content)
 
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:

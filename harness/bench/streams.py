@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from ..errors import TargetError
+from ..loadgen.sse import aiter_events
 
 __all__ = ["BatchTiming", "StreamTiming", "measure_batch"]
 
@@ -66,12 +67,8 @@ async def _stream_chat(client: httpx.AsyncClient, url: str, body: dict[str, Any]
         if resp.status_code != 200:
             raise TargetError(f"chat completion answered {resp.status_code}: "
                               f"{(await resp.aread()).decode(errors='replace')[:500]}")
-        # OpenAI's stream uses only `data:` lines (no event names, ids or multi-line data),
-        # so this reads them directly instead of pulling in an SSE library.
-        async for line in resp.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[len("data:"):].strip()
+        async for event in aiter_events(resp.aiter_bytes()):
+            data = event.data.strip()
             if data == "[DONE]":
                 break
             chunk = json.loads(data)

@@ -55,6 +55,7 @@ from .console_model import (
     snapshot_run_dir,
     windows_view,
 )
+from .sse import json_objects
 
 __all__ = ["ASSETS", "Console", "install_console"]
 
@@ -141,15 +142,9 @@ class Console:
             return  # the fleet may be down: that is what is being watched
         if resp.status_code != 200:
             return
-        for line in resp.text.splitlines():
-            if line.startswith("data:"):
-                try:
-                    event = json.loads(line[5:])
-                except ValueError:
-                    continue
-                if isinstance(event, dict):
-                    self.events.append(event)
-                    self.event_seq = max(self.event_seq, int(event.get("seq") or 0))
+        for event in json_objects(resp.content):
+            self.events.append(event)
+            self.event_seq = max(self.event_seq, int(event.get("seq") or 0))
 
     def _poll_loop(self) -> None:
         while True:

@@ -7,9 +7,12 @@ chunk and returns the events that chunk completed, without waiting for more.
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["SSEDecoder", "SSEEvent"]
+__all__ = ["SSEDecoder", "SSEEvent", "aiter_events", "iter_events", "json_objects"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +76,34 @@ class SSEDecoder:
             self._has_field = True
         elif name == "event":
             self._event = value
+
+
+def iter_events(chunks: Iterable[bytes]) -> Iterator[SSEEvent]:
+    """The events of a stream read in chunks (httpx's `iter_bytes()`, or a whole body as one)."""
+    decoder = SSEDecoder()
+    for chunk in chunks:
+        yield from decoder.feed(chunk)
+    yield from decoder.feed(b"\n\n")  # a last event without its blank line
+
+
+async def aiter_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[SSEEvent]:
+    """`iter_events` for an async stream (httpx's `aiter_bytes()`)."""
+    decoder = SSEDecoder()
+    async for chunk in chunks:
+        for event in decoder.feed(chunk):
+            yield event
+    for event in decoder.feed(b"\n\n"):
+        yield event
+
+
+def json_objects(body: bytes) -> list[dict[str, Any]]:
+    """The JSON objects a whole SSE body carries (`/admin/events`); other data is skipped."""
+    found: list[dict[str, Any]] = []
+    for event in iter_events([body]):
+        try:
+            value = json.loads(event.data)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+    return found

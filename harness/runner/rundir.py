@@ -11,6 +11,7 @@ import httpx
 
 from ..errors import TargetError, UsageError
 from ..experiment import Experiment
+from ..loadgen.sse import json_objects
 
 __all__ = ["NEMESIS_FILE", "fetch_events", "merge_history", "new_run_dir"]
 
@@ -39,13 +40,7 @@ def fetch_events(url: str, token: str | None, path: Path) -> int:
                      timeout=10.0)
     if resp.status_code != 200:
         raise TargetError(f"GET {url}/admin/events answered {resp.status_code}")
-    events = []
-    for line in resp.text.splitlines():
-        if line.startswith("data:"):
-            try:
-                events.append(json.loads(line[5:]))
-            except ValueError:
-                continue
+    events = json_objects(resp.content)
     path.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events),
                     encoding="utf-8")
     return len(events)

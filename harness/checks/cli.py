@@ -73,7 +73,7 @@ def add_parser(sub: Any) -> None:
                         "(default: RUN_DIR/checks.yaml if present, else built-in defaults)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="write the reports here instead of into RUN_DIR")
-    from ..runner.cli import add_goodput
+    from ..report.results import add_goodput
 
     add_goodput(p)
     p.set_defaults(run=_run)

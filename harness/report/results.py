@@ -13,6 +13,7 @@ Per-request lists (vLLM's `ttfts`, `itls`, ...) are left out: history.jsonl hold
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -24,8 +25,8 @@ from ..checks.runner import CheckRun
 from ..checks.stats import latency_samples, meets_request_slo, percentile
 from ..errors import UsageError
 
-__all__ = ["GOODPUT_KEYS", "PERCENTILES", "bench_figures", "parse_goodput", "phase_figures",
-           "results_json"]
+__all__ = ["GOODPUT_KEYS", "PERCENTILES", "add_goodput", "bench_figures", "parse_goodput",
+           "phase_figures", "results_json"]
 
 PERCENTILES = (50, 90, 95, 99)
 # vLLM's name of each latency, and ours
@@ -110,6 +111,14 @@ def results_json(result: CheckRun) -> dict[str, Any]:
         "percentiles": list(PERCENTILES),
         **bench_figures(requests, max(0.0, end - start), request_slo),
     }
+
+
+def add_goodput(p: argparse.ArgumentParser) -> None:
+    """`--goodput KEY:MS ...` as vLLM's bench spells it (`llm-chaos run` and `check`)."""
+    p.add_argument("--goodput", nargs="+", default=None, metavar="KEY:MS",
+                   help="count as goodput the completed requests within these bounds, in "
+                        "milliseconds, as vLLM's bench takes them: ttft:500 tpot:50 e2el:3000 "
+                        "(sets checks.slo.request; results.json has request_goodput)")
 
 
 def parse_goodput(items: Sequence[str]) -> dict[str, float]:

@@ -34,14 +34,6 @@ def _ui_address(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def add_goodput(p: argparse.ArgumentParser) -> None:
-    """`--goodput KEY:MS ...` as vLLM's bench spells it."""
-    p.add_argument("--goodput", nargs="+", default=None, metavar="KEY:MS",
-                   help="count as goodput the completed requests within these bounds, in "
-                        "milliseconds, as vLLM's bench takes them: ttft:500 tpot:50 e2el:3000 "
-                        "(sets checks.slo.request; results.json has request_goodput)")
-
-
 def add_parser(sub: Any) -> None:
     """Register `run`."""
     p = sub.add_parser(
@@ -59,6 +51,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--set", action="append", default=None, metavar="PATH=VALUE",
                    help="override a field of the experiment, e.g. --set target.model=sim "
                         "(repeatable)")
+    from ..report.results import add_goodput
+
     add_goodput(p)
     p.add_argument("--ui", nargs="?", const="127.0.0.1:8089", default=None,
                    metavar="[HOST:]PORT",

@@ -48,8 +48,11 @@ def _one(rec: Recovery, run: RunData, timeline: Timeline, config: CheckConfig,
     fates: dict[str, int] = {}
     for r in at_fault.values():
         fates[stream_fate(r)] = fates.get(stream_fate(r), 0) + 1
-    # every request overlapping the fault and its recovery: silent cuts and the budget burnt
-    touched = [r for r in run.requests if r.end > fault.start and r.sent_at < rec.end]
+    # every request overlapping the fault and its recovery: silent cuts and the budget burnt.
+    # Until the fault's end too: a kill may be judged recovered at its very start, yet cut
+    # the streams sent while its inject was under way (0.47 s once, on a busy machine)
+    until = max(rec.end, fault.end)
+    touched = [r for r in run.requests if r.end > fault.start and r.sent_at < until]
     cut = sorted({r.request_id for r in touched if r.status in SILENT_CUT})
     failed = sum(1 for r in touched if r.counted and not r.ok)
     burn = None if not budget else failed / budget

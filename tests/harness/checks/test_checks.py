@@ -136,6 +136,25 @@ def test_recovery_valid_after_a_revert(tmp_path: Path) -> None:
     assert fault["error_budget_burnt"] == pytest.approx(50 / (0.05 * 300))
 
 
+def test_a_kill_burns_the_budget_of_requests_it_fails_after_an_instant_recovery(
+        tmp_path: Path) -> None:
+    """A kill the target recovers from at once still burns the budget of the streams it cut,
+    also those sent after the inject began (on a busy machine a kill's inject took 0.47 s
+    and the streams sent meanwhile died with the worker): they count until the fault's end."""
+    b = RunBuilder(tmp_path)
+    b.load(0, 30, rate=40)
+    for at in (10.2, 10.25, 10.3):  # sent after the inject began, cut when it landed
+        b.request(at, status="error_frame", duration=0.2)
+    b.fault(10, 13, name="process-kill", action="kill")
+    cfg = config(slo=SLO, recovery={"window": 2, "max_time": 5, "max_budget_burn": 0.02})
+    result = judge(b, "recovery", cfg)
+    fault = result.evidence["faults"][0]
+    assert fault["time_to_recover_s"] == 0.0  # 3 of ~80 a window: within the error rate
+    assert fault["failed_requests"] == 3
+    assert result.verdict is Verdict.INVALID, result.summary
+    assert "of the error budget" in result.summary
+
+
 def test_recovery_invalid_when_errors_go_on_after_the_revert(tmp_path: Path) -> None:
     b = RunBuilder(tmp_path)
     b.load(0, 10, rate=10)

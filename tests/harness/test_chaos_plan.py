@@ -239,10 +239,10 @@ def test_audit_log_is_copied_with_its_rotated_files(tmp_path: Path) -> None:
     assert (run_dir / "audit.jsonl.2").read_text() == "audit.jsonl.2"
 
 
-# solo: once, with tests running two at a time, Locust ran on to its time limit after the
-# Ctrl-C (sent the moment the fault showed on the router); never seen one at a time
-@pytest.mark.solo
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+# Ctrl-C solo: once, with tests running two at a time, Locust ran on to its time limit after
+# the Ctrl-C (sent the moment the fault showed on the router); never seen one at a time
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.solo),
+                                 signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupted_run_reverts_its_fault_and_is_inconclusive(
         tmp_path: Path, start_fleet: Callable[..., Fleet], sig: signal.Signals) -> None:
     fleet, _ = start_fleet()

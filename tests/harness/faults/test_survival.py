@@ -78,8 +78,8 @@ def _assert_healed(target: Target, toxiproxy: ChaosProxy, run_dir: Path,
     wait_for(lambda: all(w.state == "live" for w in target.workers()), 10, "all workers live")
 
 
-@pytest.mark.solo  # a Ctrl-C test: see test_chaos_plan's
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("sig", "code"), [  # Ctrl-C solo: see test_chaos_plan's
+    pytest.param(signal.SIGINT, 130, marks=pytest.mark.solo), (signal.SIGTERM, 143)])
 def test_interrupted_run_reverts_everything(fleet: tuple[ServerProcess, Target],
                                             chaos_proxy: ProxyFactory, tmp_path: Path,
                                             sig: int, code: int) -> None:

@@ -15,7 +15,9 @@ def test_second_request_joins_running_batch(tiny_worker: ServerProcess) -> None:
     url = tiny_worker.url
     long_id = "a0000000-0000-4000-8000-000000000001"
     short_id = "b0000000-0000-4000-8000-000000000002"
-    long_body = {"model": "tiny", "max_tokens": 1500, "ignore_eos": True, "stream": True,
+    # long enough to outlast the short one many times over (it joins after 10 tokens and
+    # needs about 20 steps), short enough not to hold a core for a minute beside other tests
+    long_body = {"model": "tiny", "max_tokens": 600, "ignore_eos": True, "stream": True,
                  "temperature": 0, "messages": [{"role": "user", "content": "long story"}]}
     short_body = {"model": "tiny", "max_tokens": 20, "ignore_eos": True, "temperature": 0,
                   "messages": [{"role": "user", "content": "short answer"}]}

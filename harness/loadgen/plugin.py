@@ -90,6 +90,9 @@ class LoadgenState:
     llm: LLMStats = field(default_factory=LLMStats)
     printer: Any = None
     llm_csv_at: float = 0.0
+    # one flush at a time: the end's flush waits for the periodic one's batch (built in a
+    # thread) before the tables are written, or they missed it (12 of 72 requests once)
+    flush_lock: Any = field(default_factory=gevent.lock.Semaphore, repr=False)
 
     @property
     def options(self) -> Any:
@@ -115,6 +118,10 @@ class LoadgenState:
 
     def flush(self) -> None:
         """Build pending records in a thread, then write them (or send them to the master)."""
+        with self.flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         batch, self.pending = self.pending, []
         if batch:
             lines = run_in_thread(_build_lines, batch, self.tokenizer)

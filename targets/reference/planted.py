@@ -8,8 +8,10 @@ harness's property-based search (`llm-chaos explore`) must find and shrink.
 
 The moment of death is seen by a thread polling each worker's pidfd (the exit is peeked at
 with WNOWAIT, so the supervisor still reaps it), not at the supervisor's next look at its
-workers: that look can come half a second later, and whether a pause was still on by then
-would make the bug a race.
+workers: that look can come late on a busy machine, and whether a pause was still on by then
+would make the bug a race. When the supervisor reaped the worker first (its look came before
+this thread got to run: seen on a busy machine, where the search then found nothing), how it
+died is read from the supervisor's `state` event instead, and the death dated by the pidfd.
 """
 
 from __future__ import annotations
@@ -44,14 +46,28 @@ def _paused(pid: int) -> bool:
         return False
 
 
-def _killed(pid: int) -> bool:
-    """Whether child `pid` died of SIGKILL (left unreaped)."""
+def _killed(pid: int) -> bool | None:
+    """Whether child `pid` died of SIGKILL (left unreaped); None when it was reaped already."""
     try:
         info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
-        return False
+        return None
     return (info is not None and info.si_code == os.CLD_KILLED
             and info.si_status == signal.SIGKILL)
+
+
+def _exit_status(registry: Registry, pid: int) -> int | None:
+    """The exit status the supervisor gave `pid` in its `state` event (dead), if it has."""
+    try:
+        events = list(registry.events.events)
+    except RuntimeError:  # appended to while it was copied: next time
+        return None
+    for event in reversed(events):
+        if event.get("type") == "state" and event.get("pid") == pid \
+                and event.get("new") == "dead":
+            status = str(event.get("reason", "")).rpartition(" ")[2]
+            return int(status) if status.lstrip("-").isdigit() else 0
+    return None
 
 
 def _watch(registry: Registry, audit: AuditLog) -> None:
@@ -60,6 +76,7 @@ def _watch(registry: Registry, audit: AuditLog) -> None:
     fds: dict[int, int] = {}  # pid -> pidfd
     seen: set[int] = set()
     killed: dict[int, float] = {}  # pid -> when its death was seen
+    reaped: dict[int, float] = {}  # pid -> when it died, reaped before it could be looked at
     while True:
         try:
             workers = list(registry.workers.values())
@@ -75,12 +92,21 @@ def _watch(registry: Registry, audit: AuditLog) -> None:
         for fd in fds.values():
             poller.register(fd, select.POLLIN)
         by_fd = {fd: pid for pid, fd in fds.items()}
-        for fd, _ in poller.poll(10 if killed else 50):
+        for fd, _ in poller.poll(10 if killed or reaped else 50):
             pid = by_fd[fd]
             os.close(fds.pop(pid))
             seen.add(pid)
-            if _killed(pid):
+            how = _killed(pid)
+            if how is None:
+                reaped[pid] = time.monotonic()
+            elif how:
                 killed[pid] = time.monotonic()
+        for pid, since in list(reaped.items()):
+            status = _exit_status(registry, pid)
+            if status is not None or time.monotonic() - since > 2.0:
+                del reaped[pid]
+                if status == -signal.SIGKILL:
+                    killed[pid] = since
         for pid, since in list(killed.items()):
             if any(_paused(w.pid) for w in workers if w.pid != pid):
                 # from this thread: the loop may decrement it meanwhile and one update be

@@ -65,8 +65,8 @@ def _exit_status(registry: Registry, pid: int) -> int | None:
     for event in reversed(events):
         if event.get("type") == "state" and event.get("pid") == pid \
                 and event.get("new") == "dead":
-            status = str(event.get("reason", "")).rpartition(" ")[2]
-            return int(status) if status.lstrip("-").isdigit() else 0
+            status = event.get("status")
+            return status if isinstance(status, int) else 0
     return None
 
 

@@ -109,12 +109,15 @@ class Registry:
             self.events.emit("deregistered", worker=worker_id, model=worker.model)
         self._notify()
 
-    def set_state(self, worker: WorkerInfo, state: str, reason: str = "") -> None:
+    def set_state(self, worker: WorkerInfo, state: str, reason: str = "",
+                  **fields: Any) -> None:
+        """Move `worker` to `state`, emitting a `state` event (with `fields`, e.g. an exit
+        status) when it changes."""
         if worker.state == state:
             return
         old, worker.state = worker.state, state
         self.events.emit("state", worker=worker.id, model=worker.model, pid=worker.pid,
-                         old=old, new=state, reason=reason)
+                         old=old, new=state, reason=reason, **fields)
         self._notify()
 
     def _notify(self) -> None:

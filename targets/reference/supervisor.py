@@ -93,8 +93,7 @@ def _listening_socket(avoid: int | None = None) -> socket.socket:
                 if sock.getsockname()[1] == avoid:
                     refused.append(sock)  # held while the next is picked
                     continue
-                sock.listen(2048)
-                sock.set_inheritable(True)
+                sock.listen(2048)  # Popen's pass_fds makes it the worker's
             except OSError:
                 sock.close()
                 raise
@@ -320,7 +319,8 @@ class Supervisor:
             self.on_lost(worker, why)
 
     async def _on_exit(self, worker: WorkerInfo, status: int | None) -> None:
-        self.registry.set_state(worker, WorkerState.DEAD, f"exited with status {status}")
+        self.registry.set_state(worker, WorkerState.DEAD, f"exited with status {status}",
+                                status=status)
         self.on_lost(worker, f"worker process exited (status {status})")
         if self.stopping:
             return

@@ -85,9 +85,10 @@ def _passes(tmp_path: Path, capsys: pytest.CaptureFixture[str], checks: Sequence
     return run_dir, out
 
 
-def _recycled(run_dir: Path) -> None:
+def _recycles(run_dir: Path) -> list[dict[str, Any]]:
+    """The target's `recycle` events (a leaking worker replaced)."""
     events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert [e for e in events if e["type"] == "recycle"], "the leaking worker was not recycled"
+    return [e for e in events if e["type"] == "recycle"]
 
 
 def _twin_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str,
@@ -227,7 +228,7 @@ def test_demo_gameday_kill_latency_and_leak(tmp_path: Path,
     run_dir, out = _passes(tmp_path, capsys,
                            ("slo", "recovery", "audit", "steady_state", "memory"),
                            gameday=DEMO, fast=DEMO_FAST, min_processes=4)
-    _recycled(run_dir)
+    assert _recycles(run_dir), "the leaking worker was not recycled"
     assert "report.html" in out
 
 
@@ -274,7 +275,7 @@ def test_memory_leak_gameday_passes_on_the_reference_target(
     run_dir, _ = _passes(tmp_path, capsys,
                          ("slo", "recovery", "audit", "steady_state", "memory"),
                          gameday=LEAK, fast=LEAK_FAST, min_processes=4)
-    _recycled(run_dir)
+    assert _recycles(run_dir), "the leaking worker was not recycled"
 
 
 # make test-all (the 20-minute budget of make test): the demo game day keeps the memory

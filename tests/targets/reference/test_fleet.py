@@ -23,6 +23,7 @@ import pytest
 
 from harness.launcher import ServerProcess, free_port
 from harness.launcher import start_fleet as launch_fleet
+from harness.loadgen.sse import json_objects
 from targets.reference.api import KEEP_ALIVE_S
 from targets.reference.router import POOL_IDLE_S
 from tests.waiting import wait_for
@@ -194,6 +195,11 @@ def test_a_worker_serves_on_the_socket_its_supervisor_bound(start_fleet: FleetFa
                          for w in workers(fleet)), 30, "the replacement")
     (again,) = workers(fleet)
     assert again["port"] in _listening(again["pid"])
+    # its death is on record with how it died (the planted bug reads it there)
+    events = json_objects(httpx.get(fleet.url + "/admin/events?follow=false", headers=AUTH,
+                                    timeout=5).content)
+    assert [e["status"] for e in events if e["type"] == "state" and e["new"] == "dead"] \
+        == [-signal.SIGKILL]
     assert _listening(router) == {int(fleet.url.rsplit(":", 1)[1])}
 
 

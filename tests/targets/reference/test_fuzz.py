@@ -71,27 +71,32 @@ def assert_still_serves(client: httpx.Client, url: str, model: str) -> None:
     assert client.get(url + "/health").status_code == 200
 
 
-def _fuzz(worker: ServerProcess, model: str, examples: int, timeout: float) -> None:
-    """`examples` bad requests drawn by Hypothesis, each refused; then the worker still serves."""
+def _fuzz(worker: ServerProcess, model: str, examples: int, timeout: float) -> int:
+    """`examples` bad requests drawn by Hypothesis, each refused; then the worker still serves.
+    How many were sent."""
+    sent = 0
     with httpx.Client(timeout=timeout) as client:
         limit = _max_model_len(client, worker.url)
 
         @settings(_SETTINGS, max_examples=examples)
         @given(data=st.data())
         def fuzz(data: st.DataObject) -> None:
+            nonlocal sent
             send(client, worker.url, data.draw(bad_requests(model, limit), label="request"))
+            sent += 1
 
         fuzz()
         assert_still_serves(client, worker.url, model)
+    return sent
 
 
 def test_sim_worker_refuses_every_bad_request(sim_worker: ServerProcess) -> None:
-    _fuzz(sim_worker, "sim", examples=150, timeout=20)
+    assert _fuzz(sim_worker, "sim", examples=150, timeout=20) > 0
 
 
 def test_tiny_worker_refuses_bad_requests(tiny_worker: ServerProcess) -> None:
     # a few of the same cases against a real model: chat templates and a real tokenizer
-    _fuzz(tiny_worker, "tiny", examples=15, timeout=30)
+    assert _fuzz(tiny_worker, "tiny", examples=15, timeout=30) > 0
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # the real model takes every core it is given
         if "smollm2" in item.keywords or "smollm2_worker" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.solo)
+    # the longest first (a stable sort keeps the rest in order): run two at a time, a phase
+    # that ends on a minute-long test leaves the other core idle for that minute
+    items.sort(key=lambda item: "long" not in item.keywords)
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --run-slow (make test-all)")

@@ -108,6 +108,7 @@ def _verdicts(run_dir: Path) -> dict[str, str]:
     return {c["name"]: c["verdict"] for c in checks}
 
 
+@pytest.mark.long
 def test_chaos_plan_from_locust_passes_on_the_reference_fleet(
         tmp_path: Path, start_fleet: Callable[..., Fleet]) -> None:
     fleet, audit = start_fleet("--resume-streams")

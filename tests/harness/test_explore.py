@@ -145,6 +145,7 @@ def _verdicts(run_dir: Path) -> dict[str, str]:
     return {c["name"]: c["verdict"] for c in checks}
 
 
+@pytest.mark.long
 def test_search_finds_the_planted_bug_shrinks_it_and_run_replays_it(
         tmp_path: Path, no_leftovers: None, capsys: pytest.CaptureFixture[str]) -> None:
     code, found, out = _search(tmp_path, *BUG)

@@ -73,6 +73,7 @@ def _fleet_stopped(note: Path) -> None:
     assert not alive, f"the reference_target fleet (pid {pid}) outlived its test"
 
 
+@pytest.mark.long
 def test_resilience_test_passes_against_reference_target(pytester: pytest.Pytester,
                                                           fleet_cleanup: Path) -> None:
     pytester.makepyfile(test_user=USER_TEST.replace(
@@ -84,6 +85,7 @@ def test_resilience_test_passes_against_reference_target(pytester: pytest.Pytest
     _fleet_stopped(fleet_cleanup)
 
 
+@pytest.mark.long
 def test_weakened_target_is_reported_as_a_failure(pytester: pytest.Pytester,
                                                   fleet_cleanup: Path) -> None:
     # no stream resumption: the streams on the killed worker fail, the recovery check too

@@ -106,6 +106,7 @@ def _twin_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str], override: st
     assert phrase in result["summary"], result
 
 
+@pytest.mark.long
 def test_gameday_passes_on_the_reference_target(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     code, run_dir = _run(tmp_path)
@@ -135,11 +136,13 @@ def test_gameday_passes_on_the_reference_target(tmp_path: Path,
     assert out.index(line) < out.index("starting load")
 
 
+@pytest.mark.long
 def test_weakened_twin_fails_the_recovery_check(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     _twin_fails(tmp_path, capsys, "target.resume_streams=false", "recovery", "error budget")
 
 
+@pytest.mark.long
 def test_gameday_with_users_sized_from_the_measured_capacity(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`load.users: auto`: the capacity is measured after the steady-state probes, its line
@@ -178,6 +181,7 @@ def test_users_auto_with_a_spike_exits_2(tmp_path: Path,
     assert "load.users: auto works with the shapes steady, ramp, step, soak" in err
 
 
+@pytest.mark.long
 def test_scale_up_gameday_passes_on_the_reference_target(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir, out = _passes(tmp_path, capsys, ("slo", "scaling", "audit", "steady_state"),
@@ -221,6 +225,7 @@ def test_bad_override_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "target.wokers" in capsys.readouterr().err
 
 
+@pytest.mark.long
 def test_demo_gameday_kill_latency_and_leak(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """`make demo`'s game day, shortened on the simulated engine: a kill, router latency and a

@@ -141,6 +141,7 @@ def http_echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProces
         proc.stop()
 
 
+@pytest.mark.long
 def test_ten_thousand_keep_alive_requests_arrive_byte_for_byte(
         fresh: Proxy, http_echo: ServerProcess) -> None:
     """A real keep-alive client (8 connections reused for 10,000 requests, bodies of 0 bytes

@@ -164,6 +164,7 @@ def _crash_loop(tmp_path: Path, kills: int) -> dict[str, int]:
     return totals
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_router_sigkill_twenty_times(tmp_path: Path) -> None:
     totals = _crash_loop(tmp_path, KILLS)

@@ -15,10 +15,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .errors import UsageError
 
-__all__ = ["API_KEY_ENV", "auth_headers", "check_header", "header_problem", "normalize_base_url",
-           "parse_header", "redact", "resolve_api_key", "secret_values", "tls_context"]
+__all__ = ["ADMIN_TOKEN_ENV", "API_KEY_ENV", "auth_headers", "check_header", "header_problem",
+           "normalize_base_url", "parse_header", "redact", "resolve_api_key", "secret_values",
+           "tls_context"]
 
 API_KEY_ENV = "OPENAI_API_KEY"
+# the reference target's admin token, where a run that did not start the target reads it
+ADMIN_TOKEN_ENV = "LLM_CHAOS_ADMIN_TOKEN"
 REDACTED = "[redacted]"
 
 # RFC 9110 token characters: what a header name may hold

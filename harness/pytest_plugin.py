@@ -227,7 +227,7 @@ def _run(experiment: str | Path | Mapping[str, Any], set_: Mapping[str, Any] | S
     from .errors import UsageError
     from .experiment import apply_overrides, load_experiment
     from .runner import run_experiment
-    from .runner.lifecycle import judge_run
+    from .runner.session import judge_run
 
     out = _Tee(sys.stdout)
     overrides = _overrides(set_)
@@ -249,7 +249,7 @@ def _run(experiment: str | Path | Mapping[str, Any], set_: Mapping[str, Any] | S
         if isinstance(against, ReferenceTarget) and not (outcome.run_dir / "audit.jsonl").exists():
             # the fleet's audit log lives with the fixture: bring it in and judge again, the
             # way `llm-chaos check` re-judges a run directory
-            from .loadgen.chaos_plan import copy_audit_log
+            from .runner.rundir import copy_audit_log
 
             if copy_audit_log(against.audit_log, outcome.run_dir):
                 print(f"llm-chaos: judged again with the target's audit log "

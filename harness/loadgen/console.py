@@ -43,7 +43,6 @@ from ..errors import HarnessError, UsageError
 from ..faults import Step
 from ..runner.faults import build_fault
 from ..runner.rundir import NEMESIS_FILE
-from .chaos_plan import ChaosPlan
 from .console_model import (
     JsonlTail,
     LiveTimeline,
@@ -55,6 +54,7 @@ from .console_model import (
     snapshot_run_dir,
     windows_view,
 )
+from .plan import ChaosPlan
 from .sse import json_objects
 
 __all__ = ["ASSETS", "Console", "install_console"]
@@ -137,7 +137,7 @@ class Console:
             resp = httpx.get(session.url + "/admin/events",
                              params={"follow": "false", "since": self.event_seq},
                              headers={"Authorization": f"Bearer {plan.admin_token}"},
-                             timeout=2.0, verify=session._access.get("verify") or True)
+                             timeout=2.0, verify=session.verify or True)
         except httpx.HTTPError:
             return  # the fleet may be down: that is what is being watched
         if resp.status_code != 200:
@@ -199,8 +199,8 @@ class Console:
         session = self.session
         injector = session.injector if session is not None else None
         offset = 0.0
-        if session is not None and session.schedule_started is not None and self.t0:
-            offset = (now - (time.monotonic() - session.schedule_started)) - t0
+        if session is not None and session.faults_started is not None and self.t0:
+            offset = (now - (time.monotonic() - session.faults_started)) - t0
         if injector is not None:
             planned = len(experiment.faults)
             out["planned"] = planned_faults(

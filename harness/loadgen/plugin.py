@@ -32,7 +32,7 @@ from locust.stats import CONSOLE_STATS_INTERVAL_SEC, CSV_STATS_INTERVAL_SEC, con
 
 from ..endpoint import API_KEY_ENV, auth_headers, parse_header, resolve_api_key, tls_context
 from ..errors import UsageError
-from . import chaos_plan
+from . import chaos_plan, plan
 from .arrivals import KINDS, ArrivalSchedule, parse_arrival
 from .console import install_console
 from .datasets import DatasetPrompts
@@ -258,7 +258,7 @@ def add_options(parser: Any) -> None:
     g.add_argument("--spike-users", type=int, default=0, help="spike: users during the spike")
     g.add_argument("--spike-at", type=float, default=10.0, help="spike: start (s)")
     g.add_argument("--spike-duration", type=float, default=10.0, help="spike: length (s)")
-    chaos_plan.add_options(g)
+    plan.add_options(g)
 
 
 def shape_spec(options: Any) -> ShapeSpec:

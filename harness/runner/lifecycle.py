@@ -27,47 +27,30 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
-import yaml
 
-from ..checks import load_run, run_checks
-from ..endpoint import API_KEY_ENV
+from ..endpoint import ADMIN_TOKEN_ENV, API_KEY_ENV
 from ..errors import TargetError
 from ..experiment import Experiment, LoadConfig, load_experiment
-from ..faults import FaultInjector, JsonlRecorder
 from ..faults.guard import RunGuard
 from ..faults.injector import sigterm_raises
 from ..launcher import ServerProcess, start_fleet
 from ..loadgen.client import StreamClient
 from ..machine import describe, one_line
-from ..report import write_reports
 from ..target import Target
-from ..telemetry import Observer
 from .capacity import ClientFactory, measure_capacity
-from .faults import abort_conditions, build_steps
 from .locust import LocustProcess
-from .probes import run_probes
-from .rundir import NEMESIS_FILE, fetch_events, merge_history, new_run_dir
+from .rundir import new_run_dir
+from .session import RunOutcome, Session, write_plan
 
-__all__ = ["RunOutcome", "judge_run", "run_experiment", "write_plan"]
+__all__ = ["RunOutcome", "run_experiment"]
 
-ADMIN_TOKEN_ENV = "LLM_CHAOS_ADMIN_TOKEN"  # as chaos_plan reads it (it imports this module)
 MACHINE_FILE = "machine.json"
 LOAD_START_TIMEOUT = 120.0
 TARGET_READY_TIMEOUT = 600.0  # the first start of the real model converts its GGUF file
-
-
-@dataclass
-class RunOutcome:
-    """What a run produced: its directory, the exit status and the overall verdict."""
-
-    run_dir: Path
-    exit_code: int
-    verdict: str
 
 
 class _Progress:
@@ -203,7 +186,10 @@ def _describe_machine(target: Target, reference: bool, run_dir: Path) -> str:
     return line
 
 
-def _active_faults(injector: FaultInjector) -> list[str]:
+def _active_faults(session: Session) -> list[str]:
+    injector = session.injector
+    if injector is None:
+        return []
     return [a.fault.name + (f" ({', '.join(sorted(a.effect.workers))})"
                             if a.effect.workers else "") for a in list(injector.active)]
 
@@ -221,120 +207,63 @@ def run_experiment(path: Path, overrides: Sequence[str] = (), *,
     experiment = load_experiment(path, overrides)
     experiment.target.api_key()  # an unset api_key_env is a usage error, before anything starts
     experiment.target.check_tls()
-    steps = build_steps(experiment)
-    aborts = abort_conditions(experiment)
     run_dir = new_run_dir(experiment, report_dir)
-    write_plan(experiment, run_dir)
-    assert experiment.seed is not None  # load_experiment resolves it
-    print(f"llm-chaos run: {experiment.name or path.name} seed {experiment.seed} -> {run_dir}",
-          file=out, flush=True)
     progress = _Progress(run_dir, out, progress_interval)
-    recorder = JsonlRecorder(run_dir / NEMESIS_FILE)
-    inconclusive: str | None = None
+    # the progress line names the session's phase as it begins
+    session = Session(experiment, run_dir, out=out, prefix="llm-chaos run: ", handlers=[
+        lambda phase: progress.set("load + faults" if phase == "faults" else phase)])
+    write_plan(experiment, run_dir)
+    print(f"llm-chaos run: {experiment.name or path.name} seed {session.seed} -> {run_dir}",
+          file=out, flush=True)
+    progress.active = lambda: _active_faults(session)
     with sigterm_raises():
         try:
-            inconclusive = _execute(experiment, run_dir, steps, aborts, recorder, progress, out,
-                                    ui, ui_linger)
-        except TargetError as exc:
-            inconclusive = str(exc)
-            print(f"llm-chaos run: the run could not complete: {exc}", file=out, flush=True)
+            _execute(session, progress, ui, ui_linger)
+        except TargetError as exc:  # judged at best unknown (the judge says why)
+            session.problems.append(str(exc))
         finally:
             progress.stop()
-            merge_history(run_dir)
-    progress.set("checks")
-    return judge_run(experiment, run_dir, out, inconclusive)
+            session.close()
+    return session.judge()
 
 
-def write_plan(experiment: Experiment, run_dir: Path) -> None:
-    """Write the resolved experiment and its check config into `run_dir` (created), so
-    `llm-chaos check RUN_DIR` re-judges the run the same way."""
-    experiment.write_resolved(run_dir)
-    (run_dir / "checks.yaml").write_text(
-        yaml.safe_dump(experiment.checks.model_dump(mode="json"), sort_keys=False),
-        encoding="utf-8")
-
-
-def judge_run(experiment: Experiment, run_dir: Path, out: TextIO,
-              inconclusive: str | None = None) -> RunOutcome:
-    """Run the experiment's checks on `run_dir`, print the verdicts, write the reports; a run
-    that could not complete (`inconclusive` says why) is at best unknown (exit 3)."""
-    run = load_run(run_dir)
-    result = run_checks(run, experiment.checks)
-    width = max((len(c.name) for c in result.results), default=0)
-    for check in result.results:
-        print(f"  {check.verdict.value:<8} {check.name:<{width}}  {check.summary}", file=out)
-    paths = write_reports(result, run_dir)
-    print(f"  wrote {', '.join(p.name for p in paths)} to {run_dir}", file=out)
-    code, verdict = result.exit_code, result.verdict.value
-    if inconclusive is not None and code == 0:
-        code, verdict = 3, "unknown"
-    print(f"verdict: {verdict} (exit {code})", file=out, flush=True)
-    return RunOutcome(run_dir, code, verdict)
-
-
-def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: list[Any],
-             recorder: JsonlRecorder, progress: _Progress, out: TextIO,
-             ui: tuple[str, int] | None = None, ui_linger: float = 60.0) -> str | None:
+def _execute(session: Session, progress: _Progress, ui: tuple[str, int] | None = None,
+             ui_linger: float = 60.0) -> None:
+    """The run of `llm-chaos run`: the target (started here when the experiment names the
+    reference target), the session's phases, and Locust for the load; with `ui`, Locust runs
+    the phases after `prepare` as its `--chaos-plan`."""
+    experiment, run_dir, out = session.experiment, session.run_dir, session.out
     cfg = experiment.target
-    assert experiment.seed is not None
     with contextlib.ExitStack() as stack:
         # first in, last out: it stops what the callbacks below did not (and, if this process
         # is killed outright, its guard does)
         guard = stack.enter_context(RunGuard())
-        server: ServerProcess | None = None
-        if cfg.reference:
-            # with the console, the operator enters the token: theirs, or one said once here
-            token = cfg.admin_token or (os.environ.get(ADMIN_TOKEN_ENV) if ui else None) \
-                or secrets.token_urlsafe(24)
-            if ui and token not in (cfg.admin_token, os.environ.get(ADMIN_TOKEN_ENV)):
-                print(f"  admin token for the console (this run only): {token}", file=out)
-            progress.set("starting target")
-            server = _start_target(experiment, run_dir, token)
-            stack.callback(server.stop)
-            guard.track(server.pid)
-            server.wait_ready(timeout=TARGET_READY_TIMEOUT)
-            url: str = server.url
-            admin_token: str | None = token
-        else:
-            assert cfg.url is not None
-            url, admin_token = cfg.url.rstrip("/"), cfg.admin_token
-        tls = cfg.tls()
-        target = stack.enter_context(Target(url, admin_token, verify=tls,
-                                            pid=server.pid if server else None))
-        if server is not None:
-            target.wait_live(cfg.min_workers if cfg.min_workers is not None
-                          else cfg.workers, TARGET_READY_TIMEOUT)
+        server, url, admin_token = _target(experiment, run_dir, guard, stack, progress,
+                                           console=ui is not None)
+        stack.callback(session.close)
+        live = None if server is None else \
+            cfg.min_workers if cfg.min_workers is not None else cfg.workers
+        target = session.prepare(url, admin_token, headers=cfg.request_headers(),
+                                 verify=cfg.tls(), router_pid=server.pid if server else None,
+                                 state=guard.state, reference=cfg.adapter == "reference",
+                                 live=live, live_timeout=TARGET_READY_TIMEOUT)
         described = _describe_machine(target, cfg.adapter == "reference" and bool(admin_token),
                                       run_dir)
         print(f"  {described}", file=out, flush=True)
-        injector = FaultInjector(target, steps, seed=experiment.seed, recorder=recorder,
-                                 blast_radius=experiment.nemesis.blast_radius, abort=aborts,
-                                 state=guard.state)
-        if steps:
-            injector.validate()  # against the live target, before any load
-        progress.active = lambda: _active_faults(injector)
-
         if ui is not None:
-            return _run_with_console(experiment, run_dir, url, admin_token, ui, ui_linger,
-                                     guard, stack, progress, out)
-        progress.set("steady state before")
-        before = run_probes(experiment.steady_state, "before", url, recorder,
-                            headers=cfg.request_headers(), verify=tls)
-        for name, ok in before:
-            print(f"  probe {name}: {'ok' if ok else 'FAILED'} (before)", file=out)
+            problem = _run_with_console(session, url, admin_token, ui, ui_linger, guard, stack,
+                                        progress)
+            if problem is not None:
+                session.problems.append(problem)
+            return
+        session.steady_state("before")
 
         # before the observer: its figures, like the history, are of the run's own load
         load = _sized_load(experiment, url, run_dir, progress, out)
-
-        if admin_token is not None:
-            observer = Observer(url, admin_token, run_dir / "telemetry.jsonl",
-                                interval=experiment.report.telemetry_interval, verify=tls,
-                                router_pid=server.pid if server else None)
-            stack.callback(observer.stop)
-            observer.start()
+        session.observe()
 
         progress.set("starting load")
-        locust = LocustProcess([*load.locust_args(experiment.seed), *cfg.endpoint_args(),
+        locust = LocustProcess([*load.locust_args(session.seed), *cfg.endpoint_args(),
                                 "--host", url, "--run-dir", str(run_dir), "--only-summary"],
                                run_dir / "locust.log", env=_load_env(experiment))
         stack.callback(locust.stop)
@@ -342,19 +271,16 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
         if not locust.wait_started(LOAD_START_TIMEOUT):
             raise TargetError(f"Locust did not start its load within {LOAD_START_TIMEOUT:.0f} s"
                               f" (log: {run_dir / 'locust.log'}):\n{locust.log_tail()}")
-        progress.set("load + faults" if steps else "load")
+        if not session.steps:
+            progress.set("load")
         progress.start()
         duration = experiment.load.duration
-        if steps and experiment.nemesis.dry_run:
-            injector.dry_run(duration)
-        if steps and not experiment.nemesis.dry_run:
+        if session.steps:
             # stop the schedule early (everything reverted) if Locust dies before its time
-            watch = threading.Thread(target=_stop_when_gone, args=(locust, injector),
+            watch = threading.Thread(target=_stop_when_gone, args=(locust, session),
                                      daemon=True)
             watch.start()
-            result = injector.run(duration)  # reverts everything, also on Ctrl-C / SIGTERM
-            for line in result.failed:
-                print(f"  fault: {line}", file=out)
+            session.run_faults(duration)  # reverts everything, also on Ctrl-C / SIGTERM
         progress.set("load ending")
         code = locust.wait(duration + 60.0)
         if code is None:
@@ -363,20 +289,29 @@ def _execute(experiment: Experiment, run_dir: Path, steps: list[Any], aborts: li
         if code not in (0, 1):  # 1: some requests failed, which the checks judge
             raise TargetError(f"Locust exited with status {code}:\n{locust.log_tail()}")
         progress.stop()
-
-        progress.set("steady state after")
-        after = run_probes(experiment.steady_state, "after", url, recorder,
-                           headers=cfg.request_headers(), verify=tls)
-        for name, ok in after:
-            print(f"  probe {name}: {'ok' if ok else 'FAILED'} (after)", file=out)
-        if admin_token is not None and cfg.adapter == "reference":
-            try:
-                count = fetch_events(url, admin_token, run_dir / "events.jsonl")
-                print(f"  {count} target event(s) -> events.jsonl", file=out)
-            except (TargetError, httpx.HTTPError) as exc:
-                print(f"  target events not fetched: {exc}", file=out)
+        session.wind_down(duration)
         progress.set("stopping")
-        return None
+
+
+def _target(experiment: Experiment, run_dir: Path, guard: RunGuard, stack: contextlib.ExitStack,
+            progress: _Progress, console: bool) -> tuple[ServerProcess | None, str, str | None]:
+    """The target to run against: the reference target started here (stopped with `stack`),
+    or the experiment's URL. (its process or None, its URL, the admin token)"""
+    cfg = experiment.target
+    if not cfg.reference:
+        assert cfg.url is not None
+        return None, cfg.url.rstrip("/"), cfg.admin_token
+    # with the console, the operator enters the token: theirs, or one said once here
+    token = cfg.admin_token or (os.environ.get(ADMIN_TOKEN_ENV) if console else None) \
+        or secrets.token_urlsafe(24)
+    if console and token not in (cfg.admin_token, os.environ.get(ADMIN_TOKEN_ENV)):
+        print(f"  admin token for the console (this run only): {token}", file=progress.out)
+    progress.set("starting target")
+    server = _start_target(experiment, run_dir, token)
+    stack.callback(server.stop)
+    guard.track(server.pid)
+    server.wait_ready(timeout=TARGET_READY_TIMEOUT)
+    return server, server.url, token
 
 
 def _sized_load(experiment: Experiment, url: str, run_dir: Path, progress: _Progress,
@@ -394,18 +329,17 @@ def _sized_load(experiment: Experiment, url: str, run_dir: Path, progress: _Prog
     return load
 
 
-def _run_with_console(experiment: Experiment, run_dir: Path, url: str,
-                      admin_token: str | None, ui: tuple[str, int], linger: float,
-                      guard: RunGuard, stack: contextlib.ExitStack, progress: _Progress,
-                      out: TextIO) -> str | None:
+def _run_with_console(session: Session, url: str, admin_token: str | None,
+                      ui: tuple[str, int], linger: float, guard: RunGuard,
+                      stack: contextlib.ExitStack, progress: _Progress) -> str | None:
     """`llm-chaos run --ui`: Locust with its web UI, started at once (`--autostart`), runs the
     experiment as its `--chaos-plan` (probes, observer, schedule, checks: the session the
     game-day console shows and drives), and quits `linger` seconds after the end. What the
     run could not complete, or None."""
+    experiment, run_dir, out = session.experiment, session.run_dir, session.out
     load = _sized_load(experiment, url, run_dir, progress, out)
-    assert experiment.seed is not None
     host, port = ui
-    args = [a for a in load.locust_args(experiment.seed) if a != "--headless"]
+    args = [a for a in load.locust_args(session.seed) if a != "--headless"]
     env = _load_env(experiment)
     if admin_token is not None:
         env[ADMIN_TOKEN_ENV] = admin_token  # never on a command line
@@ -438,8 +372,8 @@ def _run_with_console(experiment: Experiment, run_dir: Path, url: str,
     return None
 
 
-def _stop_when_gone(locust: LocustProcess, injector: FaultInjector) -> None:
+def _stop_when_gone(locust: LocustProcess, session: Session) -> None:
     while locust.running():
         time.sleep(0.2)
-    injector.stop()
-
+    if session.injector is not None:
+        session.injector.stop()

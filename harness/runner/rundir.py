@@ -4,6 +4,7 @@ and Locust's `--chaos-plan`): its path, the target's events, the harness's histo
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from ..errors import TargetError, UsageError
 from ..experiment import Experiment
 from ..loadgen.sse import json_objects
 
-__all__ = ["NEMESIS_FILE", "fetch_events", "merge_history", "new_run_dir"]
+__all__ = ["NEMESIS_FILE", "copy_audit_log", "fetch_events", "merge_history", "new_run_dir"]
 
 NEMESIS_FILE = "nemesis.jsonl"
 
@@ -54,3 +55,16 @@ def merge_history(run_dir: Path) -> None:
     with open(history, "a", encoding="utf-8") as fh:
         fh.write(text)
     nemesis.unlink(missing_ok=True)
+
+
+def copy_audit_log(source: Path, run_dir: Path) -> int:
+    """Copy the audit log at `source` and its rotated `source.N` files into `run_dir` as
+    `audit.jsonl[.N]` (whole files: the hash chain runs through them); how many were copied."""
+    copied = 0
+    for path in sorted(source.parent.glob(source.name + "*")):
+        suffix = path.name[len(source.name):]
+        if suffix and not (suffix.startswith(".") and suffix[1:].isdigit()):
+            continue
+        shutil.copyfile(path, run_dir / ("audit.jsonl" + suffix))
+        copied += 1
+    return copied

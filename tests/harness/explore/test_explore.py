@@ -20,7 +20,7 @@ from harness.cli import main
 from harness.experiment import FAULT_KINDS, load_experiment, parse_experiment
 from harness.strategies import SCHEDULE_KINDS, fault_entries, fault_schedules, load_profiles
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXPLORE = ROOT / "scenarios" / "explore_workers.yaml"
 PLANTED = "target.planted_bug=audit-loss-kill-while-paused"
 BUG = ["--set", PLANTED]

@@ -23,7 +23,7 @@ from harness.runner.capacity import (
     size_users,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def auto_load(**fields: Any) -> LoadConfig:

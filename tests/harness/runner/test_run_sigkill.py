@@ -19,7 +19,7 @@ import yaml
 
 from harness.faults.state import read_state
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 EXPERIMENT = {
     "name": "sigkill-the-harness",

@@ -18,9 +18,9 @@ from harness.cli import main
 from harness.machine import describe
 from harness.report import REPORT_FILES
 
-from ..conftest import SIM_DEPHASED
+from ...conftest import SIM_DEPHASED
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GAMEDAY = ROOT / "scenarios" / "gameday_worker_kill.yaml"
 # CI speed: the simulated engine, and a shorter run with the kill moved to keep its shape
 FAST = ["--set", "target.model=sim", "--set", "load.duration=20", "--set", "faults[0].at=8",
@@ -124,6 +124,11 @@ def test_gameday_passes_on_the_reference_target(tmp_path: Path,
     assert inject["value"]["fault"] == "process-kill"
     # progress lines while it ran: phase, requests, errors, the active fault
     assert "load + faults" in out and "active faults: process-kill" in out
+    # the session's phases, in order (runner/session.py)
+    phases = [out.index(f"] {phase} ") for phase in (
+        "prepare", "steady state before", "load + faults", "revert", "steady state after",
+        "collect", "judge")]
+    assert phases == sorted(phases), out
     assert "verdict: valid (exit 0)" in out
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["exit_code"] == 0 and summary["requests"] > 50

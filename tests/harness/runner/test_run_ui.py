@@ -20,9 +20,9 @@ import pytest
 
 from harness.launcher import free_ports, stop_tree
 
-from ..conftest import SIM_DEPHASED
+from ...conftest import SIM_DEPHASED
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GAMEDAY = ROOT / "scenarios" / "gameday_worker_kill.yaml"
 FAST = ["--set", "target.model=sim", "--set", "load.duration=12", "--set", "faults[0].at=4",
         "--set", "faults[0].for=3", "--set", f"target.worker_args={json.dumps(SIM_DEPHASED)}",

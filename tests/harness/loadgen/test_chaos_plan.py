@@ -25,12 +25,13 @@ import pytest
 from harness.errors import UsageError
 from harness.launcher import ServerProcess, free_port, stop_tree
 from harness.launcher import start_fleet as launch_fleet
-from harness.loadgen.chaos_plan import copy_audit_log, load_plan
+from harness.loadgen.plan import load_plan
 from harness.report import REPORT_FILES
+from harness.runner.rundir import copy_audit_log
 
-from ..conftest import SIM_DEPHASED
+from ...conftest import SIM_DEPHASED
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GAMEDAY = ROOT / "scenarios" / "gameday_worker_kill.yaml"
 TOKEN = "chaos-plan-test-token"
 # CI speed: the kill moved earlier and shortened, as in test_run.py

@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -90,6 +91,7 @@ class _FormatRun:
     rss_bytes: int
     ready_s: float
     batches: dict[int, list[BatchTiming]]
+    packed_rows: int | None = None  # --quantize auto: steps of up to this many run packed
 
 
 def _formats(text: str) -> list[str]:
@@ -101,13 +103,14 @@ def _formats(text: str) -> list[str]:
     return ["fp32", *[f for f in FORMATS if f in asked and f != "fp32"]]
 
 
-def _weights(url: str) -> int | None:
+def _weights(url: str) -> dict[str, Any]:
+    """The worker's weights as its /debug/engine reports them (bytes_per_token, and for
+    `--quantize auto` packed_rows: the largest step its calibration gave the packed kernels)."""
     try:
         weights = httpx.get(url + "/debug/engine", timeout=10).json().get("weights") or {}
     except (httpx.HTTPError, ValueError) as exc:
         raise TargetError(f"{url}/debug/engine did not answer: {exc!r}") from exc
-    value = weights.get("bytes_per_token")
-    return int(value) if value else None
+    return weights if isinstance(weights, dict) else {}
 
 
 def _run_format(args: argparse.Namespace, fmt: str, rounds: int, logs: Path,
@@ -118,7 +121,8 @@ def _run_format(args: argparse.Namespace, fmt: str, rounds: int, logs: Path,
         extra += ["--max-num-seqs", str(max(levels))]
     with start_worker(args.model, args=extra, log_dir=logs) as worker:
         ready = worker.wait_ready(timeout=args.ready_timeout)
-        weights = _weights(worker.url)
+        value = _weights(worker.url).get("bytes_per_token")
+        weights = int(value) if value else None
         name = httpx.get(worker.url + "/v1/models", timeout=10).json()["data"][0]["id"]
         size = f"{weights / 1e6:.0f} MB of weights a token" if weights else "weights unknown"
         progress(f"{fmt} worker ready in {ready:.1f} s (pid {worker.pid}, {size})")
@@ -133,7 +137,11 @@ def _run_format(args: argparse.Namespace, fmt: str, rounds: int, logs: Path,
                 progress(f"{fmt} at {level} stream(s), round {r + 1}/{rounds}: "
                          f"{batch.tokens_per_s:.1f} tokens/s")
         rss = psutil.Process(worker.pid).memory_info().rss
-    return _FormatRun(weights, rss, ready, batches)
+        packed = _weights(worker.url).get("packed_rows")  # calibrated on its engine thread
+        if packed is not None:
+            progress(f"{fmt}: steps of up to {packed} sequence(s) ran the packed kernels, "
+                     "larger ones the dense (int8: converted) weights")
+    return _FormatRun(weights, rss, ready, batches, packed)
 
 
 def _fidelity(args: argparse.Namespace, formats: list[str], logs: Path,
@@ -207,6 +215,10 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
             Figure(f"{fmt}.vs_fp32_bound", one / fp32_bound if one and fp32_bound else None,
                    "x", f"{fmt}: {low} stream(s) tokens/s over the float32 bound"),
         ]
+        if run.packed_rows is not None:
+            figures.append(Figure(f"{fmt}.packed_rows", run.packed_rows, "sequences",
+                                  f"{fmt}: the largest decode step its worker's calibration "
+                                  "gave the packed kernels (0: dense at every size)"))
         for level in levels:
             figures.append(Figure(f"{fmt}.streams_{level}.output_tokens_per_s", tps[level],
                                   "tokens/s", f"{fmt}: aggregate output tokens/s of {level} "

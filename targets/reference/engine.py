@@ -127,9 +127,14 @@ class BatchEngine(EngineThread):
         self._prefixes: collections.OrderedDict[tuple[int, ...], Any] = collections.OrderedDict()
         self.cached_prompt_tokens = 0
         self.threads = threads  # torch intra-op threads of the engine thread (None: as is)
-        from .quant import describe_weights
+        from .quant import describe_weights, needs_calibration
 
         self.weights = describe_weights(model)  # format and bytes a token reads (/debug/engine)
+        # quantized layers that choose by batch size are timed on the engine thread before
+        # the first step; the worker is not ready meanwhile: requests arriving then (their
+        # parsing holds the GIL) skewed the timings, and a worker once chose the dense weights
+        # at every batch size
+        self.calibrating = needs_calibration(model)
 
     @property
     def dtype(self) -> str:
@@ -189,6 +194,8 @@ class BatchEngine(EngineThread):
             return False, f"engine crashed: {self.crashed}"
         if not self.thread_alive():
             return False, "engine thread is not running"
+        if self.calibrating:
+            return False, "timing the packed and dense kernels (--quantize auto)"
         busy = bool(self._running or self._waiting or self._inbox)
         idle_for = time.monotonic() - self.last_progress
         if busy and idle_for > self.step_times.stall_limit:
@@ -241,11 +248,12 @@ class BatchEngine(EngineThread):
         self._fail_all("worker is shutting down")
 
     def _calibrate(self) -> None:
-        """With int4 beside dense weights (--quantize auto), time which runs faster at how
-        many rows, here on the engine thread with its threads, before the first step."""
+        """Where quantized layers choose (int4 beside dense weights, --quantize auto; int8's
+        kernel or its converted weights), time which runs faster at how many rows, here on the
+        engine thread with its threads, before the first step."""
         from .quant import calibrate, describe_weights, set_packed_rows
 
-        if "+" not in str(self.weights.get("format")):
+        if not self.calibrating:
             return
         started = time.monotonic()
         try:
@@ -255,9 +263,12 @@ class BatchEngine(EngineThread):
             traceback.print_exc()
             set_packed_rows(self.model, 0)
             rows = 0
+        finally:
+            self.calibrating = False
+            self.last_progress = time.monotonic()
         self.weights = describe_weights(self.model)
         print(f"engine: weights {self.weights['format']}: steps of up to {rows} sequences run "
-              "the packed kernels, larger ones the dense weights (timed here in "
+              "the packed kernels, larger ones the dense (or converted) weights (timed here in "
               f"{time.monotonic() - started:.2f} s)", file=sys.stderr, flush=True)
 
     def _fail_all(self, error: str) -> None:

@@ -12,9 +12,12 @@ path of decoder.py (float32 residual stream, float32 rescoring of the head's bes
 int8's kernel reads each weight row once per activation row, so it pays at a few streams and
 loses at many (SmolLM2's layers, 2-core AVX512 Xeon, milliseconds per step, bf16 / int8
 kernel / int8 converted to bf16 then one matmul: 1 row 17 / 8 / 26, 16 rows 18 / 33 / 26,
-32 rows 19 / 54 / 29). Above `INT8_ROWS` rows a projection converts its int8 weights to
-bfloat16 and runs one matmul instead. int4's kernel has no such cliff (1 row 3.3 ms, 16 rows
-20 ms).
+32 rows 19 / 54 / 29). Above `packed_rows` rows a projection converts its int8 weights and
+runs one matmul instead, in bfloat16 where the CPU has it natively and in float32 elsewhere
+(emulated bfloat16 cost 3x: on a 2-core AVX2-only EPYC, SmolLM2's layers at 16 rows, kernel /
+to bf16 / to fp32: 99 / 331 / 173 ms). Where the two cross depends on the CPU, so the engine
+times them (`calibrate`) before serving; until then `INT8_ROWS`. int4's kernel has no such
+cliff (1 row 3.3 ms, 16 rows 20 ms on the Xeon).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["FORMATS", "INT4_GROUP", "INT8_ROWS", "QuantLinear", "calibrate", "describe_weights",
-           "quantize_model", "set_packed_rows", "weight_bytes"]
+           "needs_calibration", "quantize_model", "set_packed_rows", "weight_bytes"]
 
 FORMATS = ("int8", "int4")
 INT8_ROWS = 8  # above this many activation rows int8 converts its weights and runs one matmul
@@ -43,7 +46,8 @@ class QuantLinear(nn.Module):
     dense copy (`dense_dtype`, the `--quantize auto` layout) a call of more than
     `packed_rows` rows runs one matmul of the dense weights in their dtype instead: the
     packed kernels win at a few rows and lose at many, and `calibrate` sets where, on the
-    CPU at hand. Without one, int8 converts its weights above `INT8_ROWS` rows."""
+    CPU at hand. Without one, int8 converts its weights above `packed_rows` rows (`INT8_ROWS`
+    until `calibrate` measured it)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, fmt: str,
                  dense_dtype: torch.dtype | None = None) -> None:
@@ -82,6 +86,12 @@ class QuantLinear(nn.Module):
         return cls(weight, bias, fmt, dense_dtype)
 
     @property
+    def switchable(self) -> bool:
+        """Whether `packed_rows` chooses between two ways (the packed kernel, or a dense copy
+        / int8's conversion) that `calibrate` can time."""
+        return self.dense is not None or self.fmt == "int8"
+
+    @property
     def nbytes(self) -> int:
         """Bytes of weights and scales one call on the packed path reads."""
         return self.qweight.nbytes + self.scales.nbytes + (self.bias.nbytes if self.bias
@@ -103,33 +113,44 @@ class QuantLinear(nn.Module):
         rows = rows.to(torch.bfloat16)
         if self.fmt == "int4":
             out = torch._weight_int4pack_mm_for_cpu(rows, self.qweight, INT4_GROUP, self.scales)
-        elif rows.shape[0] <= INT8_ROWS or self.dense is not None:
+        elif rows.shape[0] <= self.packed_rows or self.dense is not None:
             out = torch._weight_int8pack_mm(rows, self.qweight, self.scales)
-        else:
-            out = F.linear(rows, self.qweight.to(torch.bfloat16)) * self.scales
+        else:  # int8 converted for one matmul, in bfloat16 where the CPU computes it natively
+            dtype = _conversion_dtype()  # (emulated, it cost 3x the float32 matmul on AVX2)
+            out = (F.linear(rows.to(dtype), self.qweight.to(dtype))
+                   * self.scales.to(dtype)).to(torch.bfloat16)
         if self.bias is not None:
             out = out + self.bias
         return out
 
 
+def needs_calibration(model: Any) -> bool:
+    """Whether some layer chooses by row count between two ways `calibrate` should time."""
+    return any(layer.switchable for layer in _quantized(model))
+
+
 def calibrate(model: Any, step: Callable[[int], Any], max_rows: int, repeats: int = 1) -> int:
-    """Time whole decode steps (`step(rows)`) with every layer on its packed kernel and with
-    every layer on its dense copy, at growing row counts, on this thread (call it where the
-    engine runs, with its threads), and set every QuantLinear with a dense copy to run packed
-    up to the most rows at which the packed steps were faster (0: never). Returns that count.
+    """Time whole decode steps (`step(rows)`) with every switchable layer on its packed kernel
+    and with every one on its dense copy (int8 without one: its weights converted for one
+    matmul), at growing row counts, on this thread (call it where the engine runs, with its
+    threads), and set them to run packed up to the most rows at which the packed steps were
+    faster (0: never). Returns that count.
 
     Whole steps, not each layer alone: a layer timed alone keeps its weights in cache, which
     flatters the dense copy (per-layer timing put SmolLM2's crossover at 4-6 rows; whole
     steps put it past 8), and one step mixing both kinds of kernel ran 10x slower than either
     on a 2-core Xeon."""
-    if not any(layer.dense is not None for layer in _quantized(model)):
+    if not needs_calibration(model):
         return 0
     found = 0
     for rows in _row_grid(max_rows):
-        set_packed_rows(model, 1 << 30)
-        packed_s = _best_time(functools.partial(step, rows), repeats)
-        set_packed_rows(model, 0)
-        dense_s = _best_time(functools.partial(step, rows), repeats)
+        packed_s, dense_s = _both(model, functools.partial(step, rows), repeats)
+        if packed_s >= dense_s:
+            # a loss ends the search: confirm it with more timings, each way in turn, so one
+            # disturbed step (another thread holding the GIL, a noisy neighbour) does not
+            # leave the dense weights serving every size (it did once: 1 stream at half speed)
+            again = _both(model, functools.partial(step, rows), repeats + 2)
+            packed_s, dense_s = min(packed_s, again[0]), min(dense_s, again[1])
         if packed_s >= dense_s:
             break
         found = rows
@@ -137,11 +158,32 @@ def calibrate(model: Any, step: Callable[[int], Any], max_rows: int, repeats: in
     return found
 
 
+def _both(model: Any, call: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Best times of `call` with every layer packed and with every layer dense, `repeats`
+    timings each, taken in turn (after one untimed call each way)."""
+    best = [float("inf"), float("inf")]
+    for timed in (False, *([True] * repeats)):
+        for i, rows in enumerate((1 << 30, 0)):
+            set_packed_rows(model, rows)
+            start = time.perf_counter()
+            call()
+            if timed:
+                best[i] = min(best[i], time.perf_counter() - start)
+    return best[0], best[1]
+
+
 def set_packed_rows(model: Any, rows: int) -> None:
-    """Every QuantLinear with a dense copy runs its packed kernel up to `rows` rows."""
+    """Every switchable QuantLinear runs its packed kernel up to `rows` rows."""
     for layer in _quantized(model):
-        if layer.dense is not None:
+        if layer.switchable:
             layer.packed_rows = rows
+
+
+@functools.cache
+def _conversion_dtype() -> torch.dtype:
+    from .models import cpu_has_native_bf16
+
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
 def _row_grid(max_rows: int) -> list[int]:
@@ -152,16 +194,6 @@ def _row_grid(max_rows: int) -> list[int]:
         grid += [r for r in (step, step + step // 2) if r <= max_rows]
         step *= 2
     return grid
-
-
-def _best_time(call: Any, repeats: int) -> float:
-    call()  # the first call of a shape picks and caches kernels
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _quantized(model: Any) -> list[QuantLinear]:
@@ -222,8 +254,9 @@ def weight_bytes(model: Any) -> int:
 def describe_weights(model: Any) -> dict[str, Any]:
     """What a worker's weights are held in, for /debug/engine: `format` (int8, int4, the
     dtype's short name, or e.g. `int4+bf16` for packed weights with a dense copy),
-    `bytes_per_token` (weight_bytes; None for an unknown layout) and, with a dense copy,
-    `packed_rows`: up to how many rows a step runs the packed kernels."""
+    `bytes_per_token` (weight_bytes; None for an unknown layout) and, where layers choose
+    (a dense copy, or int8), `packed_rows`: up to how many rows a step runs the packed
+    kernels."""
     embed = model.model.embed_tokens.weight
     dense = {torch.float32: "fp32", torch.bfloat16: "bf16",
              torch.float16: "fp16"}.get(embed.dtype, str(embed.dtype))
@@ -233,8 +266,9 @@ def describe_weights(model: Any) -> dict[str, Any]:
         fmt = layers[0].fmt  # the first layer's projections (the head is int8 whatever)
         hybrid = layers[0].dense is not None
         described["format"] = f"{fmt}+{dense}" if hybrid else fmt
-        if hybrid:
-            described["packed_rows"] = layers[0].packed_rows
+        switchable = [layer for layer in layers if layer.switchable]
+        if switchable:  # the dense copies, or int8's layers (the head among them)
+            described["packed_rows"] = switchable[0].packed_rows
     try:
         described["bytes_per_token"] = weight_bytes(model)
     except AttributeError:

@@ -122,6 +122,67 @@ def test_a_dense_copy_takes_the_calls_past_the_measured_crossover() -> None:
     assert {packed for _, packed in timed} == {0, 1 << 30}  # every layer one way, per step
 
 
+def test_one_disturbed_timing_does_not_end_the_search() -> None:
+    """A loss is timed again before the search ends: one slow packed step at one row (another
+    thread held the GIL) left a worker on its dense weights at every batch size, serving one
+    stream at half int4's speed on an AVX2-only EPYC."""
+    from targets.reference.quant import calibrate
+
+    layer = QuantLinear(torch.randn(96, 64), None, "int4", torch.float32)
+    model = torch.nn.Module()
+    model.proj = layer
+    calls = {"packed at 1 row": 0}
+
+    def step(rows: int) -> None:  # packed faster below 8 rows, except its first timed step
+        packed = layer.packed_rows >= rows
+        if packed and rows == 1:
+            calls["packed at 1 row"] += 1
+            if calls["packed at 1 row"] == 2:  # the first call is untimed
+                time.sleep(0.05)
+        if packed == (rows >= 8):
+            time.sleep(0.002)
+
+    assert calibrate(model, step, max_rows=32, repeats=1) == 6
+    assert calls["packed at 1 row"] > 2  # it was timed again
+
+
+def test_int8_converts_in_float32_where_bfloat16_is_emulated(monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """Above `packed_rows` int8 converts its weights for one matmul: in bfloat16 only where the
+    CPU has it natively (emulated, it cost 3x float32 at 16 rows on an AVX2-only EPYC)."""
+    from targets.reference import models, quant
+
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(models, "cpu_has_native_bf16", lambda native=native: native)
+        quant._conversion_dtype.cache_clear()
+        assert quant._conversion_dtype() is dtype
+        weight = torch.randn(96, 64)
+        layer = QuantLinear(weight, None, "int8")
+        layer.packed_rows = 0  # every call converted
+        assert _error(layer, weight, 16) < 0.02
+    quant._conversion_dtype.cache_clear()
+
+
+def test_int8_layers_are_calibrated_too() -> None:
+    """int8's kernel against its converted weights is a choice the engine times as well: a
+    model quantized to int4 has an int8 head, one to int8 every layer."""
+    from targets.reference.models import ensure_tiny_folder, load_model
+    from targets.reference.quant import calibrate, needs_calibration
+
+    for fmt in ("int4", "int8"):
+        model, _ = load_model(ensure_tiny_folder(), "cpu", "auto", fmt)
+        assert needs_calibration(model)
+        assert describe_weights(model)["packed_rows"] == INT8_ROWS  # until calibrated
+        timed: list[int] = []
+        assert calibrate(model, lambda rows, timed=timed: timed.append(rows), 4) in (0, 1, 4)
+        layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+        switchable = [m for m in layers if m.switchable]
+        assert switchable == ([model.lm_head] if fmt == "int4" else layers)
+        assert len({m.packed_rows for m in switchable}) == 1  # all set by the calibration
+    plain, _ = load_model(ensure_tiny_folder(), "cpu", "float32", None)
+    assert not needs_calibration(plain)
+
+
 def test_auto_keeps_int4_beside_the_dtype_it_resolves_to() -> None:
     """On the tiny model: int4 packed plus float32 dense weights, the embedding in float32,
     and a float32 head kept for rescoring; `/debug/engine`'s description says so."""
@@ -168,3 +229,32 @@ def test_auto_falls_back_where_int4_cannot_run(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "gpt2", "hidden_size": 64, '
                                           '"intermediate_size": 256}')
     assert "not a Llama-family model" in str(_auto_refusal(tmp_path, "cpu", "float32"))
+
+
+def test_an_engine_is_not_ready_until_its_kernels_are_timed() -> None:
+    """The engine calibrates on its own thread before its first step, and says it is not
+    ready meanwhile: requests served then skewed the timings (a worker chose its dense
+    weights at every size when a benchmark's warm-up arrived during its calibration)."""
+    from targets.reference.engine import BatchEngine
+    from targets.reference.models import ensure_tiny_folder, load_model
+    from tests.waiting import wait_for
+
+    model, tok = load_model(ensure_tiny_folder(), "cpu", "auto", "int8")
+    engine = BatchEngine(model, tok, "tiny", max_num_seqs=4, threads=1)
+    assert engine.calibrating
+    seen: list[tuple[bool, str]] = []  # what the worker's /health said while it calibrated
+    real = engine.decoder.timing_step
+
+    def timing_step(rows: int) -> None:
+        seen.append(engine.healthy())
+        real(rows)
+
+    engine.decoder.timing_step = timing_step  # type: ignore[method-assign]
+    engine.start()
+    try:
+        wait_for(lambda: engine.healthy()[0], 60, "the engine to calibrate and be ready")
+        assert seen and not any(ok for ok, _ in seen) and "timing" in seen[0][1], seen
+        assert not engine.calibrating
+        assert engine.stats()["weights"]["packed_rows"] in (0, 1, 4)  # the grid up to 4
+    finally:
+        engine.stop()

@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,7 +293,22 @@ def install(events: Any = None) -> None:
     # the game-day console (a Chaos tab in the web UI) starts after the plan's session
     events.init.add_listener(_on_init_console)
     events.test_start.add_listener(_on_test_start_console)
+    events.init.add_listener(_route_ctrl_c)
     events.init.add_listener(_refresh_loop_clock)  # last of every init listener
+
+
+def _route_ctrl_c(**_: Any) -> None:
+    """Locust stops on Ctrl-C when the KeyboardInterrupt reaches its main greenlet. Python
+    raises it in whatever runs when the signal comes, and a thread of ours (the observer,
+    monkey-patched into a greenlet) swallowed it: Locust then ran to its time limit. So SIGINT
+    is taken by gevent's loop and thrown into the main greenlet, whatever was running. (Left
+    alone where SIGINT is ignored or already handled by someone else.)"""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        gevent.signal_handler(signal.SIGINT, _interrupt_main)
+
+
+def _interrupt_main() -> None:
+    gevent.get_hub().parent.throw(KeyboardInterrupt)  # the hub's parent: the main greenlet
 
 
 def _refresh_loop_clock(**_: Any) -> None:

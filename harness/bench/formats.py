@@ -91,7 +91,7 @@ class _FormatRun:
     rss_bytes: int
     ready_s: float
     batches: dict[int, list[BatchTiming]]
-    packed_rows: int | None = None  # --quantize auto: steps of up to this many run packed
+    packed_rows: int | None = None  # quantized: steps of up to this many run packed
 
 
 def _formats(text: str) -> list[str]:
@@ -104,8 +104,8 @@ def _formats(text: str) -> list[str]:
 
 
 def _weights(url: str) -> dict[str, Any]:
-    """The worker's weights as its /debug/engine reports them (bytes_per_token, and for
-    `--quantize auto` packed_rows: the largest step its calibration gave the packed kernels)."""
+    """The worker's weights as its /debug/engine reports them (bytes_per_token, and where
+    quantized packed_rows: the largest step its calibration gave the packed kernels)."""
     try:
         weights = httpx.get(url + "/debug/engine", timeout=10).json().get("weights") or {}
     except (httpx.HTTPError, ValueError) as exc:
@@ -121,11 +121,16 @@ def _run_format(args: argparse.Namespace, fmt: str, rounds: int, logs: Path,
         extra += ["--max-num-seqs", str(max(levels))]
     with start_worker(args.model, args=extra, log_dir=logs) as worker:
         ready = worker.wait_ready(timeout=args.ready_timeout)
-        value = _weights(worker.url).get("bytes_per_token")
+        # ready only once it has timed its kernels: packed_rows is final here
+        described = _weights(worker.url)
+        value, packed = described.get("bytes_per_token"), described.get("packed_rows")
         weights = int(value) if value else None
         name = httpx.get(worker.url + "/v1/models", timeout=10).json()["data"][0]["id"]
         size = f"{weights / 1e6:.0f} MB of weights a token" if weights else "weights unknown"
         progress(f"{fmt} worker ready in {ready:.1f} s (pid {worker.pid}, {size})")
+        if packed is not None:
+            progress(f"{fmt}: steps of up to {packed} sequence(s) run the packed kernels, "
+                     "larger ones the dense (int8: converted) weights")
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(max(levels))]
         measure_batch(worker.url, name, prompts, min(8, args.max_tokens))  # warm-up
         batches: dict[int, list[BatchTiming]] = {}
@@ -137,10 +142,6 @@ def _run_format(args: argparse.Namespace, fmt: str, rounds: int, logs: Path,
                 progress(f"{fmt} at {level} stream(s), round {r + 1}/{rounds}: "
                          f"{batch.tokens_per_s:.1f} tokens/s")
         rss = psutil.Process(worker.pid).memory_info().rss
-        packed = _weights(worker.url).get("packed_rows")  # calibrated on its engine thread
-        if packed is not None:
-            progress(f"{fmt}: steps of up to {packed} sequence(s) ran the packed kernels, "
-                     "larger ones the dense (int8: converted) weights")
     return _FormatRun(weights, rss, ready, batches, packed)
 
 

@@ -195,7 +195,7 @@ class BatchEngine(EngineThread):
         if not self.thread_alive():
             return False, "engine thread is not running"
         if self.calibrating:
-            return False, "timing the packed and dense kernels (--quantize auto)"
+            return False, "timing its quantized kernels against the dense ones"
         busy = bool(self._running or self._waiting or self._inbox)
         idle_for = time.monotonic() - self.last_progress
         if busy and idle_for > self.step_times.stall_limit:

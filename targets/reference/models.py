@@ -6,13 +6,15 @@ temporary folder and renamed into place, so a crash mid-conversion never leaves 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import importlib.util
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,27 @@ def _build_folder(final: Path, build: Callable[[Path], None]) -> Path:
     return final
 
 
+@contextlib.contextmanager
+def _gguf_read_once() -> Iterator[None]:
+    """While converting, each GGUF file is parsed once and each tensor-name map built once.
+
+    transformers parses the file three times (tokenizer, config, weights: 6 s each on a 2-core
+    AVX2 EPYC, most of it SmolLM2's 49152-entry vocabulary) and builds gguf's name map for every
+    one of the model's 397 modules; it looks both up in the `gguf` module at each call, so
+    memoising them there for the conversion's length leaves the output byte for byte the same
+    (47 s -> 24 s with the imports).
+    """
+    import gguf
+
+    saved = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader = functools.lru_cache(maxsize=2)(saved[0])  # type: ignore[misc,assignment]
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=8)(saved[1])
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = saved  # type: ignore[misc]
+
+
 def ensure_smollm2_folder() -> Path:
     """Return the safetensors folder of SmolLM2-135M-Instruct, converting the GGUF once."""
     final = cache_root() / "smollm2-135m-instruct"
@@ -126,13 +149,14 @@ def ensure_smollm2_folder() -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
         _log(f"converting {gguf.name} to a safetensors cache in {final} (once)")
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent),
-            gguf_file=gguf.name,
-            quantization_config=GgufConfig(dequantize=True),
-            dtype=torch.float32,
-        )
+        with _gguf_read_once():
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent),
+                gguf_file=gguf.name,
+                quantization_config=GgufConfig(dequantize=True),
+                dtype=torch.float32,
+            )
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
 

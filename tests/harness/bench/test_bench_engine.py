@@ -27,8 +27,8 @@ from harness.bench.transformers_serve import (
 from harness.cli import build_parser, main
 from harness.machine import describe
 
-# timings or every core: runs alone, not beside another test (make test: solo phase)
-pytestmark = pytest.mark.solo
+# The end-to-end run below asserts a benchmark's shape on the tiny model, never a timing: it
+# runs beside another test (make test's second phase), started first as a long one.
 
 LEVELS = (1, 2, 4)
 
@@ -50,6 +50,7 @@ def _expected_figures(levels: tuple[int, ...]) -> set[str]:
     return names
 
 
+@pytest.mark.long
 @pytest.mark.timeout(180)
 def test_bench_engine_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # bf16: the worker and the baselines in bf16, the fp32 worker at the top level beside them

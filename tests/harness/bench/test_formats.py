@@ -13,10 +13,11 @@ from harness.bench.streams import BatchTiming, StreamTiming
 from harness.errors import UsageError
 from tests.benching import run_bench
 
-# timings or every core: runs alone, not beside another test (make test: solo phase)
-pytestmark = pytest.mark.solo
+# The end-to-end run below asserts a benchmark's shape on the tiny model, never a timing: it
+# runs beside another test (make test's second phase), started first as a long one.
 
 
+@pytest.mark.long
 @pytest.mark.timeout(240)
 def test_every_format_end_to_end_on_the_tiny_model(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

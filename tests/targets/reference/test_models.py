@@ -41,3 +41,23 @@ def test_quantized_formats_compute_in_bfloat16_on_the_cpu(tmp_path: Path) -> Non
         load_model(tmp_path, "cuda", "auto", "int4")
     with pytest.raises(ModelError, match="--quantize 'int3': expected none, int8, int4"):
         load_model(tmp_path, "cpu", "auto", "int3")
+
+
+def test_the_conversion_parses_a_gguf_file_once_and_only_while_converting(tmp_path: Path) -> None:
+    import gguf
+
+    from targets.reference.models import _gguf_read_once
+
+    path = tmp_path / "small.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    original = gguf.GGUFReader
+    with _gguf_read_once():
+        first = gguf.GGUFReader(str(path))
+        assert gguf.GGUFReader(str(path)) is first  # transformers' second and third reads
+        assert first.fields["general.architecture"].contents() == "llama"
+    assert gguf.GGUFReader is original
+    assert gguf.GGUFReader(str(path)) is not first

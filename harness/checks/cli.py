@@ -20,7 +20,8 @@ def check_command(run_dir: Path, config_path: Path | None, out_dir: Path | None,
                   out: TextIO | None = None, goodput: Mapping[str, float] | None = None) -> int:
     """Judge `run_dir`, write the reports, print progress (to stdout); the exit status."""
     out = out or sys.stdout
-    from ..report import write_reports  # the reporter reads the checks, not the other way
+    # the reporter reads the checks, not the other way
+    from ..report import FORMAT_FILES, print_verdicts
 
     if config_path is None and (run_dir / "checks.yaml").is_file():
         config_path = run_dir / "checks.yaml"  # the config the run was made with
@@ -42,11 +43,10 @@ def check_command(run_dir: Path, config_path: Path | None, out_dir: Path | None,
     result = run_checks(run, config)
     if result.timeline_error:
         print(f"  timeline not built: {result.timeline_error}", file=out)
-    width = max((len(c.name) for c in result.results), default=0)
-    for check in result.results:
-        print(f"  {check.verdict.value:<8} {check.name:<{width}}  {check.summary}", file=out)
-    paths = write_reports(result, out_dir or run_dir)
-    print(f"  wrote {', '.join(p.name for p in paths)} to {paths[0].parent}", file=out)
+    # the formats the run was made with (experiment.yaml's report.formats), else every one
+    report = run.experiment.get("report")
+    formats = report.get("formats") if isinstance(report, Mapping) else None
+    print_verdicts(result, out_dir or run_dir, out, formats or FORMAT_FILES)
     print(f"verdict: {result.verdict.value} (exit {result.exit_code})", file=out)
     return result.exit_code
 
@@ -63,9 +63,11 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "check", help="re-judge a recorded run offline and write its reports",
         description="Run the checks (SLOs per phase, recovery, scaling, audit completeness, "
-                    "steady state) over a run directory and write checks.json, summary.json, "
-                    "junit.xml, summary.md and report.html into it. Exit 0 when every check "
-                    "is valid, 1 when one is invalid, 3 when one is unknown, 2 on bad input.")
+                    "steady state) over a run directory and write checks.json and the reports "
+                    "its experiment.yaml's report.formats names (all when absent: "
+                    "summary.json, results.json, junit.xml, summary.md, report.html) into it. "
+                    "Exit 0 when every check is valid, 1 when one is invalid, 3 when one is "
+                    "unknown, 2 on bad input.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                    help="a run directory (reports/<run-id>) holding history.jsonl")
     p.add_argument("--config", type=Path, metavar="PATH",

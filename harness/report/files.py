@@ -1,22 +1,29 @@
-"""Write every report file of a judged run (each replaced whole, so a re-run is idempotent)."""
+"""Write the report files of a judged run (each replaced whole, so a re-run is idempotent),
+the formats an experiment's `report.formats` names; print its verdicts."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..checks.runner import CheckRun
+from ..errors import UsageError
 from .html import report_html
 from .junit import junit_xml
 from .markdown import summary_md
 from .results import phase_figures, results_json
 
-__all__ = ["REPORT_FILES", "summary_json", "write_reports"]
+__all__ = ["FORMAT_FILES", "REPORT_FILES", "print_verdicts", "summary_json", "write_reports"]
 
 REPORT_FILES = ("checks.json", "summary.json", "junit.xml", "summary.md", "report.html",
                 "results.json")
+# The files of each `report.formats` entry. checks.json is always written: it is the run's
+# verdicts, which `llm-chaos explore` and the game-day console read back.
+FORMAT_FILES = {"json": ("summary.json", "results.json"), "junit": ("junit.xml",),
+                "markdown": ("summary.md",), "html": ("report.html",)}
 
 
 def summary_json(result: CheckRun) -> dict[str, Any]:
@@ -44,19 +51,39 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_reports(result: CheckRun, out_dir: Path) -> list[Path]:
-    """Write every report file into `out_dir`; their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def write_reports(result: CheckRun, out_dir: Path,
+                  formats: Iterable[str] = tuple(FORMAT_FILES)) -> list[Path]:
+    """Write checks.json and the files of `formats` (default: every one) into `out_dir`;
+    their paths."""
+    unknown = sorted(set(formats) - set(FORMAT_FILES))
+    if unknown:
+        raise UsageError(f"report.formats: unknown {unknown}; choose from {sorted(FORMAT_FILES)}")
+    wanted = {"checks.json"} | {name for f in formats for name in FORMAT_FILES[f]}
     texts = {
-        "checks.json": json.dumps(result.to_json(), indent=2, default=str) + "\n",
-        "summary.json": json.dumps(summary_json(result), indent=2, default=str) + "\n",
-        "junit.xml": junit_xml(result),
-        "summary.md": summary_md(result),
-        "report.html": report_html(result),
-        "results.json": json.dumps(results_json(result), indent=2, default=str) + "\n",
+        "checks.json": lambda: json.dumps(result.to_json(), indent=2, default=str) + "\n",
+        "summary.json": lambda: json.dumps(summary_json(result), indent=2, default=str) + "\n",
+        "junit.xml": lambda: junit_xml(result),
+        "summary.md": lambda: summary_md(result),
+        "report.html": lambda: report_html(result),
+        "results.json": lambda: json.dumps(results_json(result), indent=2, default=str) + "\n",
     }
+    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in REPORT_FILES:
-        _write(out_dir / name, texts[name])
-        paths.append(out_dir / name)
+        if name in wanted:
+            _write(out_dir / name, texts[name]())
+            paths.append(out_dir / name)
+    return paths
+
+
+def print_verdicts(result: CheckRun, out_dir: Path, out: TextIO,
+                   formats: Iterable[str] = tuple(FORMAT_FILES)) -> list[Path]:
+    """Print one line per check, write the reports (`write_reports`) and say where; their
+    paths. `llm-chaos check` and every run (`llm-chaos run`, Locust's --chaos-plan, the pytest
+    plugin, explore) judge through this."""
+    width = max((len(c.name) for c in result.results), default=0)
+    for check in result.results:
+        print(f"  {check.verdict.value:<8} {check.name:<{width}}  {check.summary}", file=out)
+    paths = write_reports(result, out_dir, formats)
+    print(f"  wrote {', '.join(p.name for p in paths)} to {out_dir}", file=out)
     return paths

@@ -38,7 +38,7 @@ from ..errors import HarnessError, TargetError
 from ..experiment import Experiment
 from ..faults import FaultInjector, JsonlRecorder
 from ..faults.state import StateFile
-from ..report import write_reports
+from ..report import print_verdicts
 from ..target import Target
 from ..telemetry import Observer
 from .faults import abort_conditions, build_steps
@@ -79,11 +79,7 @@ def judge_run(experiment: Experiment, run_dir: Path, out: TextIO,
     that could not complete (`inconclusive` says why) is at best unknown (exit 3)."""
     run = load_run(run_dir)
     result = run_checks(run, experiment.checks)
-    width = max((len(c.name) for c in result.results), default=0)
-    for check in result.results:
-        print(f"  {check.verdict.value:<8} {check.name:<{width}}  {check.summary}", file=out)
-    paths = write_reports(result, run_dir)
-    print(f"  wrote {', '.join(p.name for p in paths)} to {run_dir}", file=out)
+    print_verdicts(result, run_dir, out, experiment.report.formats)
     code, verdict = result.exit_code, result.verdict.value
     if inconclusive is not None and code == 0:
         code, verdict = 3, "unknown"

@@ -186,3 +186,20 @@ def test_junit_xml_follows_the_schema(tmp_path: Path,
                 assert outcome.attrib.get("type")
     assert {c.attrib["name"] for c in failures} >= {"recovery"}
     assert root.attrib["tests"] == suite.attrib["tests"]
+
+
+def test_report_formats_choose_the_files(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`report.formats` of the run's experiment.yaml: checks.json (the verdicts, always) and
+    the files of the formats named, no other; a format it does not know is a usage error."""
+    run = _run(tmp_path)
+    (run / "experiment.yaml").write_text("seed: 42\nreport: {formats: [junit, markdown]}\n")
+    code, out = _check(tmp_path, run, capsys)
+    assert code == 3, out
+    written = {p.name for p in run.iterdir()} & {*FILES, "results.json"}
+    assert written == {"checks.json", "junit.xml", "summary.md"}, out
+    assert "wrote checks.json, junit.xml, summary.md" in out
+
+    (run / "experiment.yaml").write_text("seed: 42\nreport: {formats: [pdf]}\n")
+    assert main(["check", str(run), "--config", str(tmp_path / "checks.yaml")]) == 2
+    assert "report.formats: unknown ['pdf']" in capsys.readouterr().err

@@ -35,6 +35,7 @@ from .api import (
     decode_object,
     error_body,
     read_body,
+    sse_data,
 )
 from .audit import AuditLog, AuditUnavailable, RequestTrail
 from .faults import FaultSet
@@ -121,10 +122,7 @@ def _sse_events(buffer: bytearray) -> list[bytes]:
 
 def _commits(event: bytes) -> bool:
     """Whether an SSE event is worth sending (content, a finish, an error or the end)."""
-    for line in event.split(b"\n"):
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
+    for data in sse_data(event):
         if data == b"[DONE]":
             return True
         try:
@@ -330,10 +328,15 @@ class _ResumeSteps(_Steps):
 
     async def lost(self, why: str, ended: bool) -> list[bytes] | None:
         """The worker is gone (or failed): go on from the checkpoint on another one; raises
-        _ResumeFailed where none takes the stream."""
+        _ResumeFailed where none takes the stream. A stream that had every token it asked for
+        (lost between its last token and its finish) is finished here: nothing is left to
+        resume, and a worker refuses to."""
         router, stream = self.router, self.stream
         await router._close(stream.flight)
         stream.timer.cancel()
+        limit = _token_limit(stream.payload)
+        if limit is not None and len(self.checkpoint) >= limit:
+            return await self._finish_at_limit()
         router.events_resume(stream.model, why)
         stream.flight, stream.timer = await router._resume(stream, self.checkpoint,
                                                            self.sent_chars, why)
@@ -342,6 +345,24 @@ class _ResumeSteps(_Steps):
         if stream.trail is not None:
             stream.trail.attempt(stream.flight.worker.id)
         return None
+
+    async def _finish_at_limit(self) -> list[bytes]:
+        """The frames that end a stream at its token limit: its last chunk (finish reason
+        `length`, as the worker would have sent) and `[DONE]`; the stream is completed."""
+        stream = self.stream
+        chat = stream.path.endswith("/chat/completions")
+        choice: dict[str, Any] = {"index": 0, **({"delta": {}} if chat else {"text": ""}),
+                                  "finish_reason": "length"}
+        chunk = {"id": self.stream_id, "object": "chat.completion.chunk" if chat
+                 else "text_completion", "created": int(time.time()),
+                 "model": stream.model, "choices": [choice]}
+        if stream.trail is not None:
+            stream.trail.observe_chunk(chunk)
+            await stream.trail.finish("completed", http_status=200)
+        self.router.m_success.labels(stream.model, "length").inc()
+        self.done = True
+        return [b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n",
+                b"data: [DONE]\n\n"]
 
     async def record(self, type_: str, error: str) -> None:
         if self.stream.trail is not None:
@@ -854,6 +875,15 @@ class Router:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
+
+
+def _token_limit(payload: dict[str, Any]) -> int | None:
+    """The most tokens a request may generate, as it states it (None: up to the context)."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = payload.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 def _finish_reason(tail: bytes) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -12,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.launcher import ServerProcess, start_worker
+from harness.errors import TargetError
+from harness.launcher import ServerProcess, free_port, start_worker
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -73,6 +75,30 @@ def transformers_command() -> str:
     if not exe.exists():
         pytest.fail(f"no {exe}: the dev extras install `transformers[serving]`; run `make install`")
     return str(exe)
+
+
+@pytest.fixture(scope="module")
+def transformers_serve(session_logs: Path, transformers_command: str,
+                       model_caches: dict[str, Path]) -> Iterator[ServerProcess]:
+    """`transformers serve` on the tiny model folder, offline, float32 on the CPU, for the
+    modules that compare the harness or the target with it; stopped by PID."""
+    import transformers
+
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}
+    proc = ServerProcess([transformers_command, "serve", str(model_caches["tiny"]), "--host",
+                          "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype",
+                          "float32"], f"http://127.0.0.1:{port}",
+                         session_logs / f"transformers-{port}.log", env=env)
+    try:
+        try:
+            proc.wait_ready(timeout=120)
+        except TargetError as exc:
+            pytest.fail(f"`transformers serve` {transformers.__version__} did not start: {exc}")
+        yield proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture

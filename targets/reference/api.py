@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -19,6 +20,7 @@ __all__ = [
     "decode_object",
     "error_body",
     "read_body",
+    "sse_data",
     "validation_message",
 ]
 
@@ -240,3 +242,12 @@ class CompletionRequest(_Sampling):
 
     def limit(self) -> int | None:
         return self.max_tokens if self.max_tokens is not None else 16
+
+
+def sse_data(event: bytes) -> Iterator[bytes]:
+    """The `data:` payloads of one Server-Sent Event (`[DONE]` included), stripped. The
+    router's relays and the audit trail read streams through this; the harness has its own
+    reader (harness/loadgen/sse.py), the target never imports the harness."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            yield line[5:].strip()

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .api import ApiError, decode_object
+from .api import ApiError, decode_object, sse_data
 
 __all__ = [
     "GENESIS",
@@ -558,13 +558,18 @@ class RequestTrail:
             error = chunk["error"]
             self.error = str(error.get("message") if isinstance(error, dict) else error)
             return
-        usage = chunk.get("usage")
+        self._observe_payload(chunk, "delta")
+
+    def _observe_payload(self, payload: Mapping[str, Any], part: str) -> None:
+        """Usage, and each choice's text and finish reason; the text is in the choice's `part`
+        (`delta` in a stream chunk, `message` in a chat body) or its `text` (completions)."""
+        usage = payload.get("usage")
         if isinstance(usage, dict):
             self.prompt_tokens = usage.get("prompt_tokens")
             self.output_tokens = usage.get("completion_tokens")
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta")
-            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+        for choice in payload.get("choices") or []:
+            inner = choice.get(part)
+            text = inner.get("content") if isinstance(inner, dict) else choice.get("text")
             if isinstance(text, str):
                 self._content(text)
             if choice.get("finish_reason"):
@@ -572,16 +577,12 @@ class RequestTrail:
 
     def observe_event(self, event: bytes) -> bool:
         """Take in one SSE event of a stream; True when it is the `[DONE]` marker."""
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
+        for data in sse_data(event):
             if data == b"[DONE]":
                 return True
-            try:
+            chunk = None
+            with contextlib.suppress(ValueError):
                 chunk = json.loads(data)
-            except ValueError:
-                continue
             if isinstance(chunk, dict):
                 self.observe_chunk(chunk)
         return False
@@ -592,8 +593,7 @@ class RequestTrail:
         them one by one."""
         self.pieces.clear()
         self.content_events = 0
-        payloads = [line[5:].strip() for event in body.split(b"\n\n")
-                    for line in event.split(b"\n") if line.startswith(b"data:")]
+        payloads = [data for event in body.split(b"\n\n") for data in sse_data(event)]
         payloads = [p for p in payloads if p and p != b"[DONE]"]
         try:
             chunks = json.loads(b"[" + b",".join(payloads) + b"]")
@@ -612,19 +612,8 @@ class RequestTrail:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError):
             return
-        if not isinstance(payload, dict):
-            return
-        for choice in payload.get("choices") or []:
-            message = choice.get("message")
-            text = message.get("content") if isinstance(message, dict) else choice.get("text")
-            if isinstance(text, str):
-                self._content(text)
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-        usage = payload.get("usage")
-        if isinstance(usage, dict):
-            self.prompt_tokens = usage.get("prompt_tokens")
-            self.output_tokens = usage.get("completion_tokens")
+        if isinstance(payload, dict):
+            self._observe_payload(payload, "message")
 
     @property
     def text(self) -> str:

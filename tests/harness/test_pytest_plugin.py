@@ -74,28 +74,23 @@ def _fleet_stopped(note: Path) -> None:
 
 
 @pytest.mark.long
-def test_resilience_test_passes_against_reference_target(pytester: pytest.Pytester,
-                                                          fleet_cleanup: Path) -> None:
-    pytester.makepyfile(test_user=USER_TEST.replace(
-        "MARK", f"@pytest.mark.llm_chaos_target(args={TARGET_ARGS!r})"))
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s",
-                                           timeout=INNER_TIMEOUT)
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*valid*recovery*", "*verdict: valid (exit 0)*"])
-    _fleet_stopped(fleet_cleanup)
-
-
-@pytest.mark.long
-def test_weakened_target_is_reported_as_a_failure(pytester: pytest.Pytester,
-                                                  fleet_cleanup: Path) -> None:
+@pytest.mark.parametrize(("mark_args", "options", "outcome", "lines"), [
+    pytest.param("", ("-s",), {"passed": 1},
+                 ["*valid*recovery*", "*verdict: valid (exit 0)*"], id="passes"),
     # no stream resumption: the streams on the killed worker fail, the recovery check too
+    pytest.param("resume_streams=False, ", ("--strict-markers",), {"failed": 1},
+                 ["*resilience test failed: verdict invalid (exit 1)*recovery invalid*"],
+                 id="weakened-fails"),
+])
+def test_resilience_test_against_the_reference_target(
+        pytester: pytest.Pytester, fleet_cleanup: Path, mark_args: str, options: tuple[str, ...],
+        outcome: dict[str, int], lines: list[str]) -> None:
     pytester.makepyfile(test_user=USER_TEST.replace(
-        "MARK", f"@pytest.mark.llm_chaos_target(resume_streams=False, args={TARGET_ARGS!r})"))
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers",
+        "MARK", f"@pytest.mark.llm_chaos_target({mark_args}args={TARGET_ARGS!r})"))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *options,
                                            timeout=INNER_TIMEOUT)
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*resilience test failed: verdict invalid (exit 1)*"
-                                 "recovery invalid*"])
+    result.assert_outcomes(**outcome)
+    result.stdout.fnmatch_lines(lines)
     _fleet_stopped(fleet_cleanup)
 
 

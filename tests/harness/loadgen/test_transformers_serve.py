@@ -6,42 +6,15 @@ clock); token counts are checked against the server's usage and its stream.
 
 from __future__ import annotations
 
-import os
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from harness.errors import TargetError
-from harness.launcher import ServerProcess, free_port
+from harness.launcher import ServerProcess
 
 from .conftest import LOCUSTFILES, RunLocust
 from .tapproxy import tap_proxy
 
 MAX_TOKENS = 8  # plain_chat.py's
-
-
-@pytest.fixture(scope="module")
-def transformers_serve(tmp_path_factory: pytest.TempPathFactory, transformers_command: str,
-                       model_caches: dict[str, Path]) -> Iterator[ServerProcess]:
-    """`transformers serve` on the tiny model folder (this module's own; stopped by PID)."""
-    tiny = model_caches["tiny"]
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}
-    logs = tmp_path_factory.mktemp("transformers-serve")
-    proc = ServerProcess([transformers_command, "serve", str(tiny), "--host", "127.0.0.1", "--port",
-                          str(port), "--device", "cpu", "--dtype", "float32"],
-                         f"http://127.0.0.1:{port}", logs / "serve.log", env=env)
-    try:
-        try:
-            proc.wait_ready(timeout=120)
-        except TargetError as exc:
-            pytest.fail(f"`transformers serve` did not start: {exc}")
-        yield proc
-    finally:
-        proc.stop()
 
 
 def test_ttft_and_tokens_against_transformers_serve(transformers_serve: ServerProcess,

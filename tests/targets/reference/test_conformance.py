@@ -9,19 +9,15 @@ occurs (the list must stay true).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import transformers
 
-from harness.errors import TargetError
-from harness.launcher import ServerProcess, free_port
+from harness.launcher import ServerProcess
 from targets.reference.models import ensure_tiny_folder
 from tests.conftest import sse_events
 
@@ -88,18 +84,11 @@ def json_type(value: Any) -> str:
     """The JSON type name of a decoded value (integer and number kept apart)."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
+    # bool before int: True is an int in Python, a boolean in JSON
+    for kind, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),
+                       (list, "array"), (dict, "object")):
+        if isinstance(value, kind):
+            return name
     raise TypeError(f"not a JSON value: {value!r}")
 
 
@@ -173,29 +162,6 @@ def stream_differences(where: str, ours: list[Any], theirs: list[Any]) -> set[Di
     assert len(theirs_usage) == 1, "transformers serve sent no usage in its stream"
     diffs.update(shape_differences(f"{where}, usage object", ours_usage[0], theirs_usage[0]))
     return diffs
-
-
-@pytest.fixture(scope="module")
-def transformers_serve(session_logs: Path, transformers_command: str
-                       ) -> Iterator[ServerProcess]:
-    """`transformers serve` on the tiny model folder (the dev extras install the command)."""
-    command = transformers_command
-    folder = ensure_tiny_folder()
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}
-    proc = ServerProcess([command, "serve", str(folder), "--host", "127.0.0.1", "--port",
-                          str(port), "--device", "cpu", "--dtype", "float32"],
-                         f"http://127.0.0.1:{port}", session_logs / f"transformers-{port}.log",
-                         env=env)
-    try:
-        try:
-            proc.wait_ready(timeout=90)
-        except TargetError as exc:
-            pytest.fail(f"`transformers serve` {transformers.__version__} did not start: {exc}")
-        yield proc
-    finally:
-        proc.stop()
 
 
 @dataclass(frozen=True)

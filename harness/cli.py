@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .explore import add_parser as add_explore
     from .faults.cli import add_parser as add_faults
     from .proxy.cli import add_parser as add_proxy
-    from .runner import add_parser as add_run
+    from .runner.cli import add_parser as add_run
 
     add_audit(sub)
     add_bench(sub)

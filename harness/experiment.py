@@ -48,6 +48,7 @@ from .endpoint import (
     tls_context,
 )
 from .errors import UsageError
+from .runner.rundir import EXPERIMENT_FILE
 
 __all__ = [
     "ADMIN_KINDS",
@@ -77,7 +78,6 @@ __all__ = [
     "parse_experiment",
 ]
 
-EXPERIMENT_FILE = "experiment.yaml"
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|min|m|h)?\s*$")
@@ -678,8 +678,14 @@ class Experiment(_Model):
         return self
 
     def resolved(self) -> dict[str, Any]:
-        """The experiment as plain data, every default filled in (what `write_resolved` writes)."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The experiment as plain data, every default filled in (what `write_resolved` writes)
+        but the reference target's own options where the target is a `url` (given back, they
+        would be refused: they mean nothing to a deployment the harness did not start)."""
+        data = self.model_dump(mode="json", by_alias=True)
+        if self.target.url is not None:
+            for name in _REFERENCE_ONLY:
+                del data["target"][name]
+        return data
 
     def write_resolved(self, run_dir: Path) -> Path:
         """Write `experiment.yaml` (resolved, with the seed) into `run_dir`; its path."""

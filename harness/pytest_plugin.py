@@ -226,7 +226,7 @@ def _run(experiment: str | Path | Mapping[str, Any], set_: Mapping[str, Any] | S
          against: ReferenceTarget | str | None, report_dir: Path, seq: int) -> ChaosResult:
     from .errors import UsageError
     from .experiment import apply_overrides, load_experiment
-    from .runner import run_experiment
+    from .runner.lifecycle import run_experiment
     from .runner.session import judge_run
 
     out = _Tee(sys.stdout)

@@ -180,15 +180,26 @@ def _dotted(node: ast.expr) -> str | None:
 
 
 def import_graph(root: Path, packages: Sequence[str] = PACKAGES) -> dict[str, set[str]]:
-    """Module -> the modules of the tree it imports at module level."""
+    """Module -> the modules of the tree it imports at module level. Importing `a.b.c` runs
+    `a/b/__init__.py` first: the packages around the source are edges too, but for those
+    around the importer itself (already being imported when it runs)."""
     modules = find_modules(root, packages)
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for module in modules.values():
+        own = _packages_around(module.name) | ({module.name} if module.is_package else set())
         for imp in imports_of(module, modules):
             source = _known(imp.source, modules)
             if imp.top_level and source is not None:
                 graph[module.name].add(source)
+                graph[module.name].update(p for p in _packages_around(source)
+                                          if p in modules and p not in own)
     return graph
+
+
+def _packages_around(dotted: str) -> set[str]:
+    """`a.b.c` -> {`a`, `a.b`}."""
+    parts = dotted.split(".")
+    return {".".join(parts[:end]) for end in range(1, len(parts))}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -283,6 +294,11 @@ def test_the_checks_find_planted_private_imports_and_cycles(tmp_path: Path) -> N
         "pkg/sub/f.py": "try:\n    from .g import x\nexcept ImportError:\n    pass\n",
         "pkg/sub/g.py": "if True:\n    import pkg.sub.h\n",
         "pkg/sub/h.py": "from pkg.sub import f\n",
+        # importing pkg.q.s runs pkg/q/__init__.py first: a cycle through a package's __init__
+        "pkg/q/__init__.py": "from .r import R\n",
+        "pkg/q/r.py": "import pkg.t\n\nR = 1\n",
+        "pkg/q/s.py": "",
+        "pkg/t.py": "from pkg.q.s import S\n",
     })
     assert private_imports(tmp_path, ("pkg",)) == [
         "pkg/b.py:3: `import pkg.sub._p` takes _p, private to pkg.sub",
@@ -291,4 +307,5 @@ def test_the_checks_find_planted_private_imports_and_cycles(tmp_path: Path) -> N
     ]
     found = cycles(import_graph(tmp_path, ("pkg",)))
     assert _report(found) == ("pkg.a -> pkg.b -> pkg.a\n"
+                              "pkg.q -> pkg.q.r -> pkg.t -> pkg.q\n"
                               "pkg.sub.f -> pkg.sub.g -> pkg.sub.h -> pkg.sub.f")

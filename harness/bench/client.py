@@ -29,6 +29,7 @@ import httpx
 
 from ..errors import TargetError, UsageError
 from ..launcher import ServerProcess, free_port
+from ..runner.rundir import HISTORY_FILE
 from .result import BenchResult, Cell, Figure, Goal, Table
 from .runner import Benchmark, Progress, parse_levels
 
@@ -116,7 +117,7 @@ def _run_level(url: str, client: str, users: int, args: argparse.Namespace, tmp:
     with open(log, "wb") as fh:
         done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False,
                               timeout=args.seconds + 120)
-    history = run_dir / "history.jsonl"
+    history = run_dir / HISTORY_FILE
     if done.returncode not in (0, 1) or not history.exists():
         raise TargetError(f"locust ({client}, {users} users) exited with {done.returncode}:\n"
                           + log.read_text(errors="replace")[-2000:])

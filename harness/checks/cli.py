@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..runner.rundir import CHECKS_CONFIG_FILE
 from .config import load_config
 from .run import load_run
 from .runner import run_checks
@@ -23,8 +24,8 @@ def check_command(run_dir: Path, config_path: Path | None, out_dir: Path | None,
     # the reporter reads the checks, not the other way
     from ..report import FORMAT_FILES, print_verdicts
 
-    if config_path is None and (run_dir / "checks.yaml").is_file():
-        config_path = run_dir / "checks.yaml"  # the config the run was made with
+    if config_path is None and (run_dir / CHECKS_CONFIG_FILE).is_file():
+        config_path = run_dir / CHECKS_CONFIG_FILE  # the config the run was made with
     config = load_config(config_path)
     if goodput:  # --goodput: the per-request bounds goodput is counted with
         request = config.slo.request.model_copy(update=dict(goodput))

@@ -10,7 +10,7 @@ from typing import Any
 
 from .config import CheckConfig
 from .result import CheckResult, Verdict, merge
-from .run import SILENT_CUT, Request, RunData
+from .run import SILENT_CUT, RequestRecord, RunData
 from .timeline import Recovery, Timeline
 
 __all__ = ["check_recovery", "stream_fate"]
@@ -19,7 +19,7 @@ _ERROR_ENDINGS = frozenset({"error_frame", "http_error", "rate_limited", "connec
                             "bad_content_type", "malformed_stream"})
 
 
-def stream_fate(r: Request) -> str:
+def stream_fate(r: RequestRecord) -> str:
     """completed / failed_with_error / cut_silently / timed_out / interrupted."""
     if r.ok:
         return "completed"
@@ -32,7 +32,7 @@ def stream_fate(r: Request) -> str:
     return "timed_out"
 
 
-def _in_flight(requests: Sequence[Request], t: float) -> list[Request]:
+def _in_flight(requests: Sequence[RequestRecord], t: float) -> list[RequestRecord]:
     return [r for r in requests if r.sent_at < t < r.end]
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from .config import PHASES, CheckConfig
 from .result import CheckResult, Verdict
-from .run import Request, RunData
+from .run import RequestRecord, RunData
 from .stats import LATENCIES, Stats, stats, violations
 from .timeline import Timeline
 
@@ -17,7 +17,7 @@ __all__ = ["check_slo", "phase_stats"]
 
 def phase_stats(run: RunData, timeline: Timeline, config: CheckConfig) -> dict[str, Stats]:
     """Every statistic per phase (a request belongs to the phase it was sent in)."""
-    groups: dict[str, list[Request]] = {p: [] for p in PHASES}
+    groups: dict[str, list[RequestRecord]] = {p: [] for p in PHASES}
     for r in run.requests:
         groups[timeline.phase(r.sent_at)].append(r)
     durations = timeline.durations()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import RequestSlo, SloConfig
-from .run import Request
+from .run import RequestRecord
 
 __all__ = ["LATENCIES", "QUANTILES", "Stats", "latency_samples", "meets_request_slo",
            "percentile", "stats", "tokens", "violations"]
@@ -28,7 +28,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def latency_samples(requests: Sequence[Request], metric: str) -> list[float]:
+def latency_samples(requests: Sequence[RequestRecord], metric: str) -> list[float]:
     """The completed requests' samples of `metric` (ITL: every gap of every stream)."""
     ok = [r for r in requests if r.ok]
     if metric == "itl":
@@ -37,13 +37,13 @@ def latency_samples(requests: Sequence[Request], metric: str) -> list[float]:
     return [v for v in values if v is not None]
 
 
-def tokens(requests: Sequence[Request]) -> int:
+def tokens(requests: Sequence[RequestRecord]) -> int:
     """Output tokens the completed requests streamed (the evidence behind ITL and TPOT)."""
     return sum(r.output_tokens if r.output_tokens is not None else len(r.itl) + 1
                for r in requests if r.ok)
 
 
-def meets_request_slo(r: Request, slo: RequestSlo) -> bool:
+def meets_request_slo(r: RequestRecord, slo: RequestSlo) -> bool:
     """A completed request within every per-request bound (a figure it lacks is no breach)."""
     if not r.ok:
         return False
@@ -83,7 +83,7 @@ class Stats:
                 "good": self.good, "tokens": self.tokens, "latency_s": self.latency}
 
 
-def stats(requests: Sequence[Request], duration: float, slo: SloConfig) -> Stats:
+def stats(requests: Sequence[RequestRecord], duration: float, slo: SloConfig) -> Stats:
     """Figures of the counted requests (the test's own interruptions left out)."""
     counted = [r for r in requests if r.counted]
     ok = sum(1 for r in counted if r.ok)

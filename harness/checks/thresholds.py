@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import METRICS, QUANTILES, CheckConfig, Percentiles, Relative, SloConfig
-from .run import Request
+from .run import RequestRecord
 from .stats import QUANTILES as LEVELS
 from .stats import latency_samples, percentile
 
@@ -45,7 +45,7 @@ class Thresholds:
                 "resolved": dict(self.resolved), "unresolved": dict(self.unresolved)}
 
 
-def _baseline_figure(ok: Sequence[Request], metric: str, quantile: str, minimum: int
+def _baseline_figure(ok: Sequence[RequestRecord], metric: str, quantile: str, minimum: int
                      ) -> tuple[float | None, str]:
     if len(ok) < minimum:
         return None, (f"the baseline phase has {len(ok)} completed request(s), fewer than "
@@ -56,7 +56,7 @@ def _baseline_figure(ok: Sequence[Request], metric: str, quantile: str, minimum:
     return value, ""
 
 
-def _one(bound: float | Relative, metric: str, quantile: str, ok: Sequence[Request],
+def _one(bound: float | Relative, metric: str, quantile: str, ok: Sequence[RequestRecord],
          minimum: int) -> tuple[float | None, dict[str, Any]]:
     if not isinstance(bound, Relative):
         return bound, {"written": bound, "seconds": bound}
@@ -69,7 +69,7 @@ def _one(bound: float | Relative, metric: str, quantile: str, ok: Sequence[Reque
                      f"baseline_{of_metric}_{of_quantile}_s": base}
 
 
-def resolve(baseline: Sequence[Request], config: CheckConfig) -> Thresholds:
+def resolve(baseline: Sequence[RequestRecord], config: CheckConfig) -> Thresholds:
     """`config`'s bounds in seconds, relative ones measured on the `baseline` requests."""
     slo = config.slo
     ok = [r for r in baseline if r.counted and r.ok]

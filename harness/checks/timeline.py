@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import PHASES, CheckConfig, RecoveryConfig
-from .run import FaultOp, Request, RunData
+from .run import FaultOp, RequestRecord, RunData
 from .stats import stats, tokens, violations
 from .thresholds import Thresholds, resolve
 
@@ -214,7 +214,7 @@ def fault_windows(ops: Sequence[FaultOp], run_end: float) -> tuple[FaultWindow, 
     return tuple(sorted(windows, key=lambda w: w.start))
 
 
-def size_windows(requests: Sequence[Request], start: float, end: float,
+def size_windows(requests: Sequence[RequestRecord], start: float, end: float,
                  first_fault: float | None, rc: RecoveryConfig) -> Windowing:
     """The effective recovery window and step for a run (the rule in the module docstring)."""
     cut = end if first_fault is None else first_fault
@@ -236,9 +236,9 @@ def size_windows(requests: Sequence[Request], start: float, end: float,
     return Windowing(window, rc.step * window / rc.window, rate, rate_from, rc.window, capped)
 
 
-def _windows(requests: Sequence[Request], starts: list[float], begin: float, horizon: float,
+def _windows(requests: Sequence[RequestRecord], starts: list[float], begin: float, horizon: float,
              config: CheckConfig, sizing: Windowing, thresholds: Thresholds
-             ) -> tuple[list[WindowResult], list[Request]]:
+             ) -> tuple[list[WindowResult], list[RequestRecord]]:
     """The windows from `begin` to `horizon`, and the requests the judged ones rested on."""
     minimum = config.recovery.min_requests
     slo = thresholds.slo

@@ -164,7 +164,7 @@ class _Search:
         if first is not None and limit is not None and index - 1 - first.index >= limit:
             self.result.shrinks_spent = True
             return None
-        from ..runner import run_experiment
+        from ..runner.lifecycle import run_experiment
 
         name = f"example-{index:03d}"
         path = self.search_dir / "examples" / f"{name}.yaml"

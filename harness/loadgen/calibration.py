@@ -42,9 +42,9 @@ class IterContentBaselineUser(HttpUser):
     def chat(self) -> None:
         st = state(self.environment)
         opts = self.environment.parsed_options
+        max_tokens: int = getattr(opts, "max_tokens", None) or 32
         body = {"model": st.model or "sim", "stream": True,
-                "stream_options": {"include_usage": True},
-                "max_tokens": getattr(opts, "max_tokens", None) or 32,
+                "stream_options": {"include_usage": True}, "max_tokens": max_tokens,
                 "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
         rid = str(uuid.uuid4())
         out = Outcome(rid, sent_mono=time.monotonic())
@@ -65,7 +65,8 @@ class IterContentBaselineUser(HttpUser):
                 out.fail("truncated", "no finish_reason")
                 resp.failure("truncated")
         st.add(PendingRecord(out, "baseline", "chat", f"{st.process_name()}:b", st.phase, None,
-                             None, time.time() - time.monotonic()))
+                             None, time.time() - time.monotonic(),
+                             max_tokens=max_tokens))
 
     @staticmethod
     def _event(raw: bytes, now: float, out: Outcome) -> None:

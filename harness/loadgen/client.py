@@ -58,8 +58,7 @@ class Request:
 class Outcome:
     """What happened to one request, in raw form: monotonic times, text, usage, status.
 
-    `status` is `ok` or names the failure: connect_error, timeout, http_error, rate_limited,
-    bad_content_type, malformed_stream, error_frame, truncated, interrupted.
+    `status` is `ok` or names the failure, one of `harness.runner.rundir.STATUSES`.
     """
 
     request_id: str

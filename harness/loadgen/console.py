@@ -42,7 +42,7 @@ from ..checks import load_run, run_checks
 from ..errors import HarnessError, UsageError
 from ..faults import Step
 from ..runner.faults import build_fault
-from ..runner.rundir import NEMESIS_FILE
+from ..runner.rundir import HISTORY_FILE, NEMESIS_FILE, TELEMETRY_FILE
 from .console_model import (
     JsonlTail,
     LiveTimeline,
@@ -116,14 +116,14 @@ class Console:
 
     def refresh(self) -> None:
         """Read what was appended to the run directory, and the target's new events."""
-        chat = self._tail("history.jsonl")
+        chat = self._tail(HISTORY_FILE)
         if self.timeline is None:
             self._pending.extend(chat)
         else:
             self.timeline.add(chat)
         self.nemesis += [x for x in self._tail(NEMESIS_FILE) + chat
                          if x.get("f") in ("inject", "revert")]
-        samples = self._tail("telemetry.jsonl")
+        samples = self._tail(TELEMETRY_FILE)
         if samples:
             self.sample = samples[-1]
         self._poll_events()

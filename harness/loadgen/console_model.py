@@ -38,6 +38,7 @@ from ..experiment import (
     ProxyDownSpec,
     ToxicSpec,
 )
+from ..runner.rundir import EVENTS_FILE, EXPERIMENT_FILE, HISTORY_FILE, TELEMETRY_FILE
 
 __all__ = ["BUCKET_S", "Field", "JsonlTail", "LiveTimeline", "allowed_kinds", "fault_spec",
            "fleet_view", "form_fields", "planned_faults", "snapshot_run_dir", "windows_view"]
@@ -345,19 +346,19 @@ def snapshot_run_dir(run_dir: Path, extra_history: Path, events: Sequence[Mappin
     read it as `llm-chaos check` reads the finished run. The caller removes it."""
     snap = Path(tempfile.mkdtemp(prefix="llm-chaos-console-"))
     try:
-        with open(snap / "history.jsonl", "wb") as out:
-            for source in (run_dir / "history.jsonl", extra_history):
+        with open(snap / HISTORY_FILE, "wb") as out:
+            for source in (run_dir / HISTORY_FILE, extra_history):
                 if source.is_file():
                     with open(source, "rb") as fh:
                         data = fh.read()
                     # a line being written is cut at its last complete end
                     out.write(data[:data.rfind(b"\n") + 1])
         if events:
-            (snap / "events.jsonl").write_text(
+            (snap / EVENTS_FILE).write_text(
                 "".join(json.dumps(dict(e)) + "\n" for e in events), encoding="utf-8")
         for name in os.listdir(run_dir):
             # not the audit log: in the middle of a run its open requests look lost
-            if name in ("telemetry.jsonl", "experiment.yaml"):
+            if name in (TELEMETRY_FILE, EXPERIMENT_FILE):
                 os.symlink(run_dir.resolve() / name, snap / name)
     except BaseException:
         shutil.rmtree(snap, ignore_errors=True)

@@ -12,11 +12,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..runner.rundir import NOT_COUNTED
+
 __all__ = ["COLUMNS", "Histogram", "LLMRow", "LLMStats", "counted"]
 
-# Locust counts a request when its user fires the request event; a request cut short by a
-# stopping user fires none (its record is `interrupted`), so the table leaves it out too.
-_NOT_COUNTED = frozenset({"interrupted"})
 
 COLUMNS = (
     "Name", "Request Count", "Failure Count",
@@ -28,8 +27,10 @@ COLUMNS = (
 
 
 def counted(line: Mapping[str, Any]) -> bool:
-    """Whether a history line is a request Locust counted (it fired a request event)."""
-    return line["value"]["status"] not in _NOT_COUNTED
+    """Whether a history line is a request Locust counted (it fired a request event): a request
+    cut short by a stopping user fires none (its record is `interrupted`), so the table leaves
+    it out too."""
+    return line["value"]["status"] not in NOT_COUNTED
 
 
 class Histogram:

@@ -11,11 +11,10 @@ import hashlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from .client import Outcome
 
-__all__ = ["RequestMetrics", "as_value", "summarize"]
+__all__ = ["RequestMetrics", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -64,15 +63,3 @@ def summarize(out: Outcome, count_tokens: Callable[[str], int] | None = None) ->
         output_tokens_source=source,
         text_sha256=hashlib.sha256(text.encode()).hexdigest(),
     )
-
-
-def as_value(m: RequestMetrics) -> dict[str, Any]:
-    """The metric keys of a history record's `value`."""
-    return {
-        "ttft": m.ttft, "itl": list(m.itl), "tpot": m.tpot, "e2e": m.e2e,
-        "output_tokens": m.output_tokens, "output_tokens_usage": m.output_tokens_usage,
-        "output_tokens_tokenizer": m.output_tokens_tokenizer,
-        "output_tokens_source": m.output_tokens_source,
-        "output_tokens_difference": m.token_count_difference,
-        "text_sha256": m.text_sha256,
-    }

@@ -5,24 +5,26 @@ before the test (UsageError, exit 2, names the field). `chaos_plan` runs it."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..endpoint import ADMIN_TOKEN_ENV
+from ..endpoint import ADMIN_TOKEN_ENV, API_KEY_ENV, REDACTED
 from ..errors import UsageError
 from ..experiment import (
     AdminFaultSpec,
     Experiment,
+    LoadConfig,
     ProcessFaultSpec,
     TargetConfig,
     load_experiment,
 )
-from ..runner.rundir import new_run_dir
+from ..runner.rundir import EXPERIMENT_FILE, HISTORY_FILE, new_run_dir
 from ..runner.session import Session
 
-__all__ = ["ChaosPlan", "LoadState", "add_options", "endpoint_options", "load_plan"]
+__all__ = ["ChaosPlan", "LoadState", "add_options", "endpoint_options", "load_plan",
+           "locust_experiment"]
 
 
 class LoadState(Protocol):
@@ -136,12 +138,32 @@ def load_plan(opts: Any, environ: Mapping[str, str]) -> ChaosPlan:
     return ChaosPlan(experiment, run_dir, url, token, horizon, audit_log)
 
 
+def locust_experiment(opts: Any, *, host: str, model: str | None, seed: int,
+                      header_names: Sequence[str], api_key_source: str | None,
+                      duration: float) -> Experiment:
+    """A plain Locust run (no --chaos-plan) as the experiment it was: its target (the host,
+    spoken to as an OpenAI-compatible endpoint), the load Locust's options ran for `duration`
+    seconds, no faults. Written as its run directory's experiment.yaml, so every run directory
+    has the one shape. Header values and the API key stay out: a value may be a credential."""
+    target = TargetConfig(
+        url=host, adapter="openai", model=model or "",
+        api_key_env=API_KEY_ENV if api_key_source == f"${API_KEY_ENV}" else None,
+        headers={name: REDACTED for name in header_names},
+        ca_bundle=getattr(opts, "ca_bundle", None), insecure=bool(getattr(opts, "insecure", False)))
+    load = LoadConfig(
+        locustfile=_locustfiles(opts.locustfile), users=int(opts.num_users or 1),
+        spawn_rate=float(opts.spawn_rate or 1.0), duration=max(duration, 0.001),
+        shape=opts.load_shape or "steady", dataset=getattr(opts, "dataset", None),
+        **{name: getattr(opts, name) for name in _LOAD_OPTIONS})
+    return Experiment(name="locust", seed=seed, target=target, load=load)
+
+
 def _prepared(run_dir: Path, plan_path: str) -> bool:
     """Whether `run_dir` is one `llm-chaos run --ui` prepared for this plan: the plan is its
     own experiment.yaml, and no load has run into it yet."""
     plan = Path(plan_path).resolve()
-    return plan == (run_dir / "experiment.yaml").resolve() and not (
-        run_dir / "history.jsonl").exists()
+    return plan == (run_dir / EXPERIMENT_FILE).resolve() and not (
+        run_dir / HISTORY_FILE).exists()
 
 
 def endpoint_options(cfg: TargetConfig, opts: Any) -> None:

@@ -26,18 +26,19 @@ from typing import Any
 
 import gevent
 import gevent.lock
-import yaml
 from locust import events as locust_events
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CONSOLE_STATS_INTERVAL_SEC, CSV_STATS_INTERVAL_SEC, console_logger
 
 from ..endpoint import API_KEY_ENV, auth_headers, parse_header, resolve_api_key, tls_context
 from ..errors import UsageError
+from ..runner.rundir import EXPERIMENT_FILE
 from . import chaos_plan, plan
 from .arrivals import KINDS, ArrivalSchedule, parse_arrival
 from .console import install_console
 from .datasets import DatasetPrompts
 from .llm_stats import COLUMNS, LLMStats
+from .plan import locust_experiment
 from .records import HistoryWriter, PendingRecord, default_run_dir
 from .shapes import SHAPES, ShapeSpec
 from .tokens import TokenCounter, load_tokenizer
@@ -81,6 +82,8 @@ class LoadgenState:
     statuses: dict[str, int] = field(default_factory=dict)
     cpu_at_start: float | None = None
     cpu_during_test: float | None = None
+    test_started: float | None = None  # monotonic, at the last test start
+    own_experiment: bool = False  # a plain Locust run: experiment.yaml is this plugin's
     # how to reach the target: extra headers, the API key (never written anywhere), TLS
     headers: list[tuple[str, str]] = field(default_factory=list, repr=False)
     api_key: str | None = field(default=None, repr=False)
@@ -440,23 +443,10 @@ def _configure(st: LoadgenState, opts: Any) -> None:
     if st.role != "worker":
         st.run_dir = Path(opts.run_dir) if opts.run_dir else default_run_dir()
         st.writer = HistoryWriter(st.run_dir)
-        experiment = st.run_dir / "experiment.yaml"
-        if experiment.exists():
-            # `llm-chaos run` wrote the resolved experiment already: keep it.
-            log.info("llm-chaos: records go to %s", st.writer.path)
-            return
-        experiment.write_text(yaml.safe_dump({
-            "generator": "locust", "seed": opts.seed, "host": opts.host,
-            "locustfile": opts.locustfile, "users": opts.num_users,
-            "spawn_rate": opts.spawn_rate, "run_time": opts.run_time,
-            "load_shape": opts.load_shape, "arrival": opts.arrival, "rate": opts.rate,
-            "model": opts.model, "max_tokens": opts.max_tokens,
-            "prompt_tokens": opts.prompt_tokens, "dataset": getattr(opts, "dataset", None),
-            # names only: a header's value or the key may be a credential
-            "headers": [name for name, _ in st.headers], "api_key": st.api_key_source,
-            "ca_bundle": getattr(opts, "ca_bundle", None),
-            "insecure": bool(getattr(opts, "insecure", False)),
-        }, sort_keys=False))
+        # `llm-chaos run` or a --chaos-plan writes the experiment; a plain run writes its own
+        # at each test's end (plan.locust_experiment), when its host and length are known
+        st.own_experiment = not (st.run_dir / EXPERIMENT_FILE).exists() and not getattr(
+            opts, "chaos_plan", None)
         log.info("llm-chaos: records go to %s", st.writer.path)
 
 
@@ -483,6 +473,7 @@ def _on_test_start(environment: Any, **_: Any) -> None:
             and not getattr(opts, "only_summary", False)):
         st.printer = gevent.spawn(_print_loop, st)  # beside Locust's own console table
     st.cpu_at_start = time.process_time()
+    st.test_started = time.monotonic()
 
 
 def _print_loop(st: LoadgenState) -> None:
@@ -529,6 +520,23 @@ def _on_test_stop(environment: Any, **_: Any) -> None:
                                                    "started": st.started})
     else:
         st.write_summary()
+        _write_experiment(environment, st)
+
+
+def _write_experiment(environment: Any, st: LoadgenState) -> None:
+    """A plain Locust run's experiment.yaml: what this test ran (the run directory's one
+    shape); a run under `llm-chaos run` or a --chaos-plan has its experiment's already."""
+    opts = environment.parsed_options
+    if not st.own_experiment or st.run_dir is None or opts is None or not environment.host:
+        return
+    ran = time.monotonic() - st.test_started if st.test_started is not None else 0.0
+    try:
+        locust_experiment(opts, host=environment.host, model=st.model, seed=st.seed,
+                          header_names=[name for name, _ in st.headers],
+                          api_key_source=st.api_key_source, duration=ran,
+                          ).write_resolved(st.run_dir)
+    except (ValueError, UsageError) as exc:  # the records are written; say what is missing
+        log.error("llm-chaos: experiment.yaml not written: %s", exc)
 
 
 def _on_quitting(environment: Any, **_: Any) -> None:

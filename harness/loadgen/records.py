@@ -1,8 +1,7 @@
 """History records of requests and the run directory they go to (see DESIGN.md).
 
-One line per request, written when it ends: `{"type": ok|fail|info, "f": "chat", "process",
-"time", "value"}`; `time` and every `*_at` are Unix-epoch seconds, derived from the same
-monotonic clock as the durations (`sent_monotonic` keeps the raw monotonic start).
+One line per request, written when it ends, in the run directory's schema
+(`harness.runner.rundir.RequestRecord`: the line's fields, times and status vocabulary).
 """
 
 from __future__ import annotations
@@ -15,21 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..runner.rundir import HISTORY_FILE, RequestRecord
 from .client import Outcome
-from .metrics import as_value, summarize
+from .metrics import summarize
 from .tokens import TokenCounter
 
-__all__ = ["Clock", "HistoryWriter", "PendingRecord", "default_run_dir", "jepsen_type"]
-
-# Jepsen: `info` = outcome unknown (the server may or may not have done the work).
-_INFO = frozenset({"timeout", "interrupted"})
-
-
-def jepsen_type(status: str) -> str:
-    """ok / fail / info for a request status."""
-    if status == "ok":
-        return "ok"
-    return "info" if status in _INFO else "fail"
+__all__ = ["Clock", "HistoryWriter", "PendingRecord", "default_run_dir"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +51,7 @@ class PendingRecord:
     wall_offset: float
     # the tokenizer's count of the answer when the user already made it (no usage sent)
     output_tokens_counted: int | None = None
+    max_tokens: int | None = None  # the request's limit (max_tokens in its body)
 
     def to_line(self, tokenizer: TokenCounter | None) -> dict[str, Any]:
         """The history line of this request (counts tokens with `tokenizer`)."""
@@ -70,30 +61,24 @@ class PendingRecord:
             count = _counted(self.output_tokens_counted)
         m = summarize(out, count)
         wall = self.wall_offset
-        value: dict[str, Any] = {
-            "request_id": out.request_id,
-            "scenario": self.scenario,
-            "api": self.api,
-            "phase": self.phase,
-            "scheduled_at": None if self.scheduled_mono is None else self.scheduled_mono + wall,
-            "sent_at": out.sent_mono + wall,
-            "sent_monotonic": out.sent_mono,
-            "prompt_tokens": (out.usage_prompt if out.usage_prompt is not None
-                              else self.prompt_tokens_client),
-            "prompt_tokens_client": self.prompt_tokens_client,
-            **as_value(m),
-            "tokenizer": tokenizer.name if tokenizer is not None else None,
-            "status": out.status,
-            "error": out.error,
-            "http_status": out.http_status,
-            "finish_reason": out.finish_reason,
-            "deviations": list(out.deviations),
-            "retry_after": out.retry_after,
-            "events": out.events,
-            "bytes": out.bytes_received,
-        }
-        return {"type": jepsen_type(out.status), "f": "chat", "process": self.process,
-                "time": out.end_mono + wall, "value": value}
+        return RequestRecord(
+            request_id=out.request_id, status=out.status, sent_at=out.sent_mono + wall,
+            end=out.end_mono + wall, process=self.process, scenario=self.scenario, api=self.api,
+            phase=self.phase,
+            scheduled_at=None if self.scheduled_mono is None else self.scheduled_mono + wall,
+            sent_monotonic=out.sent_mono, max_tokens=self.max_tokens,
+            prompt_tokens=(out.usage_prompt if out.usage_prompt is not None
+                           else self.prompt_tokens_client),
+            prompt_tokens_client=self.prompt_tokens_client,
+            ttft=m.ttft, itl=tuple(m.itl), tpot=m.tpot, e2e=m.e2e,
+            output_tokens=m.output_tokens, output_tokens_usage=m.output_tokens_usage,
+            output_tokens_tokenizer=m.output_tokens_tokenizer,
+            output_tokens_source=m.output_tokens_source,
+            output_tokens_difference=m.token_count_difference, text_sha256=m.text_sha256,
+            tokenizer=tokenizer.name if tokenizer is not None else None,
+            error=out.error, http_status=out.http_status, finish_reason=out.finish_reason,
+            deviations=tuple(out.deviations), retry_after=out.retry_after, events=out.events,
+            bytes=out.bytes_received).to_line()
 
 
 def _counted(n: int) -> Callable[[str], int]:
@@ -106,7 +91,7 @@ class HistoryWriter:
 
     def __init__(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir / "history.jsonl"
+        self.path = run_dir / HISTORY_FILE
         self.count = 0
 
     def write(self, lines: Iterable[dict[str, Any]]) -> int:

@@ -128,10 +128,10 @@ class LLMUser(User):
                 cut = sent[0]
                 cut.end_mono = self.client.clock()
                 st.add(self._pending(cut.fail("interrupted", "user stopped mid-request"),
-                                     prompt, scheduled))
+                                     prompt, scheduled, req))
             raise
         counted = self._count_tokens(out)
-        st.add(self._pending(out, prompt, scheduled, counted))
+        st.add(self._pending(out, prompt, scheduled, req, counted))
         self._fire(out, out.usage_completion if out.usage_completion is not None else counted)
         if out.retry_after and st.arrivals is None and self.max_retry_after > 0:
             gevent.sleep(min(out.retry_after, self.max_retry_after))
@@ -139,9 +139,10 @@ class LLMUser(User):
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _pending(self, out: Outcome, prompt: Prompt, scheduled: float | None,
+    def _pending(self, out: Outcome, prompt: Prompt, scheduled: float | None, req: Request,
                  counted: int | None = None) -> PendingRecord:
         st = self.loadgen
+        limit = req.body.get("max_tokens", req.body.get("max_completion_tokens"))
         return PendingRecord(
             outcome=out, scenario=self.scenario or type(self).__name__, api=self.api,
             process=f"{st.process_name()}:{self.user_index}", phase=st.phase,
@@ -149,7 +150,8 @@ class LLMUser(User):
             scheduled_mono=scheduled, prompt_tokens_client=(
                 prompt.chat_tokens if self.api == "chat" and prompt.chat_tokens is not None
                 else prompt.tokens),
-            wall_offset=_wall_offset(), output_tokens_counted=counted)
+            wall_offset=_wall_offset(), output_tokens_counted=counted,
+            max_tokens=limit if isinstance(limit, int) and not isinstance(limit, bool) else None)
 
     def _count_tokens(self, out: Outcome) -> int | None:
         """The tokenizer's count of the answer, only when the server sent no usage (the record

@@ -7,6 +7,7 @@ import json
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 
 from ..checks.result import Verdict
 from ..checks.runner import CheckRun
@@ -20,8 +21,10 @@ def _timestamp(t: float) -> str:
 
 
 def _host(result: CheckRun) -> str:
-    # the target's host name from the experiment (a URL); deterministic, unlike gethostname()
-    url = str(result.run.experiment.get("host") or "")
+    # the target's host name from the experiment (its url; none: the reference target the
+    # harness started here); deterministic, unlike gethostname()
+    target = result.run.experiment.get("target")
+    url = str((target.get("url") if isinstance(target, Mapping) else None) or "")
     return urllib.parse.urlsplit(url).hostname or "localhost"
 
 

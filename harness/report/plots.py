@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..checks.run import Request, RunData
+from ..checks.run import RequestRecord, RunData
 from ..checks.stats import percentile
 from ..checks.timeline import Timeline
 
@@ -33,9 +33,9 @@ def _bins(run: RunData) -> tuple[float, float, int]:
     return run.start, width, int(span // width) + 1
 
 
-def _per_bin(requests: Sequence[Request], start: float, width: float, n: int,
-             key: Callable[[Request], float]) -> list[list[Request]]:
-    out: list[list[Request]] = [[] for _ in range(n)]
+def _per_bin(requests: Sequence[RequestRecord], start: float, width: float, n: int,
+             key: Callable[[RequestRecord], float]) -> list[list[RequestRecord]]:
+    out: list[list[RequestRecord]] = [[] for _ in range(n)]
     for r in requests:
         i = int((key(r) - start) // width)
         if 0 <= i < n:

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..checks.config import PHASES, RequestSlo
-from ..checks.run import Request
+from ..checks.run import RequestRecord
 from ..checks.runner import CheckRun
 from ..checks.stats import latency_samples, meets_request_slo, percentile
 from ..errors import UsageError
@@ -39,7 +39,7 @@ def _rate(count: float, duration: float) -> float | None:
     return count / duration if duration > 0 else None
 
 
-def bench_figures(requests: Sequence[Request], duration: float,
+def bench_figures(requests: Sequence[RequestRecord], duration: float,
                   request_slo: RequestSlo | None = None) -> dict[str, Any]:
     """vLLM's summary figures of `requests` (the test's own interruptions left out) over
     `duration` seconds."""
@@ -78,7 +78,7 @@ def phase_figures(result: CheckRun) -> dict[str, dict[str, Any]]:
     if result.timeline is None:
         return {}
     timeline = result.timeline
-    groups: dict[str, list[Request]] = {p: [] for p in PHASES}
+    groups: dict[str, list[RequestRecord]] = {p: [] for p in PHASES}
     for r in result.run.requests:
         groups[timeline.phase(r.sent_at)].append(r)
     durations = timeline.durations()

@@ -5,14 +5,15 @@ state before, load with the fault schedule, always revert, steady state after, c
 - `probes`: steady-state probes (HTTP status, a metric within bounds).
 - `locust`: Locust as a headless subprocess, and when its load started.
 - `capacity`: the target's capacity measured before the load, for `load.users: auto`.
-- `rundir`: the run directory's path, the target's events and the harness's lines in the
-  history, written the same way by `llm-chaos run` and Locust's `--chaos-plan`.
-- `lifecycle`: the run itself; `cli`: the subcommand.
+- `rundir`: the run directory's schema (file names, the request line, the status vocabulary)
+  and its writers, shared by `llm-chaos run`, Locust's `--chaos-plan` and the checks.
+- `session`: one experiment's phases, which every entry point drives.
+- `lifecycle`: the run itself (`run_experiment`); `cli`: the subcommand.
+
+Nothing is imported here: `rundir` is the run directory's schema, which the load generator and
+the checks both read, and importing it must not start the whole lifecycle.
 """
 
 from __future__ import annotations
 
-from .cli import add_parser
-from .lifecycle import RunOutcome, run_experiment
-
-__all__ = ["RunOutcome", "add_parser", "run_experiment"]
+__all__: list[str] = []

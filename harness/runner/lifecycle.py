@@ -43,7 +43,7 @@ from ..machine import describe, one_line
 from ..target import Target
 from .capacity import ClientFactory, measure_capacity
 from .locust import LocustProcess
-from .rundir import new_run_dir
+from .rundir import AUDIT_FILE, EXPERIMENT_FILE, HISTORY_FILE, new_run_dir
 from .session import RunOutcome, Session, write_plan
 
 __all__ = ["RunOutcome", "run_experiment"]
@@ -58,7 +58,7 @@ class _Progress:
     faults (counted from the tail of history.jsonl, which Locust flushes twice a second)."""
 
     def __init__(self, run_dir: Path, out: TextIO, interval: float = 2.0) -> None:
-        self.history = run_dir / "history.jsonl"
+        self.history = run_dir / HISTORY_FILE
         self.out = out
         self.interval = interval
         self.phase = "starting"
@@ -125,7 +125,7 @@ def _start_target(experiment: Experiment, run_dir: Path, token: str) -> ServerPr
     # target's log
     return start_fleet(*cfg.serve_args(), log_path=run_dir / "target.log",
                        worker_logs=run_dir / "target-logs", admin_token=token,
-                       audit_log=run_dir / "audit.jsonl" if cfg.audit_log else None)
+                       audit_log=run_dir / AUDIT_FILE if cfg.audit_log else None)
 
 
 def _load_env(experiment: Experiment) -> dict[str, str]:
@@ -348,7 +348,7 @@ def _run_with_console(session: Session, url: str, admin_token: str | None,
                             "--run-dir", str(run_dir), "--only-summary", "--autostart",
                             "--autoquit", f"{max(0, math.ceil(linger))}",
                             "--web-host", host, "--web-port", str(port),
-                            "--chaos-plan", str(run_dir / "experiment.yaml")],
+                            "--chaos-plan", str(run_dir / EXPERIMENT_FILE)],
                            run_dir / "locust.log", env=env)
     stack.callback(locust.stop)
     guard.track(locust.pid)

@@ -43,7 +43,15 @@ from ..target import Target
 from ..telemetry import Observer
 from .faults import abort_conditions, build_steps
 from .probes import run_probes
-from .rundir import NEMESIS_FILE, copy_audit_log, fetch_events, merge_history
+from .rundir import (
+    CHECKS_CONFIG_FILE,
+    EVENTS_FILE,
+    NEMESIS_FILE,
+    TELEMETRY_FILE,
+    copy_audit_log,
+    fetch_events,
+    merge_history,
+)
 
 __all__ = ["PHASES", "RunOutcome", "Session", "judge_run", "write_plan"]
 
@@ -68,7 +76,7 @@ def write_plan(experiment: Experiment, run_dir: Path) -> None:
     """Write the resolved experiment and its check config into `run_dir` (created), so
     `llm-chaos check RUN_DIR` re-judges the run the same way."""
     experiment.write_resolved(run_dir)
-    (run_dir / "checks.yaml").write_text(
+    (run_dir / CHECKS_CONFIG_FILE).write_text(
         yaml.safe_dump(experiment.checks.model_dump(mode="json"), sort_keys=False),
         encoding="utf-8")
 
@@ -179,7 +187,7 @@ class Session:
         the admin API is open to this run."""
         if self.admin_token is None or self.observer is not None:
             return
-        self.observer = Observer(self.url, self.admin_token, self.run_dir / "telemetry.jsonl",
+        self.observer = Observer(self.url, self.admin_token, self.run_dir / TELEMETRY_FILE,
                                  interval=self.experiment.report.telemetry_interval,
                                  verify=self.verify, router_pid=self.router_pid)
         self.observer.start()
@@ -258,7 +266,7 @@ class Session:
         if self.fetch_target_events:
             assert self.admin_token is not None
             try:
-                count = fetch_events(self.url, self.admin_token, self.run_dir / "events.jsonl")
+                count = fetch_events(self.url, self.admin_token, self.run_dir / EVENTS_FILE)
                 self.say(f"  {count} target event(s) -> events.jsonl")
             except (TargetError, httpx.HTTPError) as exc:
                 self.say(f"  target events not fetched: {exc}")

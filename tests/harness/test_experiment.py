@@ -288,6 +288,16 @@ def test_valid_documents_load_and_round_trip(doc: JsonObject) -> None:
     assert parse_experiment(yaml.safe_dump(resolved.resolved())) == resolved
 
 
+def test_a_deployment_at_a_url_round_trips_without_the_reference_options() -> None:
+    """experiment.yaml of a run against a `url` is read back as the same experiment (it once
+    carried the reference target's defaults, which the url form refuses)."""
+    exp = parse_experiment("seed: 3\ntarget: {url: 'http://127.0.0.1:9/v1', adapter: openai}\n"
+                           "load: {duration: 5}\n")
+    dumped = exp.resolved()
+    assert "workers" not in dumped["target"] and dumped["target"]["adapter"] == "openai"
+    assert parse_experiment(yaml.safe_dump(dumped)) == exp
+
+
 @FAST
 @given(broken_experiments())
 def test_broken_files_are_usage_errors_naming_the_problem(case: BrokenExperiment) -> None:

@@ -109,7 +109,8 @@ class RunBuilder:
 
     def write(self) -> Path:
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "experiment.yaml").write_text("seed: 42\nhost: http://127.0.0.1:8000\n")
+        (self.path / "experiment.yaml").write_text(
+            "seed: 42\ntarget: {url: 'http://127.0.0.1:8000', adapter: openai}\n")
         _jsonl(self.path / "history.jsonl", self.history)
         if self.telemetry is not None:
             _jsonl(self.path / "telemetry.jsonl", self.telemetry)

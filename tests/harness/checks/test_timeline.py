@@ -11,7 +11,7 @@ import pytest
 from harness.checks import CheckConfig, Verdict, build_timeline, load_run
 from harness.checks.config import RecoveryConfig
 from harness.checks.recovery import check_recovery
-from harness.checks.run import Request
+from harness.checks.run import RequestRecord
 from harness.checks.timeline import size_windows
 
 from .rundir import T0, RunBuilder
@@ -21,8 +21,8 @@ def config(**data: Any) -> CheckConfig:
     return CheckConfig.model_validate(data)
 
 
-def _sent(*times: float) -> list[Request]:
-    return [Request(str(i), "ok", "ok", t, t + 1) for i, t in enumerate(times)]
+def _sent(*times: float) -> list[RequestRecord]:
+    return [RequestRecord(str(i), "ok", sent_at=t, end=t + 1) for i, t in enumerate(times)]
 
 
 def test_a_busy_run_keeps_the_configured_window() -> None:

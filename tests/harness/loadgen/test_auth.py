@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from harness.experiment import load_experiment
 from harness.launcher import free_port, start_fleet
 
 from .conftest import LOCUSTFILES, LocustRun, RunLocust, locust_env
@@ -109,9 +110,10 @@ def test_with_the_key_requests_are_200(keyed_fleet: str, run_locust: RunLocust) 
         [r["value"]["error"] for r in records if r["type"] != "ok"][:3]
     assert all(r["value"]["output_tokens"] for r in records)
     _assert_no_key(run)
-    experiment = (run.run_dir / "experiment.yaml").read_text()
-    assert "$OPENAI_API_KEY" in experiment and "X-Org" in experiment
-    assert "hdr-value-x91" not in experiment  # header names only: a value may be a credential
+    text = (run.run_dir / "experiment.yaml").read_text()
+    assert "hdr-value-x91" not in text and KEY not in text  # a value may be a credential
+    target = load_experiment(run.run_dir / "experiment.yaml").target  # the one shape
+    assert target.api_key_env == "OPENAI_API_KEY" and list(target.headers) == ["X-Org"]
 
 
 def test_bad_header_exits_2_naming_it(run_locust: RunLocust, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,6 +326,10 @@ def _refresh_loop_clock(**_: Any) -> None:
 def _on_init(environment: Any, **_: Any) -> None:
     # httpx logs every request at INFO: noise in Locust's output, and CPU on the hot path.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Lines are built and written in real threads beside the users' greenlets, which read the
+    # clock as each token arrives: a thread keeps the GIL up to the switch interval (5 ms by
+    # default) before the hub gets it back, a delay every recorded timing would carry.
+    sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
     runner = environment.runner
     role = ("master" if isinstance(runner, MasterRunner)
             else "worker" if isinstance(runner, WorkerRunner) else "local")

@@ -147,15 +147,12 @@ class RemoveAdminFault:
     fault_id: str
 
     def apply(self) -> str:
-        resp = _http("DELETE", f"{self.url}/admin/faults/{self.fault_id}",
-                     {"Authorization": f"Bearer {self.token}"}, timeout=_ADMIN_TIMEOUT)
-        if resp is None:
-            return f"target {self.url} unreachable: fault {self.fault_id} went with it or " \
-                   "expires at its TTL"
-        if resp.status_code == 404:
-            return f"admin fault {self.fault_id} already gone"
-        _expect(resp, 200)
-        return f"removed admin fault {self.fault_id}"
+        return _undo("DELETE", f"{self.url}/admin/faults/{self.fault_id}",
+                     headers={"Authorization": f"Bearer {self.token}"}, timeout=_ADMIN_TIMEOUT,
+                     done=f"removed admin fault {self.fault_id}",
+                     gone=f"admin fault {self.fault_id} already gone",
+                     unreachable=f"target {self.url} unreachable: fault {self.fault_id} went "
+                                 "with it or expires at its TTL")
 
 
 @dataclass(frozen=True)
@@ -168,13 +165,10 @@ class RemoveToxic:
     toxic: str
 
     def apply(self) -> str:
-        resp = _http("DELETE", f"{self.api}/proxies/{self.proxy}/toxics/{self.toxic}")
-        if resp is None:
-            return f"proxy API {self.api} unreachable: its toxics went with it"
-        if resp.status_code == 404:
-            return f"toxic {self.proxy}/{self.toxic} already gone"
-        _expect(resp, 200, 204)
-        return f"removed toxic {self.proxy}/{self.toxic}"
+        return _undo("DELETE", f"{self.api}/proxies/{self.proxy}/toxics/{self.toxic}",
+                     ok=(200, 204), done=f"removed toxic {self.proxy}/{self.toxic}",
+                     gone=f"toxic {self.proxy}/{self.toxic} already gone",
+                     unreachable=f"proxy API {self.api} unreachable: its toxics went with it")
 
 
 @dataclass(frozen=True)
@@ -186,13 +180,9 @@ class EnableProxy:
     proxy: str
 
     def apply(self) -> str:
-        resp = _http("POST", f"{self.api}/proxies/{self.proxy}", json={"enabled": True})
-        if resp is None:
-            return f"proxy API {self.api} unreachable: its proxies went with it"
-        if resp.status_code == 404:
-            return f"proxy {self.proxy} is gone"
-        _expect(resp, 200)
-        return f"enabled proxy {self.proxy}"
+        return _undo("POST", f"{self.api}/proxies/{self.proxy}", json={"enabled": True},
+                     done=f"enabled proxy {self.proxy}", gone=f"proxy {self.proxy} is gone",
+                     unreachable=f"proxy API {self.api} unreachable: its proxies went with it")
 
 
 @dataclass(frozen=True)
@@ -203,14 +193,8 @@ class DockerUnpause:
     container: str
 
     def apply(self) -> str:
-        def unpause(_: Any, container: Any) -> str:
-            if container.status != "paused":
-                return f"container {self.container} is not paused"
-            container.unpause()
-            return f"unpaused container {self.container}"
-
-        return _on_container(self.container, unpause,
-                             failed=f"could not unpause container {self.container}")
+        return _container_to(self.container, "unpause", "unpaused",
+                             needed=lambda status: status == "paused", already="is not paused")
 
 
 @dataclass(frozen=True)
@@ -221,14 +205,8 @@ class DockerStart:
     container: str
 
     def apply(self) -> str:
-        def start(_: Any, container: Any) -> str:
-            if container.status == "running":
-                return f"container {self.container} is running"
-            container.start()
-            return f"started container {self.container}"
-
-        return _on_container(self.container, start,
-                             failed=f"could not start container {self.container}")
+        return _container_to(self.container, "start", "started",
+                             needed=lambda status: status != "running", already="is running")
 
 
 @dataclass(frozen=True)
@@ -259,6 +237,18 @@ class DockerConnect:
             self.container, connect,
             failed=f"could not connect {self.container} to {self.network}",
             gone=f"container {self.container} or network {self.network} is gone")
+
+
+def _container_to(name: str, verb: str, done: str, *, needed: Callable[[str], bool],
+                  already: str) -> str:
+    """Call the container's method `verb` (unpause, start) when `needed(its status)`."""
+    def act(_: Any, container: Any) -> str:
+        if not needed(container.status):
+            return f"container {name} {already}"
+        getattr(container, verb)()
+        return f"{done} container {name}"
+
+    return _on_container(name, act, failed=f"could not {verb} container {name}")
 
 
 def _on_container(name: str, act: Callable[[Any, Any], str], *, failed: str,
@@ -323,6 +313,20 @@ def _http(method: str, url: str, headers: dict[str, str] | None = None,
         return None
     except httpx.HTTPError as exc:
         raise TargetError(f"{method} {url} failed: {exc}") from exc
+
+
+def _undo(method: str, url: str, *, done: str, gone: str, unreachable: str,
+          ok: tuple[int, ...] = (200,), headers: dict[str, str] | None = None, json: Any = None,
+          timeout: float = _TIMEOUT) -> str:
+    """An undo over HTTP: `done` when answered with one of `ok`, `gone` on 404 (undone
+    already), `unreachable` when nothing listens (what the fault lived in is gone)."""
+    resp = _http(method, url, headers, json, timeout)
+    if resp is None:
+        return unreachable
+    if resp.status_code == 404:
+        return gone
+    _expect(resp, *ok)
+    return done
 
 
 def _expect(resp: httpx.Response, *codes: int) -> None:

@@ -193,12 +193,14 @@ class ServerProcess:
 
 def start_worker(model: str, *, port: int | None = None, host: str = "127.0.0.1",
                  args: Sequence[str] = (), log_dir: Path | None = None,
-                 env: dict[str, str] | None = None) -> ServerProcess:
-    """Start `python -m targets.reference worker` as its own process (not yet ready)."""
+                 env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+                 ) -> ServerProcess:
+    """Start `python -m targets.reference worker` as its own process (not yet ready), under
+    `prefix` when given (e.g. `chrt -r 1`: real-time priority)."""
     port = port or free_port(host)
     log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "targets.reference", "worker", "--model", model,
+    cmd = [*prefix, sys.executable, "-m", "targets.reference", "worker", "--model", model,
            "--host", host, "--port", str(port), *args]
     return ServerProcess(cmd, f"http://{host}:{port}", log_dir / f"worker-{model}-{port}.log",
                          env=env)

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from ..errors import TargetError, UsageError
-from ..launcher import ServerProcess, free_port
+from ..launcher import ServerProcess, start_worker
 from ..runner.rundir import HISTORY_FILE
 from .result import BenchResult, Cell, Figure, Goal, Table
 from .runner import Benchmark, Progress, parse_levels
@@ -156,11 +156,8 @@ def _compare(url: str, client: str, users: int, records: list[dict[str, Any]]) -
 
 
 def _start_sim(args: argparse.Namespace, tmp: Path, prefix: list[str]) -> ServerProcess:
-    port = free_port()
-    cmd = [*prefix, sys.executable, "-m", "targets.reference", "worker", "--model", "sim",
-           "--sim-ttft", str(args.sim_ttft), "--sim-itl", str(args.sim_itl), "--host",
-           "127.0.0.1", "--port", str(port)]
-    proc = ServerProcess(cmd, f"http://127.0.0.1:{port}", tmp / "sim.log")
+    proc = start_worker("sim", args=["--sim-ttft", str(args.sim_ttft), "--sim-itl",
+                                     str(args.sim_itl)], log_dir=tmp, prefix=prefix)
     proc.wait_ready(timeout=60)
     return proc
 

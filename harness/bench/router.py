@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="leave out a part")
 
 
-def _start_fleet(model: str, logs: Path, *extra: str) -> ServerProcess:
+def _fleet(model: str, logs: Path, *extra: str) -> ServerProcess:
     port = free_port()
     return start_fleet("--model", model, *extra, log_path=logs / f"fleet-{port}.log",
                        admin_token=_TOKEN, port=port)
@@ -67,7 +67,7 @@ async def _ttft(client: httpx.AsyncClient, url: str) -> float:
 
 def _overhead(n: int, logs: Path, timeout: float, progress: Progress) -> tuple[list[float],
                                                                               list[float]]:
-    fleet = _start_fleet("sim", logs, "--worker-arg=--sim-ttft=0.01",
+    fleet = _fleet("sim", logs, "--worker-arg=--sim-ttft=0.01",
                          "--worker-arg=--sim-itl=0.005")
     try:
         fleet.wait_ready(timeout)
@@ -98,7 +98,7 @@ def _overhead(n: int, logs: Path, timeout: float, progress: Progress) -> tuple[l
 
 def _restarts(model: str, kills: int, logs: Path, timeout: float, progress: Progress
               ) -> list[float]:
-    fleet = _start_fleet(model, logs)
+    fleet = _fleet(model, logs)
     times: list[float] = []
     try:
         progress(f"restart: starting a {model} fleet")

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.launcher import ServerProcess, free_port
+from harness.launcher import ServerProcess, start_worker
 
 from .conftest import LOCUSTFILES, RunLocust, locust_env, realtime_prefix
 
@@ -64,11 +64,8 @@ def compare(records: list[dict[str, Any]], url: str) -> dict[str, list[float]]:
 def timed_sim(tmp_path: Path) -> Iterator[tuple[ServerProcess, list[str]]]:
     """A simulated engine (TTFT 50 ms, ITL 10 ms), at real-time priority where allowed."""
     prefix = realtime_prefix()
-    port = free_port()
-    proc = ServerProcess([*prefix, sys.executable, "-m", "targets.reference", "worker",
-                          "--model", "sim", "--sim-ttft", "0.05", "--sim-itl", "0.01",
-                          "--host", "127.0.0.1", "--port", str(port)],
-                         f"http://127.0.0.1:{port}", tmp_path / "sim.log")
+    proc = start_worker("sim", args=["--sim-ttft", "0.05", "--sim-itl", "0.01"],
+                        log_dir=tmp_path, prefix=prefix)
     try:
         proc.wait_ready(timeout=60)
         yield proc, prefix

@@ -97,7 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # -- reference_target --------------------------------------------------------------------------
 
 def _start_reference(model: str, workers: int, resume_streams: bool, args: Sequence[str],
-                 logs: Path) -> tuple[Any, ReferenceTarget]:
+                     logs: Path) -> tuple[Any, ReferenceTarget]:
     from .launcher import start_fleet
 
     token = secrets.token_urlsafe(16)
@@ -139,8 +139,8 @@ def reference_target(request: pytest.FixtureRequest,
     # the guard stops the fleet if pytest itself is killed outright (SIGKILL)
     with RunGuard() as guard:
         proc, target = _start_reference(model, workers, bool(opts.get("resume_streams", True)),
-                                    [str(a) for a in opts.get("args", ())],
-                                    tmp_path_factory.mktemp("reference-target"))
+                                        [str(a) for a in opts.get("args", ())],
+                                        tmp_path_factory.mktemp("reference-target"))
         try:
             guard.track(proc.pid)
             proc.wait_ready(timeout=READY_TIMEOUT)

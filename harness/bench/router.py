@@ -68,7 +68,7 @@ async def _ttft(client: httpx.AsyncClient, url: str) -> float:
 def _overhead(n: int, logs: Path, timeout: float, progress: Progress) -> tuple[list[float],
                                                                               list[float]]:
     fleet = _fleet("sim", logs, "--worker-arg=--sim-ttft=0.01",
-                         "--worker-arg=--sim-itl=0.005")
+                   "--worker-arg=--sim-itl=0.005")
     try:
         fleet.wait_ready(timeout)
         with httpx.Client(timeout=10) as client:

@@ -25,7 +25,7 @@ from ..launcher import start_fleet
 from ..machine import describe
 from .engine import PROMPTS
 from .result import BenchResult, Figure, Goal, Table
-from .runner import Benchmark, Progress
+from .runner import Benchmark, Progress, add_model_arguments
 from .streams import BatchTiming, measure_batch
 
 __all__ = ["BENCHMARK", "percentile"]
@@ -35,13 +35,10 @@ ITL_RATIO_GOAL = 2.0  # two workers' ITL p95 over one worker's, same total load
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `bench cores`."""
-    p.add_argument("--model", default="smollm2",
-                   help="worker model: smollm2 (default), tiny or a local Hugging Face folder")
+    add_model_arguments(p)
     p.add_argument("--streams", type=int, default=6,
                    help="concurrent streams, the total load of every setup (default 6, as "
                         "make demo's users)")
-    p.add_argument("--max-tokens", type=int, default=64,
-                   help="output tokens per request (default 64)")
     p.add_argument("--rounds", type=int, default=None,
                    help="timed batches per setup (default 3, 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="one round per setup")

@@ -41,7 +41,7 @@ from ..faults.injector import sigterm_raises
 from ..launcher import ServerProcess, start_worker
 from .baseline import BaselineRun, run_baseline
 from .result import BenchResult, Cell, Figure, Goal, Table
-from .runner import Benchmark, Progress, parse_levels
+from .runner import Benchmark, Progress, add_model_arguments, parse_levels
 from .streams import BatchTiming, measure_batch
 from .transformers_serve import (
     REQUEST_FIELDS,
@@ -86,13 +86,10 @@ VS_SERVE_GOAL_STREAMS = 16
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `bench engine`."""
-    p.add_argument("--model", default="smollm2",
-                   help="worker model: smollm2 (default), tiny or a local Hugging Face folder")
+    add_model_arguments(p)
     p.add_argument("--streams", type=parse_levels, default=[1, 4, 16], metavar="N,N,...",
                    help="concurrent streams to measure (default 1,4,16); goals compare the "
                         "highest with the lowest, and the baselines get the highest")
-    p.add_argument("--max-tokens", type=int, default=64,
-                   help="output tokens per request (default 64)")
     p.add_argument("--rounds", type=int, default=None,
                    help="timed batches per level and per baseline (default 3, 1 with --quick)")
     p.add_argument("--cold-starts", type=int, default=None,

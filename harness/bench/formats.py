@@ -33,7 +33,7 @@ from ..errors import TargetError, UsageError
 from ..launcher import start_worker
 from .engine import PROMPTS
 from .result import BenchResult, Figure, Goal, Table
-from .runner import Benchmark, Progress, parse_levels
+from .runner import Benchmark, Progress, add_model_arguments, parse_levels
 from .streams import BatchTiming, measure_batch
 
 __all__ = ["BENCHMARK", "FORMATS", "copy_bandwidth"]
@@ -64,16 +64,13 @@ def copy_bandwidth(nbytes: int = COPY_BYTES, repeats: int = 3) -> float:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `bench formats`."""
-    p.add_argument("--model", default="smollm2",
-                   help="worker model: smollm2 (default) or a local Hugging Face folder")
+    add_model_arguments(p, "smollm2 (default) or a local Hugging Face folder")
     p.add_argument("--formats", default="fp32,bf16,int8,int4,auto",
                    help="comma-separated, from fp32, bf16, int8, int4, auto (int4 beside "
                         "dense weights in the worker's default dtype, chosen per batch size; "
                         "default all five; fp32 is every bound's reference and always runs)")
     p.add_argument("--streams", type=parse_levels, default=[1, 4, 16, 32], metavar="N,N,...",
                    help="concurrent streams to measure (default 1,4,16,32)")
-    p.add_argument("--max-tokens", type=int, default=64,
-                   help="output tokens per request (default 64)")
     p.add_argument("--rounds", type=int, default=None,
                    help="timed batches per level (default 2, 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="one round per level")

@@ -59,6 +59,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="exit 1 when a goal is missed (3 when one could not be measured)")
 
 
+def add_model_arguments(parser: argparse.ArgumentParser,
+                        models: str = "smollm2 (default), tiny or a local Hugging Face folder"
+                        ) -> None:
+    """`--model` and `--max-tokens` of the benchmarks that start reference workers."""
+    parser.add_argument("--model", default="smollm2", help=f"worker model: {models}")
+    parser.add_argument("--max-tokens", type=int, default=64,
+                        help="output tokens per request (default 64)")
+
+
 def stderr_progress(name: str, clock: Callable[[], float] = time.monotonic,
                     stream: TextIO | None = None) -> Progress:
     """Progress lines on stderr, each with the seconds since the benchmark began."""

@@ -1,5 +1,8 @@
-"""`llm-chaos check RUN_DIR [--config checks.yaml]`: re-judge a recorded run offline and write
-its reports. Exit 0 all valid, 1 any invalid, 3 unknown, 2 bad input."""
+"""Run the checks (SLOs per phase, recovery, scaling, audit completeness, steady state) over a run
+directory and write checks.json and the reports its experiment.yaml's report.formats names (all
+when absent: summary.json, results.json, junit.xml, summary.md, report.html) into it. Exit 0 when
+every check is valid, 1 when one is invalid, 3 when one is unknown, 2 on bad input.
+"""
 
 from __future__ import annotations
 
@@ -61,14 +64,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """Register `check`."""
-    p = sub.add_parser(
-        "check", help="re-judge a recorded run offline and write its reports",
-        description="Run the checks (SLOs per phase, recovery, scaling, audit completeness, "
-                    "steady state) over a run directory and write checks.json and the reports "
-                    "its experiment.yaml's report.formats names (all when absent: "
-                    "summary.json, results.json, junit.xml, summary.md, report.html) into it. "
-                    "Exit 0 when every check is valid, 1 when one is invalid, 3 when one is "
-                    "unknown, 2 on bad input.")
+    p = sub.add_parser("check", description=__doc__,
+                       help="re-judge a recorded run offline and write its reports")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR",
                    help="a run directory (reports/<run-id>) holding history.jsonl")
     p.add_argument("--config", type=Path, metavar="PATH",

@@ -1,4 +1,10 @@
-"""`llm-chaos explore EXP.yaml [--max-examples N] [--seed S] [--budget SECONDS] ...`."""
+"""Property-based chaos: Hypothesis draws fault schedules (kinds, times relative to the load's
+start, overlaps, victims) for the experiment and runs each as a short `llm-chaos run` against the
+reference target (use the simulated engine, --set target.model=sim, so an example takes seconds);
+the experiment's checks are the invariants. A schedule that breaks one is shrunk to the smallest
+that still breaks it, written as minimal.yaml (with the seed), which `llm-chaos run` replays.
+Exit 0 when no schedule broke a check, 1 when one did, 2 on a bad experiment file.
+"""
 
 from __future__ import annotations
 
@@ -38,16 +44,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """Register `explore`."""
-    p = sub.add_parser(
-        "explore", help="search fault schedules with Hypothesis and shrink a failing one",
-        description="Property-based chaos: Hypothesis draws fault schedules (kinds, times "
-                    "relative to the load's start, overlaps, victims) for the experiment and "
-                    "runs each as a short `llm-chaos run` against the reference target (use "
-                    "the simulated engine, --set target.model=sim, so an example takes "
-                    "seconds); the experiment's checks are the invariants. A schedule that "
-                    "breaks one is shrunk to the smallest that still breaks it, written as "
-                    "minimal.yaml (with the seed), which `llm-chaos run` replays. Exit 0 when "
-                    "no schedule broke a check, 1 when one did, 2 on a bad experiment file.")
+    p = sub.add_parser("explore", description=__doc__,
+                       help="search fault schedules with Hypothesis and shrink a failing one")
     p.add_argument("experiment", type=Path, metavar="EXP.yaml",
                    help="the base experiment (target, load, checks); its faults are replaced")
     p.add_argument("--max-examples", type=int, default=10, metavar="N",

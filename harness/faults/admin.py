@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from ..errors import TargetError, UsageError
 from ..target import Target
-from .base import Effect, Ledger, revert_effect
+from .base import Effect, Ledger, one_of, revert_effect
 from .heal import RemoveAdminFault
 
 __all__ = ["AdminFault"]
@@ -40,8 +40,7 @@ class AdminFault:
         return f"admin-{self.kind}"
 
     def validate(self, target: Target) -> None:
-        if self.kind not in _KINDS:
-            raise UsageError(f"admin fault kind {self.kind!r}: use one of {', '.join(_KINDS)}")
+        one_of("admin fault kind", self.kind, _KINDS)
         unknown = sorted(set(self.params) - _PARAMS)
         if unknown:
             raise UsageError(f"admin fault params: unknown {', '.join(unknown)}; known: "

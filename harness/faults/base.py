@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import TargetError
+from ..errors import TargetError, UsageError
 from ..target import Target
 from .heal import Heal
 
-__all__ = ["Effect", "Fault", "HealReport", "Ledger", "revert_effect", "revert_heals"]
+__all__ = ["Effect", "Fault", "HealReport", "Ledger", "one_of", "revert_effect", "revert_heals"]
+
+
+def one_of(what: str, value: str, choices: Iterable[str], also: str = "") -> None:
+    """A fault's `validate`: UsageError naming the choices unless `value` is one of them."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise UsageError(f"{what} {value!r}: use one of {', '.join(choices)}{also}")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from ..errors import TargetError, UsageError
 from ..target import Target
-from .base import Effect, Ledger, revert_effect
+from .base import Effect, Ledger, one_of, revert_effect
 from .docker_engine import docker_client
 from .heal import DockerConnect, DockerStart, DockerUnpause
 
@@ -36,9 +36,7 @@ class ContainerFault:
         return f"container-{self.action}"
 
     def validate(self, target: Target) -> None:
-        if self.action not in _ACTIONS:
-            raise UsageError(f"container action {self.action!r}: use one of "
-                             f"{', '.join(_ACTIONS)}")
+        one_of("container action", self.action, _ACTIONS)
         if (self.container is None) == (self.label is None):
             raise UsageError("container fault: give exactly one of `container` (a name) or "
                              "`label`")

@@ -68,73 +68,72 @@ def _on_process(pid: int, create_time: float, act: Callable[[psutil.Process], st
 
 
 @dataclass(frozen=True)
-class ResumeProcess:
+class _ProcessHeal:
+    """A heal that acts on the very process noted (pid and its start time)."""
+
+    pid: int
+    create_time: float
+
+    def apply(self) -> str:
+        return _on_process(self.pid, self.create_time, self.act)
+
+    def act(self, proc: psutil.Process) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ResumeProcess(_ProcessHeal):
     """SIGCONT a process that a pause fault stopped."""
 
     kind: ClassVar[str] = "resume_process"
-    pid: int
-    create_time: float
 
-    def apply(self) -> str:
-        def resume(proc: psutil.Process) -> str:
-            proc.resume()
-            # SIGCONT is delivered asynchronously: done means running again
-            deadline = time.monotonic() + 2.0
-            while proc.status() == psutil.STATUS_STOPPED and time.monotonic() < deadline:
-                time.sleep(0.005)
-            return f"resumed pid {self.pid}"
-
-        return _on_process(self.pid, self.create_time, resume)
+    def act(self, proc: psutil.Process) -> str:
+        proc.resume()
+        # SIGCONT is delivered asynchronously: done means running again
+        deadline = time.monotonic() + 2.0
+        while proc.status() == psutil.STATUS_STOPPED and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return f"resumed pid {self.pid}"
 
 
 @dataclass(frozen=True)
-class KillProcess:
+class KillProcess(_ProcessHeal):
     """SIGKILL a process the harness started (a hog), and reap it if it is our child."""
 
     kind: ClassVar[str] = "kill_process"
-    pid: int
-    create_time: float
 
-    def apply(self) -> str:
-        def kill(proc: psutil.Process) -> str:
-            proc.kill()
-            deadline = time.monotonic() + _TIMEOUT
-            # dead once it is a zombie: who reaps it (us if it is our child, else init) is
-            # not ours to wait for
-            while proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                if time.monotonic() > deadline:
-                    raise TargetError(f"pid {self.pid} did not die after SIGKILL")
-                time.sleep(0.01)
-            if proc.ppid() == os.getpid():
-                proc.wait(timeout=_TIMEOUT)
-            return f"killed pid {self.pid}"
-
-        return _on_process(self.pid, self.create_time, kill)
+    def act(self, proc: psutil.Process) -> str:
+        proc.kill()
+        deadline = time.monotonic() + _TIMEOUT
+        # dead once it is a zombie: who reaps it (us if it is our child, else init) is not
+        # ours to wait for
+        while proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+            if time.monotonic() > deadline:
+                raise TargetError(f"pid {self.pid} did not die after SIGKILL")
+            time.sleep(0.01)
+        if proc.ppid() == os.getpid():
+            proc.wait(timeout=_TIMEOUT)
+        return f"killed pid {self.pid}"
 
 
 @dataclass(frozen=True)
-class StopProcess:
+class StopProcess(_ProcessHeal):
     """Stop a process a run started (its target, Locust) and everything under it: SIGTERM to
     the process (a router stops its own workers), SIGKILL to what is left after `grace` s."""
 
     kind: ClassVar[str] = "stop_process"
-    pid: int
-    create_time: float
     grace: float = 3.0
 
-    def apply(self) -> str:
-        def stop(proc: psutil.Process) -> str:
-            under = len(proc.children(recursive=True))
-            left = terminate_tree(proc, self.grace)
-            if left:
-                raise TargetError(f"pid {self.pid}: {len(left)} process(es) still running "
-                                  "after SIGKILL: " + ", ".join(str(p.pid) for p in left))
-            with contextlib.suppress(psutil.Error, ChildProcessError):
-                if proc.ppid() == os.getpid():
-                    proc.wait(timeout=_TIMEOUT)
-            return f"stopped pid {self.pid} and {under} process(es) under it"
-
-        return _on_process(self.pid, self.create_time, stop)
+    def act(self, proc: psutil.Process) -> str:
+        under = len(proc.children(recursive=True))
+        left = terminate_tree(proc, self.grace)
+        if left:
+            raise TargetError(f"pid {self.pid}: {len(left)} process(es) still running after "
+                              "SIGKILL: " + ", ".join(str(p.pid) for p in left))
+        with contextlib.suppress(psutil.Error, ChildProcessError):
+            if proc.ppid() == os.getpid():
+                proc.wait(timeout=_TIMEOUT)
+        return f"stopped pid {self.pid} and {under} process(es) under it"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import ClassVar
 
 import psutil
 
@@ -46,15 +47,20 @@ def _spawn(args: list[str], ttl: float, ledger: Ledger) -> int:
     return proc.pid
 
 
+class _Hog:
+    """What every hog shares: its processes are killed on revert, and forgotten."""
+
+    def revert(self, target: Target, effect: Effect) -> None:
+        revert_effect(effect)
+        _forget(effect)
+
+
 @dataclass(frozen=True)
-class CpuHog:
+class CpuHog(_Hog):
     """`processes` busy-looping processes, each burning one CPU for the fault's TTL."""
 
+    name: ClassVar[str] = "host-cpu-hog"
     processes: int = 1
-
-    @property
-    def name(self) -> str:
-        return "host-cpu-hog"
 
     def validate(self, target: Target) -> None:
         cpus = psutil.cpu_count() or 1
@@ -66,20 +72,13 @@ class CpuHog:
         pids = [_spawn(["cpu"], ledger.ttl, ledger) for _ in range(self.processes)]
         return ledger.effect({"processes": self.processes, "pids": pids})
 
-    def revert(self, target: Target, effect: Effect) -> None:
-        revert_effect(effect)
-        _forget(effect)
-
 
 @dataclass(frozen=True)
-class MemoryHog:
+class MemoryHog(_Hog):
     """One process holding `mb` MiB (filled, so it is resident) for the fault's TTL."""
 
+    name: ClassVar[str] = "host-memory-hog"
     mb: int = 256
-
-    @property
-    def name(self) -> str:
-        return "host-memory-hog"
 
     def _limit(self) -> int:
         return int(psutil.virtual_memory().available * MAX_MEMORY_FRACTION // 2**20)
@@ -97,7 +96,3 @@ class MemoryHog:
                               "now (half the available memory)")
         pid = _spawn(["memory", "--mb", str(self.mb)], ledger.ttl, ledger)
         return ledger.effect({"mb": self.mb, "pids": [pid]})
-
-    def revert(self, target: Target, effect: Effect) -> None:
-        revert_effect(effect)
-        _forget(effect)

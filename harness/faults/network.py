@@ -17,7 +17,7 @@ import httpx
 
 from ..errors import TargetError, UsageError
 from ..target import Target
-from .base import Effect, Ledger, revert_effect
+from .base import Effect, Ledger, one_of, revert_effect
 from .heal import EnableProxy, RemoveToxic
 
 __all__ = ["ProxyDown", "Toxic"]
@@ -61,11 +61,8 @@ class Toxic:
         return f"network-{self.type}"
 
     def validate(self, target: Target) -> None:
-        if self.type not in TOXIC_TYPES:
-            raise UsageError(f"toxic type {self.type!r}: use one of {', '.join(TOXIC_TYPES)} "
-                             "(or ProxyDown for `down`)")
-        if self.stream not in ("downstream", "upstream"):
-            raise UsageError(f"toxic stream {self.stream!r}: use downstream or upstream")
+        one_of("toxic type", self.type, TOXIC_TYPES, " (or ProxyDown for `down`)")
+        one_of("toxic stream", self.stream, ("downstream", "upstream"))
         if not 0.0 <= self.toxicity <= 1.0:
             raise UsageError(f"toxic toxicity must be within 0..1, not {self.toxicity}")
         _check_proxy(self.api.rstrip("/"), self.proxy)

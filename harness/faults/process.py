@@ -13,7 +13,7 @@ import psutil
 
 from ..errors import TargetError, UsageError
 from ..target import Target
-from .base import Effect, Ledger, revert_effect
+from .base import Effect, Ledger, one_of, revert_effect
 from .heal import ResumeProcess
 
 __all__ = ["ProcessFault", "Victims"]
@@ -45,9 +45,7 @@ class ProcessFault:
         return f"process-{self.action}"
 
     def validate(self, target: Target) -> None:
-        if self.action not in _ACTIONS:
-            raise UsageError(f"process fault action {self.action!r}: use one of "
-                             f"{', '.join(_ACTIONS)}")
+        one_of("process fault action", self.action, _ACTIONS)
         if self.victims.role not in ("worker", "router"):
             raise UsageError(f"victims.role {self.victims.role!r}: use `worker` or `router`")
         if self.victims.count < 1:

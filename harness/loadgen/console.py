@@ -22,6 +22,7 @@ session's CSRF token in a header and come from the console's own origin.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -317,6 +318,9 @@ def _error(message: str, status: int) -> Response:
     return resp
 
 
+View = Callable[[], Response]
+
+
 def _blueprint(console: Console, web_ui: Any, base: str) -> Blueprint:
     bp = Blueprint("llm_chaos_console", __name__, url_prefix=base + PREFIX)
     # Locust's `--web-login` check, on every route of the console
@@ -337,6 +341,19 @@ def _blueprint(console: Console, web_ui: Any, base: str) -> Blueprint:
             if not hmac.compare_digest(csrf, request.headers.get(CSRF_HEADER, "")):
                 return _error("refused: missing or wrong CSRF token", 403)
         return None
+
+    def post(path: str, *, need_session: bool = True) -> Callable[[View], View]:
+        """Register a state-changing route: Locust's login guard, then `check_post`."""
+        def register(view: View) -> View:
+            @functools.wraps(view)
+            def checked() -> Response:
+                refused = check_post(need_session)
+                return view() if refused is None else refused
+
+            bp.route(path, methods=["POST"])(guard(checked))
+            return view
+
+        return register
 
     @bp.route("/")
     @guard
@@ -367,12 +384,8 @@ def _blueprint(console: Console, web_ui: Any, base: str) -> Blueprint:
         csrf = session_csrf()
         return jsonify({"authorized": csrf is not None, "csrf": csrf})
 
-    @bp.route("/api/login", methods=["POST"])
-    @guard
+    @post("/api/login", need_session=False)
     def login() -> Response:
-        refused = check_post(need_session=False)
-        if refused is not None:
-            return refused
         plan = console.plan
         if plan is None or plan.admin_token is None:
             return _error("this run has no admin token: faults cannot be driven by hand "
@@ -388,23 +401,15 @@ def _blueprint(console: Console, web_ui: Any, base: str) -> Blueprint:
                         secure=request.scheme == "https", path=base + PREFIX)
         return resp
 
-    @bp.route("/api/logout", methods=["POST"])
-    @guard
+    @post("/api/logout")
     def logout() -> Response:
-        refused = check_post()
-        if refused is not None:
-            return refused
         console.sessions.pop(request.cookies.get(COOKIE, ""), None)
         resp = jsonify({"authorized": False})
         resp.delete_cookie(COOKIE, path=base + PREFIX)
         return resp
 
-    @bp.route("/api/inject", methods=["POST"])
-    @guard
+    @post("/api/inject")
     def inject() -> Response:
-        refused = check_post()
-        if refused is not None:
-            return refused
         form = request.get_json(silent=True)
         if not isinstance(form, dict):
             return _error("send the form as a JSON object", 400)
@@ -419,12 +424,8 @@ def _blueprint(console: Console, web_ui: Any, base: str) -> Blueprint:
             return _error(f"{type(exc).__name__}: {exc}", 502)
         return jsonify({"inject": inject_id})
 
-    @bp.route("/api/revert", methods=["POST"])
-    @guard
+    @post("/api/revert")
     def revert() -> Response:
-        refused = check_post()
-        if refused is not None:
-            return refused
         inject_id = str((request.get_json(silent=True) or {}).get("inject", ""))
         if not console.revert(inject_id):
             return _error(f"no active fault {inject_id!r} (reverted already?)", 404)

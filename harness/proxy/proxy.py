@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import random
 import socket
@@ -282,37 +283,29 @@ class Link:
 
     def close(self) -> None:
         """Close both sockets (FIN), after what was already written to them."""
-        if self.closed:
-            return
-        self.closed = True
-        for pipe in (self.up, self.down):
-            pipe.abandon()
-        for side in (self.client, self.server):
-            if side is not None and side.transport is not None:
-                side.transport.close()
-        if self._connecting is not None:
-            self._connecting.cancel()
-        self.proxy.links.discard(self)
+        self._end(reset=False)
 
     def reset(self) -> None:
         """Reset both sockets (TCP RST): SO_LINGER 0, then abort."""
+        self._end(reset=True)
+
+    def _end(self, *, reset: bool) -> None:
         if self.closed:
             return
-        for side in (self.client, self.server):
-            if side is not None and side.transport is not None:
-                sock = side.transport.get_extra_info("socket")
-                if sock is not None:
-                    try:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                        struct.pack("ii", 1, 0))
-                    except OSError:
-                        pass
         self.closed = True
         for pipe in (self.up, self.down):
             pipe.abandon()
         for side in (self.client, self.server):
-            if side is not None and side.transport is not None:
-                side.transport.abort()
+            if side is None or side.transport is None:
+                continue
+            if not reset:
+                side.transport.close()
+                continue
+            sock = side.transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            side.transport.abort()
         if self._connecting is not None:
             self._connecting.cancel()
         self.proxy.links.discard(self)

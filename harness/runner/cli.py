@@ -1,4 +1,9 @@
-"""`llm-chaos run EXP.yaml [--report-dir DIR] [--set a.b=v ...] [--goodput ttft:MS ...]`."""
+"""Run an experiment file end to end: validate it, start the reference target when it names one,
+probe the steady state, run Locust with the fault schedule (every fault reverted however the run
+ends), probe again, judge the run and write its reports into reports/<run-id>/. Exit 0 when every
+check is valid, 1 when one is invalid, 3 when one is unknown or the run could not complete, 2 on
+a bad experiment file.
+"""
 
 from __future__ import annotations
 
@@ -36,14 +41,9 @@ def _ui_address(value: str) -> tuple[str, int]:
 
 def add_parser(sub: Any) -> None:
     """Register `run`."""
-    p = sub.add_parser(
-        "run", help="run an experiment: target, steady state, load + faults, checks, report",
-        description="Run an experiment file end to end: validate it, start the reference "
-                    "target when it names one, probe the steady state, run Locust with the "
-                    "fault schedule (every fault reverted however the run ends), probe again, "
-                    "judge the run and write its reports into reports/<run-id>/. Exit 0 when "
-                    "every check is valid, 1 when one is invalid, 3 when one is unknown or the "
-                    "run could not complete, 2 on a bad experiment file.")
+    p = sub.add_parser("run", description=__doc__,
+                       help="run an experiment: target, steady state, load + faults, checks, "
+                            "report")
     p.add_argument("experiment", type=Path, metavar="EXP.yaml", help="the experiment file")
     p.add_argument("--report-dir", type=Path, default=None, metavar="DIR",
                    help="put the run directory under DIR (default: the experiment's "

@@ -3,6 +3,7 @@ the YAML problem), `--set` overrides apply and are checked, the resolved file ro
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -176,10 +177,9 @@ def test_set_overrides(tmp_path: Path) -> None:
     ("load.arrival=constant", "load.rate"),
 ])
 def test_bad_override_names_the_path(tmp_path: Path, override: str, names: str) -> None:
-    with pytest.raises(UsageError) as info:
-        closed = GAMEDAY.replace("  arrival: poisson\n  rate: 5\n", "")
+    closed = GAMEDAY.replace("  arrival: poisson\n  rate: 5\n", "")
+    with pytest.raises(UsageError, match=re.escape(names)):
         load_experiment(write(tmp_path, closed), [override])
-    assert names in str(info.value)
 
 
 @pytest.mark.parametrize(("text", "names"), [
@@ -202,9 +202,8 @@ def test_bad_override_names_the_path(tmp_path: Path, override: str, names: str) 
     ("", "target"),
 ])
 def test_semantic_errors_name_the_field(tmp_path: Path, text: str, names: str) -> None:
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(UsageError, match=re.escape(names)):
         load_experiment(write(tmp_path, text))
-    assert names in str(info.value)
 
 
 ENDPOINT = """\

@@ -59,6 +59,15 @@ class RunBuilder:
             t += 1.0 / rate
         return ids
 
+    def load_around_fault(self, start: float, inject: float, revert: float, end: float,
+                          rate: float = 10.0, status: str = "error_frame") -> None:
+        """Steady load from `start` to `end` at `rate`, and a fault from `inject` to `revert`
+        during which every request fails with `status`."""
+        self.load(start, inject, rate=rate)
+        self.load(inject, revert, rate=rate, status=status)
+        self.load(revert, end, rate=rate)
+        self.fault(inject, revert)
+
     def fault(self, start: float, end: float | None, name: str = "admin-error-rate",
               inject_id: str | None = None, **value: Any) -> None:
         inject_id = inject_id or uuid.uuid4().hex[:12]

@@ -123,10 +123,7 @@ def test_phases_come_from_inject_revert_and_recovery(tmp_path: Path) -> None:
 
 def test_recovery_valid_after_a_revert(tmp_path: Path) -> None:
     b = RunBuilder(tmp_path)
-    b.load(0, 10, rate=10)
-    b.load(10, 15, rate=10, status="error_frame")
-    b.load(15, 30, rate=10)
-    b.fault(10, 15)
+    b.load_around_fault(0, 10, 15, 30, rate=10)
     result = judge(b, "recovery", config(slo=SLO, recovery={"window": 2, "max_time": 5}))
     assert result.verdict is Verdict.VALID, result.summary
     fault = result.evidence["faults"][0]

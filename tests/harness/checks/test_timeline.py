@@ -58,10 +58,7 @@ def test_the_window_is_capped_at_half_the_run() -> None:
 def _sparse(tmp_path: Path) -> RunBuilder:
     """0.4 requests/s: a 5 s window holds 2 requests, fewer than recovery.min_requests (3)."""
     b = RunBuilder(tmp_path)
-    b.load(0, 40, rate=0.4)
-    b.load(40, 55, rate=0.4, status="error_frame")
-    b.load(55, 120, rate=0.4)
-    b.fault(40, 55)
+    b.load_around_fault(0, 40, 55, 120, rate=0.4)
     return b
 
 

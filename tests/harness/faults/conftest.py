@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 from harness.launcher import ServerProcess, free_port, free_ports
 from harness.launcher import start_fleet as launch_fleet
 from harness.target import Target
+from tests.http_stub import JsonHandler
 from tests.waiting import wait_for
 
 TOKEN = "faults-test-token"
@@ -102,18 +103,7 @@ class ToxiproxyStub:
         self.lock = threading.Lock()
         stub = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _send(self, code: int, body: Any = None) -> None:
-                data = json.dumps(body).encode() if body is not None else b""
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _body(self) -> Any:
                 n = int(self.headers.get("Content-Length") or 0)
                 return json.loads(self.rfile.read(n) or b"{}")
@@ -123,11 +113,11 @@ class ToxiproxyStub:
                 with stub.lock:
                     proxy = stub.proxies.get(parts[1]) if len(parts) >= 2 else None
                     if proxy is None:
-                        self._send(404, {"error": "proxy not found"})
+                        self.send_json(404, {"error": "proxy not found"})
                     elif len(parts) == 2:
-                        self._send(200, {**proxy, "toxics": list(proxy["toxics"].values())})
+                        self.send_json(200, {**proxy, "toxics": list(proxy["toxics"].values())})
                     else:
-                        self._send(200, list(proxy["toxics"].values()))
+                        self.send_json(200, list(proxy["toxics"].values()))
 
             def do_POST(self) -> None:
                 parts = self.path.strip("/").split("/")
@@ -137,31 +127,31 @@ class ToxiproxyStub:
                         for each in stub.proxies.values():
                             each["toxics"].clear()
                             each["enabled"] = True
-                        self._send(204)
+                        self.send_json(204)
                         return
                     found = stub.proxies.get(parts[1]) if len(parts) >= 2 else None
                     if found is None:
-                        self._send(404, {"error": "proxy not found"})
+                        self.send_json(404, {"error": "proxy not found"})
                         return
                     proxy = found
                     if len(parts) == 2:
                         proxy["enabled"] = bool(body.get("enabled", proxy["enabled"]))
-                        self._send(200, {**proxy, "toxics": list(proxy["toxics"].values())})
+                        self.send_json(200, {**proxy, "toxics": list(proxy["toxics"].values())})
                     elif body["name"] in proxy["toxics"]:
-                        self._send(409, {"error": "toxic already exists"})
+                        self.send_json(409, {"error": "toxic already exists"})
                     else:
                         proxy["toxics"][body["name"]] = body
-                        self._send(200, body)
+                        self.send_json(200, body)
 
             def do_DELETE(self) -> None:
                 parts = self.path.strip("/").split("/")
                 with stub.lock:
                     proxy = stub.proxies.get(parts[1]) if len(parts) >= 4 else None
                     if proxy is None or parts[3] not in proxy["toxics"]:
-                        self._send(404, {"error": "toxic not found"})
+                        self.send_json(404, {"error": "toxic not found"})
                     else:
                         del proxy["toxics"][parts[3]]
-                        self._send(204)
+                        self.send_json(204)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

@@ -12,7 +12,7 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
@@ -23,6 +23,7 @@ from harness.faults import ContainerFault
 from harness.faults.base import Ledger
 from harness.faults.heal import DockerConnect, heal_from_json, heal_to_json
 from harness.target import Target
+from tests.http_stub import JsonHandler
 
 NOWHERE = Target("http://127.0.0.1:9")
 API = "1.45"  # what the fake's /version reports; docker_client() then speaks it
@@ -91,10 +92,7 @@ class FakeEngine:
         self._taken = 0
         engine = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 size = int(self.headers.get("Content-Length") or 0)
@@ -102,14 +100,10 @@ class FakeEngine:
                 call = Call(self.command, url.path, dict(parse_qsl(url.query)), body)
                 engine.calls.append(call)
                 code, reply = engine.answer(call)
-                data = (reply.encode() if isinstance(reply, str)
-                        else b"" if reply is None else json.dumps(reply).encode())
-                self.send_response(code)
-                self.send_header("Content-Type", "text/plain" if isinstance(reply, str)
-                                 else "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                if isinstance(reply, str):
+                    self.send_body(code, reply.encode(), "text/plain")
+                else:
+                    self.send_json(code, reply)
 
             do_POST = do_GET
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psutil
 import pytest
 
 from harness.errors import UsageError
 from harness.faults import CpuHog, MemoryHog
-from harness.faults.base import Ledger
+from harness.faults.base import Effect, Ledger
 from harness.target import Target
 from tests.waiting import wait_for
 
@@ -19,32 +21,34 @@ from .conftest import status
 NOWHERE = Target("http://127.0.0.1:9")  # host faults do not talk to the target
 
 
-def test_cpu_hog_burns_a_cpu_until_reverted() -> None:
-    fault = CpuHog(processes=1)
+@contextmanager
+def _injected(fault: CpuHog | MemoryHog) -> Iterator[tuple[Effect, int]]:
+    """Validate and inject a fault of one hog process; yield its effect and PID; revert it at
+    the end, however the block ends."""
     fault.validate(NOWHERE)
     effect = fault.inject(NOWHERE, random.Random(0), Ledger(fault.name, 30))
-    (pid,) = effect.value["pids"]
     try:
+        (pid,) = effect.value["pids"]
+        yield effect, pid
+    finally:
+        fault.revert(NOWHERE, effect)
+
+
+def test_cpu_hog_burns_a_cpu_until_reverted() -> None:
+    fault = CpuHog(processes=1)
+    with _injected(fault) as (effect, pid):
         proc = psutil.Process(pid)
         t0 = sum(proc.cpu_times()[:2])
         time.sleep(0.6)
         assert sum(proc.cpu_times()[:2]) - t0 > 0.2
-    finally:
-        fault.revert(NOWHERE, effect)
     assert status(pid) == "gone"
     fault.revert(NOWHERE, effect)  # idempotent
 
 
 def test_memory_hog_holds_its_memory_until_reverted() -> None:
-    fault = MemoryHog(mb=64)
-    fault.validate(NOWHERE)
-    effect = fault.inject(NOWHERE, random.Random(0), Ledger(fault.name, 30))
-    (pid,) = effect.value["pids"]
-    try:
+    with _injected(MemoryHog(mb=64)) as (_, pid):
         wait_for(lambda: psutil.Process(pid).memory_info().rss >= 64 * 2**20, 10,
                  "the hog to hold 64 MiB")
-    finally:
-        fault.revert(NOWHERE, effect)
     assert status(pid) == "gone"
 
 

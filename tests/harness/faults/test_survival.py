@@ -36,6 +36,14 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
 ProxyFactory = Callable[[str], ChaosProxy]
 
 
+@pytest.fixture
+def proxied(fleet: tuple[ServerProcess, Target],
+            chaos_proxy: ProxyFactory) -> tuple[Target, ChaosProxy]:
+    """The fleet's target, and the chaos proxy in front of it."""
+    _, target = fleet
+    return target, chaos_proxy(target.url.removeprefix("http://"))
+
+
 def _start_run(target: Target, toxiproxy: ChaosProxy, run_dir: Path, hold: float = 60,
                check: bool = True) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """Start the harness run and wait until its six faults are in force."""
@@ -80,11 +88,9 @@ def _assert_healed(target: Target, toxiproxy: ChaosProxy, run_dir: Path,
 
 @pytest.mark.parametrize(("sig", "code"), [  # Ctrl-C solo: see test_chaos_plan's
     pytest.param(signal.SIGINT, 130, marks=pytest.mark.solo), (signal.SIGTERM, 143)])
-def test_interrupted_run_reverts_everything(fleet: tuple[ServerProcess, Target],
-                                            chaos_proxy: ProxyFactory, tmp_path: Path,
-                                            sig: int, code: int) -> None:
-    _, target = fleet
-    toxiproxy = chaos_proxy(target.url.removeprefix("http://"))
+def test_interrupted_run_reverts_everything(proxied: tuple[Target, ChaosProxy],
+                                            tmp_path: Path, sig: int, code: int) -> None:
+    target, toxiproxy = proxied
     proc, what = _start_run(target, toxiproxy, tmp_path)
     os.kill(proc.pid, sig)
     assert proc.wait(timeout=30) == code
@@ -98,22 +104,18 @@ def test_interrupted_run_reverts_everything(fleet: tuple[ServerProcess, Target],
     _assert_healed(target, toxiproxy, tmp_path, what, timeout=10)
 
 
-def test_sigkilled_run_is_healed_by_its_guard(fleet: tuple[ServerProcess, Target],
-                                              chaos_proxy: ProxyFactory,
+def test_sigkilled_run_is_healed_by_its_guard(proxied: tuple[Target, ChaosProxy],
                                               tmp_path: Path) -> None:
-    _, target = fleet
-    toxiproxy = chaos_proxy(target.url.removeprefix("http://"))
+    target, toxiproxy = proxied
     proc, what = _start_run(target, toxiproxy, tmp_path)
     proc.kill()
     proc.wait()
     _assert_healed(target, toxiproxy, tmp_path, what, timeout=10)
 
 
-def test_ttls_then_faults_clear_when_the_guard_died_too(fleet: tuple[ServerProcess, Target],
-                                                        chaos_proxy: ProxyFactory,
+def test_ttls_then_faults_clear_when_the_guard_died_too(proxied: tuple[Target, ChaosProxy],
                                                         tmp_path: Path) -> None:
-    _, target = fleet
-    toxiproxy = chaos_proxy(target.url.removeprefix("http://"))
+    target, toxiproxy = proxied
     # faults held 3 s, TTL 5 s (3 + the injector's 2 s grace): both killed well before that
     proc, what = _start_run(target, toxiproxy, tmp_path, hold=3, check=False)
     what["guard"].kill()

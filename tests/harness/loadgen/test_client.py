@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from harness.errors import UsageError
 from harness.launcher import ServerProcess, free_port
 from harness.loadgen.client import Request, StreamClient, discover_model
 from harness.loadgen.metrics import summarize
+from tests.http_stub import JsonHandler
 
 from .badserver import bad_server
 
@@ -116,22 +116,11 @@ def test_against_the_reference_worker(sim_worker: ServerProcess, api: str,
         assert m.ttft is None and m.itl == () and m.e2e >= 0.05 + 4 * 0.01
 
 
-class _Recorder(http.server.BaseHTTPRequestHandler):
+class _Recorder(JsonHandler):
     """Answers /v1/models and chat like an OpenAI server that wants `Bearer sk-good`, and
     keeps each request's path and headers; a refusal echoes the key it was sent (some do)."""
 
     seen: ClassVar[list[tuple[str, str, dict[str, str]]]] = []
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def _answer(self, status: int, payload: object) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -139,13 +128,13 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         self.seen.append((self.command, self.path, dict(self.headers.items())))
         auth = self.headers.get("Authorization", "")
         if auth != "Bearer sk-good":
-            self._answer(401, {"error": {"message": f"Incorrect API key provided: {auth}",
+            self.send_json(401, {"error": {"message": f"Incorrect API key provided: {auth}",
                                          "type": "invalid_request_error",
                                          "code": "invalid_api_key"}})
         elif self.path == "/gw/v1/models":
-            self._answer(200, {"object": "list", "data": [{"id": "m1", "object": "model"}]})
+            self.send_json(200, {"object": "list", "data": [{"id": "m1", "object": "model"}]})
         else:
-            self._answer(200, {"choices": [{"message": {"content": "hi"},
+            self.send_json(200, {"choices": [{"message": {"content": "hi"},
                                             "finish_reason": "stop"}]})
 
     do_GET = _handle

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..endpoint import ADMIN_TOKEN_ENV, auth_headers
+import gevent
+
+from ..endpoint import ADMIN_TOKEN_ENV
 from ..errors import TargetError, UsageError
-from ..runner.session import Session, write_plan
+from ..runner.session import write_plan
 from .plan import ChaosPlan, LoadState, endpoint_options, load_plan
 
 __all__ = ["install", "on_init"]
@@ -59,33 +61,22 @@ def _on_test_start(environment: Any, loadgen: Callable[[Any], LoadState], **_: A
                         "test runs without it")
         return
     load = loadgen(environment)  # how the load reaches the target: the probes go the same way
-    session = Session(plan.experiment, plan.run_dir, out=sys.stdout, audit_log=plan.audit_log)
+    name = plan.experiment.name or Path(environment.parsed_options.chaos_plan).name
     try:
-        url = (environment.host or plan.url or "").rstrip("/")
-        if not url:
-            raise UsageError("target.url: no target to test; set the host (--host URL)")
-        recorded = plan.recorded(url)
-        write_plan(recorded, plan.run_dir)
-        session.prepare(url, plan.admin_token, verify=load.tls,
-                        headers=dict(auth_headers(load.headers, load.api_key, False)),
-                        reference=recorded.target.adapter == "reference")
-        name = plan.experiment.name or Path(environment.parsed_options.chaos_plan).name
-        session.say(f"chaos plan {name} seed {plan.seed} against {url} -> {plan.run_dir}")
-        session.steady_state("before")
+        session = plan.begin(environment.host, load, name, sys.stdout)
     except (UsageError, TargetError) as exc:
         hint = (f" (the admin token comes from target.admin_token or ${ADMIN_TOKEN_ENV})"
                 if "token" in str(exc) else "")
         log.error("llm-chaos: --chaos-plan refused by the target: %s%s", exc, hint)
-        session.close()
         environment.process_exit_code = 2
         runner = environment.runner
-        _spawn(runner.quit if environment.parsed_options.headless else runner.stop)
+        gevent.spawn(runner.quit if environment.parsed_options.headless else runner.stop)
         return
     session.observe()
     # with the game-day console, the schedule runs even when empty: faults injected by hand
     # join it, under its guard, and are reverted with it
     if session.steps or getattr(environment, "web_ui", None) is not None:
-        plan.schedule = _spawn(session.run_faults, plan.horizon)
+        plan.schedule = gevent.spawn(session.run_faults, plan.horizon)
     plan.session, plan.loadgen = session, load
 
 
@@ -115,12 +106,6 @@ def _on_quitting(environment: Any, **_: Any) -> None:
         plan.session.problems.append("interrupted before the load ended")
         environment.runner.stop()
     _finish(environment)
-
-
-def _spawn(call: Callable[..., Any], *args: Any) -> Any:
-    import gevent
-
-    return gevent.spawn(call, *args)
 
 
 def install(events: Any, loadgen: Callable[[Any], LoadState]) -> None:

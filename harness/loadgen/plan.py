@@ -8,10 +8,10 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
-from ..endpoint import ADMIN_TOKEN_ENV, API_KEY_ENV, REDACTED
-from ..errors import UsageError
+from ..endpoint import ADMIN_TOKEN_ENV, API_KEY_ENV, REDACTED, auth_headers
+from ..errors import TargetError, UsageError
 from ..experiment import (
     AdminFaultSpec,
     Experiment,
@@ -21,7 +21,7 @@ from ..experiment import (
     load_experiment,
 )
 from ..runner.rundir import EXPERIMENT_FILE, HISTORY_FILE, new_run_dir
-from ..runner.session import Session
+from ..runner.session import Session, write_plan
 
 __all__ = ["ChaosPlan", "LoadState", "add_options", "endpoint_options", "load_plan",
            "locust_experiment"]
@@ -74,6 +74,26 @@ class ChaosPlan:
                               headers=cfg.headers, api_key_env=cfg.api_key_env,
                               ca_bundle=cfg.ca_bundle, insecure=cfg.insecure)
         return self.experiment.model_copy(update={"target": target})
+
+    def begin(self, host: str | None, load: LoadState, name: str, out: TextIO) -> Session:
+        """The session against `host` (else target.url), prepared, with the steady state
+        probed before the load; UsageError or TargetError (the session closed) when refused."""
+        session = Session(self.experiment, self.run_dir, out=out, audit_log=self.audit_log)
+        try:
+            url = (host or self.url or "").rstrip("/")
+            if not url:
+                raise UsageError("target.url: no target to test; set the host (--host URL)")
+            recorded = self.recorded(url)
+            write_plan(recorded, self.run_dir)
+            session.prepare(url, self.admin_token, verify=load.tls,
+                            headers=dict(auth_headers(load.headers, load.api_key, False)),
+                            reference=recorded.target.adapter == "reference")
+            session.say(f"chaos plan {name} seed {self.seed} against {url} -> {self.run_dir}")
+            session.steady_state("before")
+        except (UsageError, TargetError):
+            session.close()
+            raise
+        return session
 
 
 def add_options(group: Any) -> None:

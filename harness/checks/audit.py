@@ -4,17 +4,16 @@ received, statuses consistent, and the hash chain verified (by `harness.audit`).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..audit import TERMINAL, verify
 from .result import CheckResult, Verdict, merge
 from .run import RunData, read_jsonl
 
 __all__ = ["check_audit"]
 
-TERMINAL = frozenset({"completed", "failed", "rejected", "cancelled", "timeout"})
 # What the target may have recorded for what the client saw (a network fault between client and
 # router can make a completed request look failed to the client, so only `ok` is strict).
 _EXPECTED = {"ok": {"completed"}, "rate_limited": {"rejected"},
@@ -27,15 +26,7 @@ def _kind(record: Mapping[str, Any]) -> str:
 
 
 def _chain(paths: tuple[Path, ...]) -> tuple[Verdict, dict[str, Any]]:
-    try:
-        module = importlib.import_module("harness.audit")
-    except ImportError as exc:
-        return Verdict.UNKNOWN, {"chain": f"not verified: harness.audit unavailable ({exc})"}
-    verify = getattr(module, "verify", None)
-    if verify is None:
-        return Verdict.UNKNOWN, {"chain": "not verified: harness.audit has no verify()"}
-    report = verify(list(paths))
-    data = report.to_json()
+    data = verify(list(paths)).to_json()
     return (Verdict.VALID if data.get("ok") else Verdict.INVALID), {
         "chain_ok": data.get("ok"), "chain_first_broken": data.get("first_broken"),
         "chain_problems": list(data.get("problems", []))[:20],

@@ -14,7 +14,7 @@ from .container import ContainerFault
 from .history import JsonlRecorder, MemoryRecorder, Recorder
 from .host import CpuHog, MemoryHog
 from .injector import FaultInjector, RunResult, Terminated
-from .network import ProxyDown, Toxic
+from .network import ProxyDown, ToxicFault
 from .process import ProcessFault, Victims
 from .schedule import AbortCondition, NoLiveWorkers, RouterUnhealthy, Step
 
@@ -38,6 +38,6 @@ __all__ = [
     "RunResult",
     "Step",
     "Terminated",
-    "Toxic",
+    "ToxicFault",
     "Victims",
 ]

@@ -20,7 +20,7 @@ from ..target import Target
 from .base import Effect, Ledger, one_of, revert_effect
 from .heal import EnableProxy, RemoveToxic
 
-__all__ = ["ProxyDown", "Toxic"]
+__all__ = ["ProxyDown", "ToxicFault"]
 
 SSE_TOXICS = ("sse_stall", "sse_cut", "sse_drop_done")  # our proxy's; Toxiproxy has none
 TOXIC_TYPES = ("latency", "bandwidth", "slicer", "slow_close", "timeout", "reset_peer",
@@ -46,7 +46,7 @@ def _check_proxy(api: str, proxy: str) -> None:
 
 
 @dataclass(frozen=True)
-class Toxic:
+class ToxicFault:
     """A toxic of `type` with `attributes` on `proxy` of the API at `api`."""
 
     api: str

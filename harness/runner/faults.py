@@ -28,7 +28,7 @@ from ..faults import (
     ProxyDown,
     RouterUnhealthy,
     Step,
-    Toxic,
+    ToxicFault,
     Victims,
 )
 
@@ -49,7 +49,7 @@ def build_fault(spec: FaultSpec) -> Fault:
         return AdminFault(kind, on=spec.on, count=spec.count, workers=spec.workers,
                           params=params)
     if isinstance(spec, ToxicSpec):
-        return Toxic(api=spec.api, proxy=spec.proxy, type=spec.kind.removeprefix("network-"),
+        return ToxicFault(api=spec.api, proxy=spec.proxy, type=spec.kind.removeprefix("network-"),
                      attributes=dict(spec.attributes), stream=spec.stream,
                      toxicity=spec.toxicity)
     if isinstance(spec, ProxyDownSpec):

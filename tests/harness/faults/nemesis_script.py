@@ -17,7 +17,7 @@ from harness.faults import (
     ProcessFault,
     Step,
     Terminated,
-    Toxic,
+    ToxicFault,
     Victims,
 )
 from harness.target import Target
@@ -32,7 +32,7 @@ def main() -> int:
              duration=hold),
         Step(CpuHog(), duration=hold),
         Step(MemoryHog(mb=16), duration=hold),
-        Step(Toxic(toxiproxy, "llm", "latency", {"latency": 100}), duration=hold),
+        Step(ToxicFault(toxiproxy, "llm", "latency", {"latency": 100}), duration=hold),
         # last, so it is reverted first: the router's fault removal waits 5 s per paused worker
         Step(ProcessFault("pause", Victims(count=1)), duration=hold),
     ]

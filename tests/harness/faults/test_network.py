@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from harness.errors import UsageError
-from harness.faults import ProxyDown, Toxic
+from harness.faults import ProxyDown, ToxicFault
 from harness.faults.base import Ledger
 from harness.launcher import ServerProcess
 from harness.target import Target
@@ -22,7 +22,7 @@ NOWHERE = Target("http://127.0.0.1:9")
 
 
 def test_toxic_added_and_removed(toxiproxy: ToxiproxyStub) -> None:
-    fault = Toxic(toxiproxy.url, "llm", "latency", {"latency": 300, "jitter": 50})
+    fault = ToxicFault(toxiproxy.url, "llm", "latency", {"latency": 300, "jitter": 50})
     fault.validate(NOWHERE)
     effect = fault.inject(NOWHERE, random.Random(0), Ledger(fault.name, 30))
     (toxic,) = toxiproxy.toxics()
@@ -43,11 +43,11 @@ def test_proxy_down_and_up(toxiproxy: ToxiproxyStub) -> None:
 
 def test_validate_names_what_is_wrong(toxiproxy: ToxiproxyStub) -> None:
     with pytest.raises(UsageError, match="has no proxy 'nope'"):
-        Toxic(toxiproxy.url, "nope", "latency").validate(NOWHERE)
+        ToxicFault(toxiproxy.url, "nope", "latency").validate(NOWHERE)
     with pytest.raises(UsageError, match="toxic type 'lag'"):
-        Toxic(toxiproxy.url, "llm", "lag").validate(NOWHERE)
+        ToxicFault(toxiproxy.url, "llm", "lag").validate(NOWHERE)
     with pytest.raises(UsageError, match="no Toxiproxy-compatible API"):
-        Toxic("http://127.0.0.1:9", "llm", "latency").validate(NOWHERE)
+        ToxicFault("http://127.0.0.1:9", "llm", "latency").validate(NOWHERE)
 
 
 def test_toxic_on_the_chaos_proxy_slows_the_target(
@@ -63,7 +63,7 @@ def test_toxic_on_the_chaos_proxy_slows_the_target(
         assert httpx.post(via, json=body, timeout=10).status_code == 200
         return time.monotonic() - start
 
-    fault = Toxic(proxy.url, "llm", "latency", {"latency": 700})
+    fault = ToxicFault(proxy.url, "llm", "latency", {"latency": 700})
     fault.validate(target)
     effect = fault.inject(target, random.Random(0), Ledger(fault.name, 30))
     (toxic,) = proxy.toxics()
@@ -130,7 +130,7 @@ def test_stream_toxics_cut_and_unterminate_streams_through_the_chaos_proxy(
             ("sse_cut", {"events": 3}, lambda got: len(got) == 3 and "[DONE]" not in got[-1]),
             ("sse_drop_done", {}, lambda got: len(got) == len(whole) - 1
              and all("[DONE]" not in line for line in got))):
-        fault = Toxic(proxy.url, "llm", kind, attributes)
+        fault = ToxicFault(proxy.url, "llm", kind, attributes)
         fault.validate(target)
         effect = fault.inject(target, random.Random(0), Ledger(fault.name, 30))
         got = stream()

@@ -15,6 +15,7 @@ import pytest
 
 from harness.errors import TargetError
 from harness.launcher import ServerProcess, free_port, start_worker
+from tests.realtime import realtime_prefix
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -127,6 +128,20 @@ def _session_worker(model: str, logs: Path, *args: str) -> Iterator[ServerProces
     try:
         proc.wait_ready(timeout=300)
         yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def timed_sim(tmp_path: Path) -> Iterator[tuple[ServerProcess, list[str]]]:
+    """A simulated engine (TTFT 50 ms, ITL 10 ms) of the test's own, at real-time priority
+    where allowed (`tests.realtime`); with the prefix it was started under."""
+    prefix = realtime_prefix()
+    proc = start_worker("sim", args=["--sim-ttft", "0.05", "--sim-itl", "0.01"],
+                        log_dir=tmp_path, prefix=prefix)
+    try:
+        proc.wait_ready(timeout=60)
+        yield proc, prefix
     finally:
         proc.stop()
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -36,20 +34,6 @@ class LocustRun:
 
 
 RunLocust = Callable[..., LocustRun]
-
-
-def realtime_prefix() -> list[str]:
-    """`chrt -f 10` where the kernel allows it (root or CAP_SYS_NICE), else nothing.
-
-    Timing-truth tests measure how late the harness sees a token; on a small machine shared with
-    other busy processes they would otherwise measure the other processes' CPU use instead.
-    The kernel's RT throttling keeps such a process from starving the machine.
-    """
-    chrt = shutil.which("chrt")
-    if chrt is None:
-        return []
-    probe = subprocess.run([chrt, "-f", "10", "true"], capture_output=True, check=False)
-    return [chrt, "-f", "10"] if probe.returncode == 0 else []
 
 
 def locust_env() -> dict[str, str]:

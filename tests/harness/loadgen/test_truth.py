@@ -13,16 +13,15 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from harness.launcher import ServerProcess, start_worker
+from harness.launcher import ServerProcess
 
-from .conftest import LOCUSTFILES, RunLocust, locust_env, realtime_prefix
+from .conftest import LOCUSTFILES, RunLocust, locust_env
 
 # timings or every core: runs alone, not beside another test (make test: solo phase)
 pytestmark = pytest.mark.solo
@@ -58,19 +57,6 @@ def compare(records: list[dict[str, Any]], url: str) -> dict[str, list[float]]:
             errs["ttft_vs_engine"].append(value["ttft"] - (emitted[0] - trace["received_at"]))
             errs["start_to_received"].append(trace["received_at"] - value["sent_monotonic"])
     return errs
-
-
-@pytest.fixture
-def timed_sim(tmp_path: Path) -> Iterator[tuple[ServerProcess, list[str]]]:
-    """A simulated engine (TTFT 50 ms, ITL 10 ms), at real-time priority where allowed."""
-    prefix = realtime_prefix()
-    proc = start_worker("sim", args=["--sim-ttft", "0.05", "--sim-itl", "0.01"],
-                        log_dir=tmp_path, prefix=prefix)
-    try:
-        proc.wait_ready(timeout=60)
-        yield proc, prefix
-    finally:
-        proc.stop()
 
 
 def warm_up(url: str) -> None:

@@ -73,17 +73,21 @@ def _emission_errors(url: str) -> list[float]:
 
 
 @pytest.mark.solo  # a timing at 1 ms
-def test_64_streams_emit_on_schedule(sim_worker: ServerProcess) -> None:
+def test_64_streams_emit_on_schedule(timed_sim: tuple[ServerProcess, list[str]]) -> None:
     """Tokens of 64 concurrent streams are emitted within 1 ms of their schedule (p99).
 
-    The test client shares the 2 cores with the worker, and the OS may preempt the scheduler
-    thread for another process now and then, which no user-space scheduler can prevent: a run
-    whose tail was disturbed that way is run again (3 runs at most), and the median must hold
-    in every run.
+    The test client shares the 2 cores with the worker: the worker runs at real-time priority
+    where the kernel allows it (as the truth tests' engine does), or the tail would measure
+    how long the OS leaves a woken scheduler thread waiting for a core behind the client
+    (p99 1.1-2.3 ms in three runs on a 2-core EPYC, 0.6-0.9 ms on the same machine quieter).
+    The OS may still preempt it now and then, which no user-space scheduler can prevent: a
+    run whose tail was disturbed that way is run again (3 runs at most), and the median must
+    hold in every run.
     """
+    sim, _ = timed_sim
     runs: list[tuple[float, float, float]] = []
     for _ in range(3):
-        errors = _emission_errors(sim_worker.url)
+        errors = _emission_errors(sim.url)
         p99 = errors[int(0.99 * (len(errors) - 1))]
         runs.append((statistics.median(errors), p99, errors[-1]))
         print(f"emission error over {len(errors)} tokens: median {runs[-1][0] * 1e3:.3f} ms, "

@@ -124,12 +124,9 @@ def session_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _session_worker(model: str, logs: Path, *args: str) -> Iterator[ServerProcess]:
-    proc = start_worker(model, args=args, log_dir=logs)
-    try:
+    with start_worker(model, args=args, log_dir=logs) as proc:  # stopped however it ends
         proc.wait_ready(timeout=300)
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
@@ -137,13 +134,10 @@ def timed_sim(tmp_path: Path) -> Iterator[tuple[ServerProcess, list[str]]]:
     """A simulated engine (TTFT 50 ms, ITL 10 ms) of the test's own, at real-time priority
     where allowed (`tests.realtime`); with the prefix it was started under."""
     prefix = realtime_prefix()
-    proc = start_worker("sim", args=["--sim-ttft", "0.05", "--sim-itl", "0.01"],
-                        log_dir=tmp_path, prefix=prefix)
-    try:
+    with start_worker("sim", args=["--sim-ttft", "0.05", "--sim-itl", "0.01"],
+                      log_dir=tmp_path, prefix=prefix) as proc:
         proc.wait_ready(timeout=60)
         yield proc, prefix
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="session")

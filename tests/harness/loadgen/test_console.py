@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from harness.checks.cli import check_command
-from harness.launcher import ServerProcess, free_ports, stop_tree
+from harness.launcher import ServerProcess, free_ports, start_fleet, stop_tree
 
 # timings or every core: runs alone, not beside another test (make test: solo phase)
 pytestmark = pytest.mark.solo
@@ -73,20 +73,14 @@ def _until(what: str, probe: Callable[[], Any], timeout: float, step: float = 0.
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[ServerProcess]:
     """Two sim workers behind the reference router; stopped by PID."""
-    (port,) = free_ports(1)
-    cmd = [sys.executable, "-m", "targets.reference", "serve", "--model", "sim",
-           "--workers", "2", "--port", str(port), f"--admin-token={TOKEN}",
-           "--log-dir", str(tmp_path / "fleet-logs")]
-    proc = ServerProcess(cmd, f"http://127.0.0.1:{port}", tmp_path / "fleet.log")
-    try:
+    with start_fleet("--model", "sim", "--workers", "2", log_path=tmp_path / "fleet.log",
+                     worker_logs=tmp_path / "fleet-logs", admin_token=TOKEN) as proc:
         proc.wait_ready(timeout=60)
         _until("two live workers", lambda: sum(
             w["state"] == "live" for w in httpx.get(
                 proc.url + "/admin/workers", headers={"Authorization": f"Bearer {TOKEN}"},
                 timeout=5).json()["workers"]) == 2, 60)
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.launcher import ServerProcess, free_port, start_fleet
+from harness.launcher import ServerProcess, start_fleet, start_worker
 from targets.reference.http_limits import MAX_HEADER_BYTES, MAX_HEADERS
 
 READ_TIMEOUT = 1.0  # seconds; short so the test is quick: these limits are the client's time
@@ -37,27 +36,18 @@ def _serve(tmp: Path, *extra: str) -> ServerProcess:
 def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
     logs = tmp_path_factory.mktemp("limits-router")
     audit = logs / "audit.jsonl"
-    proc = _serve(logs, f"--admin-token={TOKEN}", "--audit-log", str(audit))
-    try:
+    with _serve(logs, f"--admin-token={TOKEN}", "--audit-log", str(audit)) as proc:
         proc.wait_ready(timeout=60)
         yield proc, audit
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    logs = tmp_path_factory.mktemp("limits-worker")
-    port = free_port()
-    cmd = [sys.executable, "-m", "targets.reference", "worker", "--model", "sim",
-           "--port", str(port), "--sim-ttft=0.01", "--sim-itl=0.01",
-           f"--request-read-timeout={READ_TIMEOUT}"]
-    proc = ServerProcess(cmd, f"http://127.0.0.1:{port}", logs / "worker.log")
-    try:
+    args = ["--sim-ttft=0.01", "--sim-itl=0.01", f"--request-read-timeout={READ_TIMEOUT}"]
+    with start_worker("sim", args=args,
+                      log_dir=tmp_path_factory.mktemp("limits-worker")) as proc:
         proc.wait_ready(timeout=60)
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(params=["router", "worker"])

@@ -111,11 +111,6 @@ class _Layer:
         return self.down(F.silu(gate) * up)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class BatchDecoder:
     """Prefill one sequence into a cache slot; decode all occupied slots in one step."""
 
@@ -151,10 +146,13 @@ class BatchDecoder:
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
             cos, sin = inner.rotary_emb(probe, positions)
         self.cos = cos[0].to(self.dtype)  # [max_len, head_dim]
-        self.sin = sin[0].to(self.dtype)
+        # sin with its first half negated: rotate_half(x) * sin = roll(x, half) * this, to the
+        # bit (a negation is exact), in one op where rotate_half takes four
+        half = self.head_dim // 2
+        self.sin = torch.cat((-sin[0, :, :half], sin[0, :, half:]), dim=-1).to(self.dtype)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return x * cos + _rotate_half(x) * sin
+        return x * cos + x.roll(self.head_dim // 2, dims=-1) * sin
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """RMSNorm of the float32 residual stream, cast to the weights' dtype."""

@@ -222,8 +222,10 @@ def quantize_model(model: Any, fmt: str, dense_dtype: torch.dtype | None = None)
     holds (load it in float32 first). Each layer's q, k and v projections become one
     QuantLinear, `self_attn.qkv_proj`, and gate and up one, `mlp.gate_up_proj` (the decoder
     computes them side by side; int4's packed layout cannot be joined after packing); the old
-    modules are removed. The head is int8 whatever `fmt` (the decoder rescores its best
-    candidates in float32, so its rounding barely shows). `dense_dtype`: keep a dense copy of
+    modules are removed. The head is in `fmt` too (the decoder rescores its best candidates in
+    float32, so its rounding barely shows: an int4 head instead of int8 left greedy outputs
+    unchanged on the bench's 16 prompts and made a step 8-13% faster at 1-32 rows on a
+    2-core AVX512-BF16 EPYC). `dense_dtype`: keep a dense copy of
     every layer in that dtype too (see QuantLinear; `calibrate` then decides which runs). The
     embedding stays as it is (a lookup reads one row per token)."""
     for layer in model.model.layers:
@@ -235,7 +237,7 @@ def quantize_model(model: Any, fmt: str, dense_dtype: torch.dtype | None = None)
                                                     dense_dtype)
         mlp.down_proj = QuantLinear(mlp.down_proj.weight, mlp.down_proj.bias, fmt, dense_dtype)
         del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
-    model.lm_head = QuantLinear(model.lm_head.weight, None, "int8", dense_dtype)
+    model.lm_head = QuantLinear(model.lm_head.weight, None, fmt, dense_dtype)
 
 
 def weight_bytes(model: Any) -> int:
@@ -263,7 +265,7 @@ def describe_weights(model: Any) -> dict[str, Any]:
     layers = _quantized(model)
     described: dict[str, Any] = {"format": dense}
     if layers:
-        fmt = layers[0].fmt  # the first layer's projections (the head is int8 whatever)
+        fmt = layers[0].fmt
         hybrid = layers[0].dense is not None
         described["format"] = f"{fmt}+{dense}" if hybrid else fmt
         switchable = [layer for layer in layers if layer.switchable]

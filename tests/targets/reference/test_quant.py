@@ -165,20 +165,22 @@ def test_int8_converts_in_float32_where_bfloat16_is_emulated(monkeypatch: pytest
 
 def test_int8_layers_are_calibrated_too() -> None:
     """int8's kernel against its converted weights is a choice the engine times as well: a
-    model quantized to int4 has an int8 head, one to int8 every layer."""
+    model quantized to int8 has every layer switchable, head included; one quantized to int4
+    has none (int4's kernel has no such cliff, and its head is int4 too)."""
     from targets.reference.models import ensure_tiny_folder, load_model
     from targets.reference.quant import calibrate, needs_calibration
 
-    for fmt in ("int4", "int8"):
-        model, _ = load_model(ensure_tiny_folder(), "cpu", "auto", fmt)
-        assert needs_calibration(model)
-        assert describe_weights(model)["packed_rows"] == INT8_ROWS  # until calibrated
-        timed: list[int] = []
-        assert calibrate(model, lambda rows, timed=timed: timed.append(rows), 4) in (0, 1, 4)
-        layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
-        switchable = [m for m in layers if m.switchable]
-        assert switchable == ([model.lm_head] if fmt == "int4" else layers)
-        assert len({m.packed_rows for m in switchable}) == 1  # all set by the calibration
+    model, _ = load_model(ensure_tiny_folder(), "cpu", "auto", "int8")
+    assert needs_calibration(model)
+    assert describe_weights(model)["packed_rows"] == INT8_ROWS  # until calibrated
+    timed: list[int] = []
+    assert calibrate(model, lambda rows, timed=timed: timed.append(rows), 4) in (0, 1, 4)
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert model.lm_head in layers and all(m.switchable for m in layers)
+    assert len({m.packed_rows for m in layers}) == 1  # all set by the calibration
+    int4, _ = load_model(ensure_tiny_folder(), "cpu", "auto", "int4")
+    assert isinstance(int4.lm_head, QuantLinear) and int4.lm_head.fmt == "int4"
+    assert not needs_calibration(int4) and "packed_rows" not in describe_weights(int4)
     plain, _ = load_model(ensure_tiny_folder(), "cpu", "float32", None)
     assert not needs_calibration(plain)
 

@@ -224,10 +224,10 @@ def quantize_model(model: Any, fmt: str, dense_dtype: torch.dtype | None = None)
     computes them side by side; int4's packed layout cannot be joined after packing); the old
     modules are removed. The head is in `fmt` too (the decoder rescores its best candidates in
     float32, so its rounding barely shows: an int4 head instead of int8 left greedy outputs
-    unchanged on the bench's 16 prompts and made a step 8-13% faster at 1-32 rows on a
-    2-core AVX512-BF16 EPYC). `dense_dtype`: keep a dense copy of
-    every layer in that dtype too (see QuantLinear; `calibrate` then decides which runs). The
-    embedding stays as it is (a lookup reads one row per token)."""
+    unchanged on the bench's 16 prompts and made a step 8-13% faster at 1-32 rows on a 2-core
+    AVX512-BF16 EPYC). `dense_dtype`: keep a dense copy of every layer in that dtype too (see
+    QuantLinear; `calibrate` then decides which runs). The embedding stays as it is (a lookup
+    reads one row per token)."""
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         attn.qkv_proj = QuantLinear.side_by_side([attn.q_proj, attn.k_proj, attn.v_proj], fmt,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import psutil
 
 from .errors import TargetError
 
-__all__ = ["ServerProcess", "free_port", "start_worker", "stop_tree"]
+__all__ = ["ServerProcess", "free_port", "realtime_prefix", "start_worker", "stop_tree"]
 
 
 # Ports the harness hands out (a router, a worker, a proxy, Locust's web UI) come from below the
@@ -191,12 +192,24 @@ class ServerProcess:
         self.stop()
 
 
+def realtime_prefix() -> list[str]:
+    """`chrt -f 10` where the kernel allows it (root or CAP_SYS_NICE), else nothing: the prefix
+    that runs a process at real-time priority, for measurements whose timings the machine's
+    other busy processes would otherwise decide. The kernel's RT throttling keeps such a
+    process from starving the machine."""
+    chrt = shutil.which("chrt")
+    if chrt is None:
+        return []
+    probe = subprocess.run([chrt, "-f", "10", "true"], capture_output=True, check=False)
+    return [chrt, "-f", "10"] if probe.returncode == 0 else []
+
+
 def start_worker(model: str, *, port: int | None = None, host: str = "127.0.0.1",
                  args: Sequence[str] = (), log_dir: Path | None = None,
                  env: dict[str, str] | None = None, prefix: Sequence[str] = ()
                  ) -> ServerProcess:
     """Start `python -m targets.reference worker` as its own process (not yet ready), under
-    `prefix` when given (e.g. `chrt -r 1`: real-time priority)."""
+    `prefix` when given (e.g. `realtime_prefix()`)."""
     port = port or free_port(host)
     log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
     log_dir.mkdir(parents=True, exist_ok=True)

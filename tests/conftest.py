@@ -14,8 +14,7 @@ import httpx
 import pytest
 
 from harness.errors import TargetError
-from harness.launcher import ServerProcess, free_port, start_worker
-from tests.realtime import realtime_prefix
+from harness.launcher import ServerProcess, free_port, realtime_prefix, start_worker
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -132,7 +131,7 @@ def _session_worker(model: str, logs: Path, *args: str) -> Iterator[ServerProces
 @pytest.fixture
 def timed_sim(tmp_path: Path) -> Iterator[tuple[ServerProcess, list[str]]]:
     """A simulated engine (TTFT 50 ms, ITL 10 ms) of the test's own, at real-time priority
-    where allowed (`tests.realtime`); with the prefix it was started under."""
+    where allowed (`launcher.realtime_prefix`); with the prefix it was started under."""
     prefix = realtime_prefix()
     with start_worker("sim", args=["--sim-ttft", "0.05", "--sim-itl", "0.01"],
                       log_dir=tmp_path, prefix=prefix) as proc:

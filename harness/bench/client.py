@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from ..errors import TargetError, UsageError
-from ..launcher import ServerProcess, start_worker
+from ..launcher import ServerProcess, realtime_prefix, start_worker
 from ..runner.rundir import HISTORY_FILE
 from .result import BenchResult, Cell, Figure, Goal, Table
 from .runner import Benchmark, Progress, parse_levels
@@ -94,13 +94,11 @@ def _locust() -> str:
 def _prefix(realtime: bool) -> list[str]:
     if not realtime:
         return []
-    chrt = shutil.which("chrt")
-    ok = chrt is not None and subprocess.run([chrt, "-f", "10", "true"], capture_output=True,
-                                             check=False).returncode == 0
-    if not ok or chrt is None:
+    prefix = realtime_prefix()
+    if not prefix:
         raise UsageError("--realtime needs `chrt` and permission for SCHED_FIFO (root or "
                          "CAP_SYS_NICE); run without it")
-    return [chrt, "-f", "10"]
+    return prefix
 
 
 def _run_level(url: str, client: str, users: int, args: argparse.Namespace, tmp: Path,

@@ -81,6 +81,17 @@ def _side_by_side(mods: list[Any]) -> Projection:
     return lambda x: F.linear(x, weight, bias)
 
 
+def _direct(module: nn.Module) -> Projection:
+    """The projection as a plain call on rows [n, in] in the decoder's dtype: a quantized
+    layer's own (`QuantLinear.for_rows`, its kernel itself where nothing chooses), else the
+    module's forward. A step makes 4 projection calls a layer (121 for SmolLM2), and
+    nn.Module.__call__'s hook dispatch and QuantLinear.forward's checks cost about 4 us each:
+    10% of a 1-stream int4 step on a 2-core AVX512-BF16 EPYC."""
+    for_rows = getattr(module, "for_rows", None)
+    call: Projection = for_rows() if for_rows is not None else module.forward
+    return call
+
+
 @dataclass(frozen=True)
 class _Layer:
     """One decoder layer as the fast path runs it."""
@@ -99,11 +110,13 @@ class _Layer:
         ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
         eps = ln1.eps if hasattr(ln1, "eps") else ln1.variance_epsilon  # ours, transformers'
         # a quantized model (quant.py) has its side-by-side projections joined already
-        qkv = getattr(attn, "qkv_proj", None) or _side_by_side([attn.q_proj, attn.k_proj,
-                                                                attn.v_proj])
-        gate_up = getattr(mlp, "gate_up_proj", None) or _side_by_side([mlp.gate_proj,
-                                                                       mlp.up_proj])
-        return cls(qkv, attn.o_proj, gate_up, mlp.down_proj,
+        joined = getattr(attn, "qkv_proj", None)
+        qkv = _direct(joined) if joined is not None else _side_by_side(
+            [attn.q_proj, attn.k_proj, attn.v_proj])
+        joined = getattr(mlp, "gate_up_proj", None)
+        gate_up = _direct(joined) if joined is not None else _side_by_side(
+            [mlp.gate_proj, mlp.up_proj])
+        return cls(qkv, _direct(attn.o_proj), gate_up, _direct(mlp.down_proj),
                    ln1.weight.detach().float(), ln2.weight.detach().float(), float(eps))
 
     def mlp(self, h: torch.Tensor) -> torch.Tensor:
@@ -171,13 +184,13 @@ class BatchDecoder:
         its own slot. Returns the logits of each sequence's last position, [len(items), V]."""
         spans = [(slot, start, len(ids)) for slot, ids, start in items]
         packed = [t for _, ids, start in items for t in ids[start:]]
-        ids_t = torch.tensor([packed], device=self.device)
+        ids_t = torch.tensor(packed, device=self.device)
         slot_idx = torch.tensor([slot for slot, start, total in spans
                                  for _ in range(start, total)], device=self.device)
         pos_idx = torch.cat([torch.arange(start, total, device=self.device)
                              for _, start, total in spans])
         n = len(packed)
-        x = self.embed(ids_t).float()  # [1, n, hidden]
+        x = self.embed(ids_t).float()  # [n, hidden]: projections take rows (_direct)
         cos = self.cos[pos_idx][None, None]  # [1, 1, n, d]
         sin = self.sin[pos_idx][None, None]
         masks = [None if start == 0 else
@@ -209,11 +222,11 @@ class BatchDecoder:
                 outs.append(o)
                 offset += count
             o = torch.cat(outs, dim=2)
-            x = x + layer.o(o.transpose(1, 2).reshape(1, n, -1))
+            x = x + layer.o(o.transpose(1, 2).reshape(n, -1))
             x = x + layer.mlp(self._rms(x, layer.norm2, layer.eps))
         ends = torch.tensor(list(itertools.accumulate(total - start
                                                       for _, start, total in spans))) - 1
-        return self._logits(x[0, ends])
+        return self._logits(x[ends])
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits [B, V] of the last hidden states [B, hidden].
@@ -250,14 +263,20 @@ class BatchDecoder:
         b = token_ids.shape[0]
         groups = self.n_heads // self.n_kv
         length = int(positions.max().item()) + 1
-        rows = torch.arange(b, device=self.device)
+        # where each row's new key and value go: one sequence writes with a plain index (a
+        # view and a copy, half an index_put's time, 60 of them a step)
+        rows, where = (0, length - 1) if b == 1 else (torch.arange(b, device=self.device),
+                                                      positions)
         x = self.embed(token_ids).float()  # [B, hidden], the residual stream in float32
         cos = self.cos[positions][:, None, :]  # [B, 1, d]
         sin = self.sin[positions][:, None, :]
-        # additive mask over each slot's own length, in float32 like the scores
-        bias = torch.zeros(b, 1, 1, length, device=self.device)
-        bias.masked_fill_(torch.arange(length, device=self.device)[None, None, None, :]
-                          > positions[:, None, None, None], float("-inf"))
+        # additive mask over each slot's own length, in float32 like the scores (one
+        # sequence attends to its whole length: no mask)
+        bias = None
+        if b > 1:
+            bias = torch.zeros(b, 1, 1, length, device=self.device)
+            bias.masked_fill_(torch.arange(length, device=self.device)[None, None, None, :]
+                              > positions[:, None, None, None], float("-inf"))
         scale = self.head_dim ** -0.5
         heads = self.n_heads + self.n_kv  # query and key heads, rotated together
         for i, layer in enumerate(self.layers):
@@ -265,8 +284,8 @@ class BatchDecoder:
             qkv = layer.qkv(h).view(b, heads + self.n_kv, self.head_dim)
             qk = self._rope(qkv[:, :heads], cos, sin)
             kc, vc = self.k_cache[i], self.v_cache[i]
-            kc[rows, :, positions] = qk[:, self.n_heads:]
-            vc[rows, :, positions] = qkv[:, heads:]
+            kc[rows, :, where] = qk[:, self.n_heads:]
+            vc[rows, :, where] = qkv[:, heads:]
             # query heads grouped under their key/value head: [B, kv, group, d]
             q = qk[:, :self.n_heads].view(b, self.n_kv, groups, self.head_dim)
             o = self._attend(q, kc[:b, :, :length], vc[:b, :, :length], bias, scale)
@@ -285,15 +304,18 @@ class BatchDecoder:
                     torch.full((rows,), position, device=self.device))
 
     @staticmethod
-    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
                 scale: float) -> torch.Tensor:
         """Attention of one new token per sequence, as two batched matmuls in float32.
 
-        Not SDPA: for a single query row its CPU kernel costs 4x these matmuls in float32 at
-        100 cached positions and 5x in bfloat16 (see the engine benchmark notes in README).
-        q [B, kv, group, d], k and v [B, kv, T, d]; returns [B, kv, group, d] in q's dtype.
+        Not SDPA: at 16 sequences of 100 cached positions its CPU kernel took 1.35x these
+        matmuls in float32 (200 against 148 us a layer, torch 2.13, 2-core AVX512-BF16 EPYC),
+        and at one sequence a whole step was no faster with it. q [B, kv, group, d], k and v
+        [B, kv, T, d], `bias` [B, 1, 1, T] or None; returns [B, kv, group, d] in q's dtype.
         """
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+        if bias is not None:
+            scores = scores + bias
         out = torch.matmul(torch.softmax(scores, dim=-1), v.float())
         return out.to(q.dtype)
 

@@ -108,6 +108,14 @@ class QuantLinear(nn.Module):
                 out = out.to(self.dense.dtype)  # KV cache and residual stay float32
         return out.view(*shape[:-1], self.out_features)
 
+    def for_rows(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A call for rows [n, in] in bfloat16 (the decoder's): the int4 kernel itself where
+        nothing chooses or adds (no dense copy, no bias), else `forward`."""
+        if self.fmt != "int4" or self.dense is not None or self.bias is not None:
+            return self.forward
+        qweight, scales = self.qweight, self.scales
+        return lambda rows: torch._weight_int4pack_mm_for_cpu(rows, qweight, INT4_GROUP, scales)
+
     def packed(self, rows: torch.Tensor) -> torch.Tensor:
         """[n, in] -> [n, out] in bfloat16 through the quantized weights."""
         rows = rows.to(torch.bfloat16)

@@ -294,7 +294,7 @@ def load_model(
     """Load (model, tokenizer) from a local HF folder, offline."""
     import torch
 
-    from .llama import NotSupported, load_llama
+    from .llama import CausalLM, NotSupported, load_llama
     from .quant import FORMATS, quantize_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -336,6 +336,14 @@ def load_model(
         raise ModelError(f"cannot load a model from {folder}: {exc}") from exc
     model.to(device)
     model.eval()
+    if quantize is None and isinstance(model, CausalLM):  # ours: nothing runs its forward
+        from .prepack import can_prepack, prepack_model
+
+        refusal = can_prepack(model)
+        if refusal is None:
+            prepack_model(model)
+        else:
+            _log(f"projections in the plain layout: {refusal}")
     if quantize is not None:
         from .decoder import UnsupportedModel
 

@@ -264,7 +264,8 @@ def weight_bytes(model: Any) -> int:
 def describe_weights(model: Any) -> dict[str, Any]:
     """What a worker's weights are held in, for /debug/engine: `format` (int8, int4, the
     dtype's short name, or e.g. `int4+bf16` for packed weights with a dense copy),
-    `bytes_per_token` (weight_bytes; None for an unknown layout) and, where layers choose
+    `bytes_per_token` (weight_bytes; None for an unknown layout), `layout: onednn` where the
+    dense projections were packed at load (prepack.py) and, where layers choose
     (a dense copy, or int8), `packed_rows`: up to how many rows a step runs the packed
     kernels."""
     embed = model.model.embed_tokens.weight
@@ -279,6 +280,10 @@ def describe_weights(model: Any) -> dict[str, Any]:
         switchable = [layer for layer in layers if layer.switchable]
         if switchable:  # the dense copies, or int8's layers (the head among them)
             described["packed_rows"] = switchable[0].packed_rows
+    from .prepack import PackedLinear
+
+    if any(isinstance(m, PackedLinear) for m in model.modules()):
+        described["layout"] = "onednn"  # prepacked at load (prepack.py)
     try:
         described["bytes_per_token"] = weight_bytes(model)
     except AttributeError:
@@ -287,6 +292,7 @@ def describe_weights(model: Any) -> dict[str, Any]:
 
 
 def _layer_bytes(layer: Any) -> int:
-    if isinstance(layer, QuantLinear):
-        return layer.nbytes
+    nbytes = getattr(layer, "nbytes", None)  # QuantLinear, prepack.PackedLinear
+    if isinstance(nbytes, int):
+        return nbytes
     return int(sum(p.nbytes for p in layer.parameters()))

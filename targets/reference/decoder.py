@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .prepack import joined
+
 __all__ = ["BatchDecoder", "UnsupportedModel"]
 
 _SUPPORTED = {"llama", "mistral", "qwen2"}
@@ -70,12 +72,7 @@ def _side_by_side(mods: list[Any]) -> Projection:
     if len(weights) != len(mods):
         return lambda x: torch.cat([m(x) for m in mods], dim=-1)
     rows = [w.shape[0] for w in weights]
-    weight = torch.cat(weights)
-    biases = [m.bias for m in mods]
-    bias = None
-    if any(b is not None for b in biases):
-        bias = torch.cat([b.detach() if b is not None else weight.new_zeros(n)
-                          for b, n in zip(biases, rows, strict=True)])
+    weight, bias = joined(mods)
     for m, view in zip(mods, torch.split(weight, rows), strict=True):
         m.weight = nn.Parameter(view, requires_grad=False)
     return lambda x: F.linear(x, weight, bias)

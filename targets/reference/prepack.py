@@ -16,13 +16,16 @@ memory stays the same except for a tied head, whose packed copy sits beside the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-__all__ = ["PackedLinear", "can_prepack", "onednn_refusal", "prepack_model"]
+__all__ = ["PackedLinear", "can_prepack", "joined", "linear", "onednn_refusal",
+           "packed_if_faster", "prepack_model"]
 
 
 class PackedLinear(nn.Module):
@@ -34,19 +37,13 @@ class PackedLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.dtype = weight.dtype
         # a plain attribute, not a buffer: state_dict, .to() and deepcopy cannot handle it
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 1)
+        self.packed = _pack(weight)
         self.bias = None if bias is None else bias.detach().clone()
 
     @classmethod
     def side_by_side(cls, mods: list[Any]) -> PackedLinear:
         """One layer computing the Linear layers `mods` (same input) at once."""
-        weight = torch.cat([m.weight.detach() for m in mods])
-        biases = [m.bias for m in mods]
-        bias = None
-        if any(b is not None for b in biases):
-            bias = torch.cat([b.detach() if b is not None else weight.new_zeros(m.out_features)
-                              for b, m in zip(biases, mods, strict=True)])
-        return cls(weight, bias)
+        return cls(*joined(mods))
 
     @property
     def nbytes(self) -> int:
@@ -55,26 +52,69 @@ class PackedLinear(nn.Module):
         return int(size + (self.bias.nbytes if self.bias is not None else 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias,
-                                                               "none", [], "")
-        return out
+        return linear(x, self.packed, self.bias)
 
     def for_rows(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The call the decoder makes on rows [n, in] (forward itself)."""
         return self.forward
 
 
+def joined(mods: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weights and biases of Linear layers with the same input, stacked: one layer
+    computing them all, outputs side by side (a missing bias is zeros where others have one)."""
+    weight = torch.cat([m.weight.detach() for m in mods])
+    biases = [m.bias for m in mods]
+    if all(b is None for b in biases):
+        return weight, None
+    return weight, torch.cat([b.detach() if b is not None else weight.new_zeros(m.out_features)
+                              for b, m in zip(biases, mods, strict=True)])
+
+
+def packed_if_faster(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` in oneDNN's layout where `can_prepack` would pack it (for `linear`), else as
+    it is: quant.py's dense copies beside int4."""
+    if weight.device.type != "cpu" or _dtype_refusal(weight.dtype) is not None:
+        return weight
+    return _pack(weight)
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    # the row-count hint (1) changed nothing measurable at 1, 16 or 200 rows
+    packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(),
+                                                                   1)
+    return packed
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear for a plain weight or one from `packed_if_faster`."""
+    if weight.layout == torch._mkldnn:  # type: ignore[attr-defined]
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return out
+    return F.linear(x, weight, bias)
+
+
 def can_prepack(model: Any) -> str | None:
-    """Why `model`'s projections cannot be packed (None: they can): oneDNN present, on the
-    CPU, in float32 or bfloat16, and a packing that works on this CPU."""
+    """Why `model`'s projections are not packed (None: they are): oneDNN present, on the
+    CPU, in float32 or in bfloat16 where the CPU computes it natively, and a packed linear
+    that runs here."""
     weight = model.model.embed_tokens.weight
     if weight.device.type != "cpu":
         return f"on {weight.device.type}"
+    return _dtype_refusal(weight.dtype)
+
+
+@functools.cache
+def _dtype_refusal(dtype: torch.dtype) -> str | None:
     if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
         return "torch has no oneDNN here"
-    if weight.dtype not in (torch.float32, torch.bfloat16):
-        return f"{weight.dtype} weights"
-    return onednn_refusal(weight.dtype)
+    if dtype not in (torch.float32, torch.bfloat16):
+        return f"{dtype} weights"
+    from .models import cpu_has_native_bf16
+
+    if dtype == torch.bfloat16 and not cpu_has_native_bf16():
+        # emulated there; the packed path is measured only where the CPU computes bfloat16
+        return "bfloat16 on a CPU without AVX512-BF16 or AMX"
+    return onednn_refusal(dtype)
 
 
 def onednn_refusal(dtype: torch.dtype) -> str | None:

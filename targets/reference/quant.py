@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .prepack import PackedLinear, joined, linear, packed_if_faster
+
 __all__ = ["FORMATS", "INT4_GROUP", "INT8_ROWS", "QuantLinear", "calibrate", "describe_weights",
            "needs_calibration", "quantize_model", "set_packed_rows", "weight_bytes"]
 
@@ -67,7 +69,8 @@ class QuantLinear(nn.Module):
         self.dense: torch.Tensor | None = None
         self.dense_bias: torch.Tensor | None = None
         if dense_dtype is not None:
-            self.dense = weight.detach().to(dense_dtype).contiguous()
+            # in oneDNN's layout where dense layers are packed (prepack.py)
+            self.dense = packed_if_faster(weight.detach().to(dense_dtype).contiguous())
             self.dense_bias = None if bias is None else bias.detach().to(dense_dtype)
         # rows up to which the packed kernel runs; beyond, the dense copy (or int8's
         # conversion); `calibrate` measures it for layers with a dense copy
@@ -77,13 +80,7 @@ class QuantLinear(nn.Module):
     def side_by_side(cls, mods: list[Any], fmt: str,
                      dense_dtype: torch.dtype | None = None) -> QuantLinear:
         """One layer computing `mods` (Linear layers with the same input) at once."""
-        weight = torch.cat([m.weight.detach() for m in mods])
-        biases = [m.bias for m in mods]
-        bias = None
-        if any(b is not None for b in biases):
-            bias = torch.cat([b.detach() if b is not None else weight.new_zeros(m.out_features)
-                              for b, m in zip(biases, mods, strict=True)])
-        return cls(weight, bias, fmt, dense_dtype)
+        return cls(*joined(mods), fmt, dense_dtype)
 
     @property
     def switchable(self) -> bool:
@@ -101,7 +98,7 @@ class QuantLinear(nn.Module):
         shape = x.shape
         rows = x.reshape(-1, self.in_features)
         if rows.shape[0] > self.packed_rows and self.dense is not None:
-            out = F.linear(rows.to(self.dense.dtype), self.dense, self.dense_bias)
+            out = linear(rows.to(self.dense.dtype), self.dense, self.dense_bias)
         else:
             out = self.packed(rows)
             if self.dense is not None:  # as the dense copy would answer: a float32 model's
@@ -280,8 +277,6 @@ def describe_weights(model: Any) -> dict[str, Any]:
         switchable = [layer for layer in layers if layer.switchable]
         if switchable:  # the dense copies, or int8's layers (the head among them)
             described["packed_rows"] = switchable[0].packed_rows
-    from .prepack import PackedLinear
-
     if any(isinstance(m, PackedLinear) for m in model.modules()):
         described["layout"] = "onednn"  # prepacked at load (prepack.py)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -71,5 +73,8 @@ def test_what_cannot_be_packed_says_why() -> None:
     from targets.reference.llama import load_llama
     from targets.reference.models import ensure_tiny_folder
 
-    model = load_llama(ensure_tiny_folder(), torch.float16, "cpu")
-    assert can_prepack(model) == "torch.float16 weights"
+    assert can_prepack(load_llama(ensure_tiny_folder(), torch.float16, "cpu")) == \
+        "torch.float16 weights"
+    bf16 = load_llama(ensure_tiny_folder(), torch.bfloat16, "cpu")
+    with mock.patch("targets.reference.models.cpu_has_native_bf16", return_value=False):
+        assert can_prepack(bf16) == "bfloat16 on a CPU without AVX512-BF16 or AMX"

@@ -247,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         host, port = sockets[0].getsockname()[:2]
     else:
         host, port = args.host, args.port
-    print(f"llm-chaos worker: model={engine.model_name} pid={os.getpid()} "
+    weights = getattr(engine, "weights", None)  # the real engine's (the simulator has none)
+    held = "" if not weights else f" weights={weights['format']}" + (
+        f" in {weights['layout']}'s layout" if "layout" in weights else "")
+    print(f"llm-chaos worker: model={engine.model_name}{held} pid={os.getpid()} "
           f"listening on http://{host}:{port}", file=sys.stderr, flush=True)
     server = uvicorn.Server(config)
     server.run(sockets=sockets)

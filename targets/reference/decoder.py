@@ -106,12 +106,13 @@ class _Layer:
         attn, mlp = layer.self_attn, layer.mlp
         ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
         eps = ln1.eps if hasattr(ln1, "eps") else ln1.variance_epsilon  # ours, transformers'
-        # a quantized model (quant.py) has its side-by-side projections joined already
-        joined = getattr(attn, "qkv_proj", None)
-        qkv = _direct(joined) if joined is not None else _side_by_side(
+        # a quantized or prepacked model (quant.py, prepack.py) has its side-by-side
+        # projections joined already
+        fused = getattr(attn, "qkv_proj", None)
+        qkv = _direct(fused) if fused is not None else _side_by_side(
             [attn.q_proj, attn.k_proj, attn.v_proj])
-        joined = getattr(mlp, "gate_up_proj", None)
-        gate_up = _direct(joined) if joined is not None else _side_by_side(
+        fused = getattr(mlp, "gate_up_proj", None)
+        gate_up = _direct(fused) if fused is not None else _side_by_side(
             [mlp.gate_proj, mlp.up_proj])
         return cls(qkv, _direct(attn.o_proj), gate_up, _direct(mlp.down_proj),
                    ln1.weight.detach().float(), ln2.weight.detach().float(), float(eps))

@@ -26,6 +26,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "SmolLM2's bundled weights are this grid already, GGUF Q4_1). auto: "
                         "int4 beside the --dtype weights, each step taking whichever the "
                         "worker measured faster at its batch size on this CPU")
+    p.add_argument("--weight-layout", default="auto", choices=["auto", "plain"],
+                   help="auto: dense float32 / bfloat16 projections packed once at load in "
+                        "oneDNN's layout where the CPU runs it (targets/reference/prepack.py; "
+                        "bfloat16 only with AVX512-BF16 or AMX); plain: as loaded, every call "
+                        "through F.linear")
 
 
 def _positive_seconds(text: str) -> float:
@@ -191,8 +196,8 @@ def make_engine(args: argparse.Namespace) -> Any:
     torch.set_num_threads(1)
     assert spec.path is not None
     device = resolve_device(args.device)
-    model, tokenizer = load_model(spec.path, device, args.dtype,
-                                  args.quantize)
+    model, tokenizer = load_model(spec.path, device, args.dtype, args.quantize,
+                                  layout=args.weight_layout)
     return BatchEngine(model, tokenizer, spec.name, max_num_seqs=args.max_num_seqs,
                        max_model_len=args.max_model_len,
                        max_batched_tokens=args.max_batched_tokens,

@@ -289,15 +289,20 @@ def _auto_refusal(folder: Path, device: str, dense: str) -> str | None:
 
 
 def load_model(
-    folder: Path, device: str = "cpu", dtype: str = "auto", quantize: str | None = None
+    folder: Path, device: str = "cpu", dtype: str = "auto", quantize: str | None = None,
+    *, layout: str = "auto",
 ) -> tuple[Any, Any]:
-    """Load (model, tokenizer) from a local HF folder, offline."""
+    """Load (model, tokenizer) from a local HF folder, offline. `layout`: auto packs our own
+    dense models' projections in oneDNN's layout where it can (prepack.py), plain leaves
+    them as loaded."""
     import torch
 
     from .llama import CausalLM, NotSupported, load_llama
     from .quant import FORMATS, quantize_model
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if layout not in ("auto", "plain"):
+        raise ModelError(f"--weight-layout {layout!r}: expected auto or plain")
     quantize = None if quantize in (None, "none") else quantize
     dense: str | None = None  # --quantize auto: the dtype of the dense copy kept beside int4
     if quantize == "auto":
@@ -336,7 +341,8 @@ def load_model(
         raise ModelError(f"cannot load a model from {folder}: {exc}") from exc
     model.to(device)
     model.eval()
-    if quantize is None and isinstance(model, CausalLM):  # ours: nothing runs its forward
+    if layout == "auto" and quantize is None and isinstance(model, CausalLM):  # ours: nothing
+        # runs its forward
         from .prepack import can_prepack, prepack_model
 
         refusal = can_prepack(model)
@@ -352,7 +358,7 @@ def load_model(
                                    f"{model.config.model_type!r} is not a Llama-family model")
         head = model.lm_head.weight.detach()
         dense_dtype = _torch_dtype(dense, device) if dense else None
-        quantize_model(model, quantize, dense_dtype)
+        quantize_model(model, quantize, dense_dtype, pack_dense=layout == "auto")
         for param in model.parameters():  # embedding and norms (not RoPE's float32 buffers)
             param.data = param.data.to(dense_dtype or torch.bfloat16)
         model.head_fp32 = head  # the float32 rescoring of the head's best candidates

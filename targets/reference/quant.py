@@ -52,7 +52,7 @@ class QuantLinear(nn.Module):
     until `calibrate` measured it)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, fmt: str,
-                 dense_dtype: torch.dtype | None = None) -> None:
+                 dense_dtype: torch.dtype | None = None, *, pack_dense: bool = True) -> None:
         super().__init__()
         if fmt not in FORMATS:
             raise ValueError(f"quantized format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -69,18 +69,19 @@ class QuantLinear(nn.Module):
         self.dense: torch.Tensor | None = None
         self.dense_bias: torch.Tensor | None = None
         if dense_dtype is not None:
+            dense = weight.detach().to(dense_dtype).contiguous()
             # in oneDNN's layout where dense layers are packed (prepack.py)
-            self.dense = packed_if_faster(weight.detach().to(dense_dtype).contiguous())
+            self.dense = packed_if_faster(dense) if pack_dense else dense
             self.dense_bias = None if bias is None else bias.detach().to(dense_dtype)
         # rows up to which the packed kernel runs; beyond, the dense copy (or int8's
         # conversion); `calibrate` measures it for layers with a dense copy
         self.packed_rows = INT8_ROWS if fmt == "int8" and dense_dtype is None else 1 << 30
 
     @classmethod
-    def side_by_side(cls, mods: list[Any], fmt: str,
-                     dense_dtype: torch.dtype | None = None) -> QuantLinear:
+    def side_by_side(cls, mods: list[Any], fmt: str, dense_dtype: torch.dtype | None = None,
+                     *, pack_dense: bool = True) -> QuantLinear:
         """One layer computing `mods` (Linear layers with the same input) at once."""
-        return cls(*joined(mods), fmt, dense_dtype)
+        return cls(*joined(mods), fmt, dense_dtype, pack_dense=pack_dense)
 
     @property
     def switchable(self) -> bool:
@@ -222,7 +223,8 @@ def _pack_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, scales.to(torch.bfloat16)
 
 
-def quantize_model(model: Any, fmt: str, dense_dtype: torch.dtype | None = None) -> None:
+def quantize_model(model: Any, fmt: str, dense_dtype: torch.dtype | None = None, *,
+                   pack_dense: bool = True) -> None:
     """Quantize a Llama-family model's projections and head in place, from the weights it
     holds (load it in float32 first). Each layer's q, k and v projections become one
     QuantLinear, `self_attn.qkv_proj`, and gate and up one, `mlp.gate_up_proj` (the decoder
@@ -231,18 +233,23 @@ def quantize_model(model: Any, fmt: str, dense_dtype: torch.dtype | None = None)
     float32, so its rounding barely shows: an int4 head instead of int8 left greedy outputs
     unchanged on the bench's 16 prompts and made a step 8-13% faster at 1-32 rows on a 2-core
     AVX512-BF16 EPYC). `dense_dtype`: keep a dense copy of every layer in that dtype too (see
-    QuantLinear; `calibrate` then decides which runs). The embedding stays as it is (a lookup
-    reads one row per token)."""
+    QuantLinear; `calibrate` then decides which runs; `pack_dense`: in oneDNN's layout where
+    prepack.py would pack it). The embedding stays as it is (a lookup reads one row per
+    token)."""
+    options: dict[str, Any] = {"fmt": fmt, "dense_dtype": dense_dtype, "pack_dense": pack_dense}
+
+    def one(mod: Any) -> QuantLinear:
+        return QuantLinear(mod.weight, getattr(mod, "bias", None), **options)
+
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        attn.qkv_proj = QuantLinear.side_by_side([attn.q_proj, attn.k_proj, attn.v_proj], fmt,
-                                                 dense_dtype)
-        attn.o_proj = QuantLinear(attn.o_proj.weight, attn.o_proj.bias, fmt, dense_dtype)
-        mlp.gate_up_proj = QuantLinear.side_by_side([mlp.gate_proj, mlp.up_proj], fmt,
-                                                    dense_dtype)
-        mlp.down_proj = QuantLinear(mlp.down_proj.weight, mlp.down_proj.bias, fmt, dense_dtype)
+        attn.qkv_proj = QuantLinear.side_by_side([attn.q_proj, attn.k_proj, attn.v_proj],
+                                                 **options)
+        attn.o_proj = one(attn.o_proj)
+        mlp.gate_up_proj = QuantLinear.side_by_side([mlp.gate_proj, mlp.up_proj], **options)
+        mlp.down_proj = one(mlp.down_proj)
         del attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj
-    model.lm_head = QuantLinear(model.lm_head.weight, None, fmt, dense_dtype)
+    model.lm_head = one(model.lm_head)
 
 
 def weight_bytes(model: Any) -> int:

@@ -6,6 +6,7 @@ from unittest import mock
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from targets.reference.prepack import PackedLinear, can_prepack, onednn_refusal
@@ -78,3 +79,21 @@ def test_what_cannot_be_packed_says_why() -> None:
     bf16 = load_llama(ensure_tiny_folder(), torch.bfloat16, "cpu")
     with mock.patch("targets.reference.models.cpu_has_native_bf16", return_value=False):
         assert can_prepack(bf16) == "bfloat16 on a CPU without AVX512-BF16 or AMX"
+
+
+def test_weight_layout_plain_leaves_the_weights_as_loaded() -> None:
+    """--weight-layout plain: no packing, neither of a dense model nor of --quantize auto's
+    dense copies; a layout that does not exist is refused, naming the option."""
+    from targets.reference.models import ModelError, ensure_tiny_folder, load_model
+    from targets.reference.quant import QuantLinear, describe_weights
+
+    plain, _ = load_model(ensure_tiny_folder(), "cpu", "float32", layout="plain")
+    assert isinstance(plain.model.layers[0].self_attn.q_proj, nn.Linear)
+    assert "layout" not in describe_weights(plain)
+    for layout, packed in (("plain", False), ("auto", True)):
+        hybrid, _ = load_model(ensure_tiny_folder(), "cpu", "float32", "auto", layout=layout)
+        layer = hybrid.model.layers[0].mlp.down_proj
+        assert isinstance(layer, QuantLinear) and layer.dense is not None
+        assert (layer.dense.layout == torch._mkldnn) == packed  # type: ignore[attr-defined]
+    with pytest.raises(ModelError, match="--weight-layout 'blocked': expected auto or plain"):
+        load_model(ensure_tiny_folder(), "cpu", "float32", layout="blocked")

@@ -4,9 +4,10 @@
 blocked layout again on every call: for a decode step's small batches that reordering is a
 large share of the time. Packed once (`torch.ops.mkldnn._reorder_linear_weight`, what
 torch.compile's CPU freezing does) and multiplied with `_linear_pointwise`, a SmolLM2 decode
-step took 0.76x / 0.68x the time at 1 / 16 streams in bfloat16 (same logits to the bit) and
-0.70x / 0.69x in float32 (logits within 1e-4: another summation order), torch 2.13, 2-core
-AVX512-BF16 EPYC.
+step took 0.80x / 0.73x the time at 1 / 16 streams in bfloat16 (same logits to the bit) and
+0.64x / 0.72x in float32 (logits within 1e-4: another summation order), torch 2.13, 2-core
+AVX512-BF16 EPYC; at one bfloat16 stream the packed projections then read their weights at
+0.88 of the machine's copy bandwidth.
 
 Like quantize_model, `prepack_model` joins each layer's q, k and v projections into one
 `self_attn.qkv_proj` and gate and up into one `mlp.gate_up_proj` (the decoder computes them
@@ -25,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["PackedLinear", "can_prepack", "joined", "linear", "onednn_refusal",
-           "packed_if_faster", "prepack_model"]
+           "packed_where_supported", "prepack_model"]
 
 
 class PackedLinear(nn.Module):
@@ -70,7 +71,7 @@ def joined(mods: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
                               for b, m in zip(biases, mods, strict=True)])
 
 
-def packed_if_faster(weight: torch.Tensor) -> torch.Tensor:
+def packed_where_supported(weight: torch.Tensor) -> torch.Tensor:
     """`weight` in oneDNN's layout where `can_prepack` would pack it (for `linear`), else as
     it is: quant.py's dense copies beside int4."""
     if weight.device.type != "cpu" or _dtype_refusal(weight.dtype) is not None:
@@ -86,7 +87,7 @@ def _pack(weight: torch.Tensor) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear for a plain weight or one from `packed_if_faster`."""
+    """F.linear for a plain weight or one from `packed_where_supported`."""
     if weight.layout == torch._mkldnn:  # type: ignore[attr-defined]
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
         return out

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .prepack import PackedLinear, joined, linear, packed_if_faster
+from .prepack import PackedLinear, joined, linear, packed_where_supported
 
 __all__ = ["FORMATS", "INT4_GROUP", "INT8_ROWS", "QuantLinear", "calibrate", "describe_weights",
            "needs_calibration", "quantize_model", "set_packed_rows", "weight_bytes"]
@@ -71,7 +71,7 @@ class QuantLinear(nn.Module):
         if dense_dtype is not None:
             dense = weight.detach().to(dense_dtype).contiguous()
             # in oneDNN's layout where dense layers are packed (prepack.py)
-            self.dense = packed_if_faster(dense) if pack_dense else dense
+            self.dense = packed_where_supported(dense) if pack_dense else dense
             self.dense_bias = None if bias is None else bias.detach().to(dense_dtype)
         # rows up to which the packed kernel runs; beyond, the dense copy (or int8's
         # conversion); `calibrate` measures it for layers with a dense copy

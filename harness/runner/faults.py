@@ -49,9 +49,10 @@ def build_fault(spec: FaultSpec) -> Fault:
         return AdminFault(kind, on=spec.on, count=spec.count, workers=spec.workers,
                           params=params)
     if isinstance(spec, ToxicSpec):
-        return ToxicFault(api=spec.api, proxy=spec.proxy, type=spec.kind.removeprefix("network-"),
-                     attributes=dict(spec.attributes), stream=spec.stream,
-                     toxicity=spec.toxicity)
+        return ToxicFault(api=spec.api, proxy=spec.proxy,
+                          type=spec.kind.removeprefix("network-"),
+                          attributes=dict(spec.attributes), stream=spec.stream,
+                          toxicity=spec.toxicity)
     if isinstance(spec, ProxyDownSpec):
         return ProxyDown(api=spec.api, proxy=spec.proxy)
     if isinstance(spec, CpuHogSpec):

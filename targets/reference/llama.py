@@ -177,5 +177,5 @@ def load_llama(folder: Path, dtype: torch.dtype, device: str) -> CausalLM:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.head_fp32 = head_fp32
     rotary = model.model.rotary_emb
-    rotary.inv_freq = Rotary(cfg.head_dim, cfg.rope_theta).inv_freq.to(device)
+    rotary.inv_freq = rotary.inv_freq.to(device)  # computed on the CPU, never meta
     return model.eval()

@@ -22,7 +22,6 @@ beside the embedding); a bfloat16 worker's, converted at load either way, from ~
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,7 +39,6 @@ class PackedLinear(nn.Module):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.dtype = weight.dtype
         # a plain attribute, not a buffer: state_dict, .to() and deepcopy cannot handle it
         self.packed = _pack(weight)
         self.bias = None if bias is None else bias.detach().clone()
@@ -58,10 +56,6 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.packed, self.bias)
-
-    def for_rows(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The call the decoder makes on rows [n, in] (forward itself)."""
-        return self.forward
 
 
 def joined(mods: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:

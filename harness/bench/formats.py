@@ -2,7 +2,8 @@
 
 A decode step of one stream reads every weight once, so on a CPU its speed is bound by memory
 bandwidth over the bytes of weights a token reads. This benchmark measures the bandwidth (a
-large copy), starts one worker per format (fp32, bf16, weight-only int8 and int4, and
+large copy), starts one worker per format (fp32, bf16, fp16w: float16 weights computed in
+float32, what `--dtype auto` picks on CPUs with AVX2; weight-only int8 and int4, and
 `--quantize auto`: int4 beside dense weights, whichever the worker measured faster at a batch
 size; one at a time), reads from its /debug/engine how many bytes of weights a token reads,
 and measures it over HTTP at several concurrency levels (streaming chats, greedy,
@@ -39,8 +40,8 @@ from .streams import BatchTiming, measure_batch
 __all__ = ["BENCHMARK", "FORMATS", "copy_bandwidth"]
 
 FORMATS = {"fp32": ["--dtype", "float32"], "bf16": ["--dtype", "bfloat16"],
-           "int8": ["--quantize", "int8"], "int4": ["--quantize", "int4"],
-           "auto": ["--quantize", "auto"]}
+           "fp16w": ["--quantize", "fp16w"], "int8": ["--quantize", "int8"],
+           "int4": ["--quantize", "int4"], "auto": ["--quantize", "auto"]}
 BOUND_GOAL = 0.8  # one stream's tokens/s over its format's weight-bandwidth bound
 FP32_BOUND_GOAL = 1.6  # the fastest format's one stream over the float32 bound
 TEACHER_FORCED_GOAL = 0.99
@@ -65,10 +66,11 @@ def copy_bandwidth(nbytes: int = COPY_BYTES, repeats: int = 3) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `bench formats`."""
     add_model_arguments(p, "smollm2 (default) or a local Hugging Face folder")
-    p.add_argument("--formats", default="fp32,bf16,int8,int4,auto",
-                   help="comma-separated, from fp32, bf16, int8, int4, auto (int4 beside "
-                        "dense weights in the worker's default dtype, chosen per batch size; "
-                        "default all five; fp32 is every bound's reference and always runs)")
+    p.add_argument("--formats", default="fp32,bf16,fp16w,int8,int4,auto",
+                   help="comma-separated, from fp32, bf16, fp16w (float16 weights computed in "
+                        "float32), int8, int4, auto (int4 beside dense weights in the "
+                        "fastest dense dtype, chosen per batch size; default all six; fp32 is "
+                        "every bound's reference and always runs)")
     p.add_argument("--streams", type=parse_levels, default=[1, 4, 16, 32], metavar="N,N,...",
                    help="concurrent streams to measure (default 1,4,16,32)")
     p.add_argument("--rounds", type=int, default=None,
@@ -257,8 +259,8 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
          "free-running"),
         tuple(rows))
     notes = [f"bound = memory bandwidth ({bandwidth / 1e9:.1f} GB/s, a one-thread copy) / "
-             "bytes of weights a token reads; int8 and int4 compute in bfloat16 (torch's "
-             "weight-only CPU kernels)"]
+             "bytes of weights a token reads; fp16w computes in float32 on float16 weights "
+             "(FBGEMM), int8 and int4 in bfloat16 (torch's weight-only CPU kernels)"]
     if args.skip_fidelity:
         notes.append("--skip-fidelity: the agreement figures are not measured")
     return BenchResult(
@@ -273,8 +275,8 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
 
 BENCHMARK = Benchmark(
     name="formats",
-    help="weight formats (fp32, bf16, int8, int4): tokens/s against the bandwidth bound, "
-         "fidelity",
+    help="weight formats (fp32, bf16, fp16w, int8, int4): tokens/s against the bandwidth "
+         "bound, fidelity",
     description="Measure this machine's memory bandwidth, then the worker in each weight "
                 "format over HTTP at several concurrency levels: tokens/s, memory, one "
                 "stream's speed as a fraction of the format's weight-bandwidth bound, and the "

@@ -17,11 +17,17 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "or a local Hugging Face folder")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--dtype", default="auto",
-                   help="auto (bfloat16 on CUDA and on CPUs with AVX512-BF16 or AMX, else "
-                        "float32), float32, bfloat16 or float16")
-    p.add_argument("--quantize", default="none", choices=["none", "int8", "int4", "auto"],
-                   help="weight-only quantized projections and head, computed in bfloat16 by "
-                        "torch's CPU kernels (targets/reference/quant.py): int8 (a scale per "
+                   help="auto (the fastest format with float32's greedy outputs: on CPUs "
+                        "with AVX2, float32 arithmetic on float16 weights, as --quantize "
+                        "fp16w; bfloat16 on CUDA; else float32), float32, bfloat16 or float16")
+    p.add_argument("--quantize", default="none",
+                   choices=["none", "fp16w", "int8", "int4", "auto"],
+                   help="weight-only formats of the projections and head. fp16w: float16 "
+                        "weights computed in float32 (FBGEMM's fp16 GEMM, AVX2 and up; "
+                        "targets/reference/prepack.py): half float32's bytes a token, its "
+                        "greedy outputs. The others are computed in bfloat16 by torch's CPU "
+                        "kernels (targets/reference/quant.py) and change greedy outputs: "
+                        "int8 (a scale per "
                         "output channel) or int4 (a scale and zero point per 32 inputs; "
                         "SmolLM2's bundled weights are this grid already, GGUF Q4_1). auto: "
                         "int4 beside the --dtype weights, each step taking whichever the "
@@ -165,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "difference) and teacher-forced (next-token agreement).")
     d.add_argument("--model", default="smollm2")
     d.add_argument("--formats", default="bf16,int8,int4",
-                   help="comma-separated: fp32, bf16, int8, int4, auto (--quantize auto with "
-                        "--dtype auto; default bf16,int8,int4)")
+                   help="comma-separated: fp32, bf16, fp16w, int8, int4, auto (--quantize "
+                        "auto with --dtype auto; default bf16,int8,int4)")
     d.add_argument("--prompts", required=True, help="a JSON file: a list of prompt strings")
     d.add_argument("--max-tokens", type=int, default=64)
     d.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")

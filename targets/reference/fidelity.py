@@ -168,10 +168,10 @@ def main(args: Any) -> int:
     reference = None
     results = []
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in ("fp32", "bf16", "int8", "int4", "auto")]
+    unknown = [f for f in formats if f not in ("fp32", "bf16", "fp16w", "int8", "int4", "auto")]
     if unknown or not formats:
-        raise ValueError(f"--formats {args.formats!r}: expected fp32, bf16, int8, int4 or "
-                         "auto, comma-separated")
+        raise ValueError(f"--formats {args.formats!r}: expected fp32, bf16, fp16w, int8, int4 "
+                         "or auto, comma-separated")
     for fmt in formats:
         dtype, quantize = ("float32", None) if fmt == "fp32" else \
             ("bfloat16", None) if fmt == "bf16" else ("auto", fmt)

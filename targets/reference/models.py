@@ -239,8 +239,10 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 
 def default_dtype(device: str) -> str:
-    """What `--dtype auto` means: bfloat16 on CUDA and on CPUs with native bfloat16 (2.7x
-    the float32 tokens/s at 16 streams on this 2-core AVX512-BF16 machine), else float32."""
+    """The fastest dense dtype: bfloat16 on CUDA and on CPUs with native bfloat16 (2.7x the
+    float32 tokens/s at 16 streams on a 2-core AVX512-BF16 machine), else float32. What
+    `--quantize auto` keeps its dense copy in; `--dtype auto` also weighs fidelity (see
+    `load_model`)."""
     if device != "cpu" or cpu_has_native_bf16():
         return "bfloat16"
     return "float32"
@@ -268,6 +270,41 @@ def _load_tokenizer(folder: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
+def _auto_dtype(device: str, layout: str) -> tuple[str, str | None, str]:
+    """What `--dtype auto` loads (dtype, "auto" where the projections are to become float16
+    weights computed in float32 if they can, why): the fastest format whose greedy outputs
+    are float32's (issue 17). On the CPU that is float16 weights in float32 arithmetic
+    (prepack.Fp16Linear; bfloat16 is faster at 16 streams on CPUs with native bfloat16 but
+    changes greedy outputs: 0.987 / 0.706 of float32's on SmolLM2), decided once the model
+    is loaded; on CUDA bfloat16 (its fidelity is not measured there)."""
+    if device != "cpu":
+        dtype = default_dtype(device)
+        return dtype, None, f"--dtype auto: {dtype} on {device}"
+    if layout == "plain":
+        return "float32", None, "--dtype auto: float32 (--weight-layout plain packs nothing)"
+    return "float32", "auto", "--dtype auto"
+
+
+def _hold_fp16(model: Any, *, asked: bool, choice: str) -> tuple[bool, str]:
+    """Hold a float32 model's projections and head as Fp16Linear (prepack.py) where they can
+    be; returns whether they are, and `choice` completed (what --dtype auto chose, and
+    why). `asked` (--quantize fp16w): a refusal is an error."""
+    from .prepack import Fp16Linear, fp16_refusal, prepack_model
+
+    kind = getattr(model.config, "model_type", None)
+    refusal = fp16_refusal(model) if kind in ("llama", "mistral", "qwen2") else \
+        f"model type {kind!r} is not a Llama-family model"
+    if refusal is not None:
+        if asked:
+            raise ModelError(f"--quantize fp16w: {refusal}; drop it")
+        return False, f"{choice}: float32 (no float16 weights: {refusal})"
+    prepack_model(model, Fp16Linear)
+    if not choice:
+        return True, ""
+    return True, (f"{choice}: fp16w, float16 weights computed in float32, float32's greedy "
+                  "outputs at half its bytes a token (bfloat16 would change outputs)")
+
+
 def _auto_refusal(folder: Path, device: str, dense: str) -> str | None:
     """Why `--quantize auto` cannot hold int4 beside dense weights here (None: it can)."""
     import json
@@ -292,9 +329,11 @@ def load_model(
     folder: Path, device: str = "cpu", dtype: str = "auto", quantize: str | None = None,
     *, layout: str = "auto",
 ) -> tuple[Any, Any]:
-    """Load (model, tokenizer) from a local HF folder, offline. `layout`: auto packs our own
-    dense models' projections in oneDNN's layout where it can (prepack.py), plain leaves
-    them as loaded."""
+    """Load (model, tokenizer) from a local HF folder, offline. `dtype` auto: see
+    `_auto_dtype` (on the CPU, float16 weights computed in float32 where FBGEMM runs).
+    `quantize`: none, fp16w (prepack.Fp16Linear), int8, int4 or auto (quant.py). `layout`:
+    auto packs our own dense models' projections in oneDNN's layout where it can
+    (prepack.py), plain leaves them as loaded."""
     import torch
 
     from .llama import CausalLM, NotSupported, load_llama
@@ -305,7 +344,17 @@ def load_model(
         raise ModelError(f"--weight-layout {layout!r}: expected auto or plain")
     quantize = None if quantize in (None, "none") else quantize
     dense: str | None = None  # --quantize auto: the dtype of the dense copy kept beside int4
-    if quantize == "auto":
+    fp16: str | None = None  # "auto" / "asked": hold the projections as Fp16Linear once loaded
+    choice = ""  # what --dtype auto chose and why (logged, and in /debug/engine)
+    if dtype == "auto" and quantize is None:
+        dtype, fp16, choice = _auto_dtype(device, layout)
+    if quantize == "fp16w":
+        if device != "cpu":
+            raise ModelError("--quantize fp16w runs FBGEMM's CPU kernel; drop it on CUDA")
+        if dtype not in ("auto", "float32"):
+            raise ModelError(f"--quantize fp16w computes in float32; drop --dtype {dtype}")
+        quantize, fp16, dtype = None, "asked", "float32"
+    elif quantize == "auto":
         dense = dtype if dtype != "auto" else default_dtype(device)
         why = _auto_refusal(folder, device, dense)
         if why:
@@ -316,8 +365,8 @@ def load_model(
             dtype = "float32"  # quantized from the full-precision weights
     elif quantize is not None:
         if quantize not in FORMATS:
-            raise ModelError(f"--quantize {quantize!r}: expected none, {', '.join(FORMATS)} "
-                             "or auto")
+            raise ModelError(f"--quantize {quantize!r}: expected none, fp16w, "
+                             f"{', '.join(FORMATS)} or auto")
         if device != "cpu":
             raise ModelError(f"--quantize {quantize} runs torch's CPU weight-only kernels; "
                              "drop it on CUDA")
@@ -341,8 +390,11 @@ def load_model(
         raise ModelError(f"cannot load a model from {folder}: {exc}") from exc
     model.to(device)
     model.eval()
-    if layout == "auto" and quantize is None and isinstance(model, CausalLM):  # ours: nothing
-        # runs its forward
+    held = False  # the projections are Fp16Linear
+    if fp16 is not None:
+        held, choice = _hold_fp16(model, asked=fp16 == "asked", choice=choice)
+    if layout == "auto" and quantize is None and not held and isinstance(model, CausalLM):
+        # ours: nothing runs its forward
         from .prepack import can_prepack, prepack_model
 
         refusal = can_prepack(model)
@@ -350,6 +402,9 @@ def load_model(
             prepack_model(model)
         else:
             _log(f"projections in the plain layout: {refusal}")
+    if choice:
+        _log(choice)
+        model.format_choice = choice  # describe_weights shows it
     if quantize is not None:
         from .decoder import UnsupportedModel
 

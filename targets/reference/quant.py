@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .prepack import PackedLinear, joined, linear, packed_where_supported
+from .prepack import Fp16Linear, PackedLinear, joined, linear, packed_where_supported
 
 __all__ = ["FORMATS", "INT4_GROUP", "INT8_ROWS", "QuantLinear", "calibrate", "describe_weights",
            "needs_calibration", "quantize_model", "set_packed_rows", "weight_bytes"]
@@ -266,12 +266,12 @@ def weight_bytes(model: Any) -> int:
 
 
 def describe_weights(model: Any) -> dict[str, Any]:
-    """What a worker's weights are held in, for /debug/engine: `format` (int8, int4, the
-    dtype's short name, or e.g. `int4+bf16` for packed weights with a dense copy),
-    `bytes_per_token` (weight_bytes; None for an unknown layout), `layout: onednn` where the
-    dense projections were packed at load (prepack.py) and, where layers choose
-    (a dense copy, or int8), `packed_rows`: up to how many rows a step runs the packed
-    kernels."""
+    """What a worker's weights are held in, for /debug/engine: `format` (int8, int4, fp16w,
+    the dtype's short name, or e.g. `int4+bf16` for packed weights with a dense copy),
+    `bytes_per_token` (weight_bytes; None for an unknown layout), `layout`: onednn or
+    fbgemm where the projections were packed at load (prepack.py), `chosen`: what
+    `--dtype auto` chose and why, and, where layers choose (a dense copy, or int8),
+    `packed_rows`: up to how many rows a step runs the packed kernels."""
     embed = model.model.embed_tokens.weight
     dense = {torch.float32: "fp32", torch.bfloat16: "bf16",
              torch.float16: "fp16"}.get(embed.dtype, str(embed.dtype))
@@ -286,6 +286,11 @@ def describe_weights(model: Any) -> dict[str, Any]:
             described["packed_rows"] = switchable[0].packed_rows
     if any(isinstance(m, PackedLinear) for m in model.modules()):
         described["layout"] = "onednn"  # prepacked at load (prepack.py)
+    if any(isinstance(m, Fp16Linear) for m in model.modules()):
+        described["format"], described["layout"] = "fp16w", "fbgemm"
+    choice = getattr(model, "format_choice", None)
+    if choice:
+        described["chosen"] = choice
     try:
         described["bytes_per_token"] = weight_bytes(model)
     except AttributeError:

@@ -21,7 +21,7 @@ from tests.benching import run_bench
 @pytest.mark.timeout(240)
 def test_every_format_end_to_end_on_the_tiny_model(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """Four real workers, one at a time, and the fidelity subprocess: every figure measured,
+    """Six real workers, one at a time, and the fidelity subprocess: every figure measured,
     the bytes a token reads shrink with the format, the table and goals printed."""
     run = run_bench(tmp_path, capsys, "formats", "--model", "tiny", "--quick", "--streams",
                     "1,2", "--max-tokens", "4")
@@ -35,10 +35,12 @@ def test_every_format_end_to_end_on_the_tiny_model(tmp_path: Path,
     assert size["auto"] == pytest.approx(size["int4"], rel=0.001)
     # the tiny model's rows are short: the byte counts are the layers' own, not estimates
     assert size["fp32"] == pytest.approx(2 * size["bf16"], rel=0.01)
+    # fp16w: 2 bytes a weight as bf16 (its embedding row stays float32)
+    assert size["fp16w"] == pytest.approx(size["bf16"], rel=0.01)
     for fmt in formats.FORMATS:
         assert figures[f"{fmt}.bound_tokens_per_s"] == pytest.approx(
             figures["machine.copy_bandwidth_bytes_per_s"] / size[fmt])
-    for fmt in ("bf16", "int8", "int4", "auto"):
+    for fmt in ("bf16", "fp16w", "int8", "int4", "auto"):
         assert 0 <= figures[f"{fmt}.teacher_forced"] <= 1
     assert run.data["machine"]["cpu_model"]
     assert "weight formats" in run.out and "int4 near its bound" in run.out
@@ -46,8 +48,10 @@ def test_every_format_end_to_end_on_the_tiny_model(tmp_path: Path,
 
 def test_formats_are_checked_and_fp32_always_runs() -> None:
     assert formats._formats("int4") == ["fp32", "int4"]
-    assert formats._formats("auto,int4,bf16,fp32") == ["fp32", "bf16", "int4", "auto"]
-    with pytest.raises(UsageError, match="int3 unknown; expected fp32, bf16, int8, int4, auto"):
+    assert formats._formats("auto,int4,fp16w,bf16,fp32") == ["fp32", "bf16", "fp16w", "int4",
+                                                              "auto"]
+    with pytest.raises(UsageError, match="int3 unknown; expected fp32, bf16, fp16w, int8, int4, "
+                                         "auto"):
         formats._formats("int3,int4")
 
 

@@ -1,4 +1,4 @@
-"""What `--dtype auto` resolves to, from the CPU's flags."""
+"""What `--dtype auto` and the other format options resolve to, from the CPU's flags."""
 
 from __future__ import annotations
 
@@ -39,8 +39,24 @@ def test_quantized_formats_compute_in_bfloat16_on_the_cpu(tmp_path: Path) -> Non
         load_model(tmp_path, "cpu", "float32", "int8")
     with pytest.raises(ModelError, match=r"--quantize int4 runs torch.s CPU .*drop it on CUDA"):
         load_model(tmp_path, "cuda", "auto", "int4")
-    with pytest.raises(ModelError, match="--quantize 'int3': expected none, int8, int4"):
+    with pytest.raises(ModelError, match="--quantize 'int3': expected none, fp16w, int8, int4"):
         load_model(tmp_path, "cpu", "auto", "int3")
+    with pytest.raises(ModelError, match="--quantize fp16w computes in float32; drop --dtype "
+                                         "bfloat16"):
+        load_model(tmp_path, "cpu", "bfloat16", "fp16w")
+    with pytest.raises(ModelError, match="--quantize fp16w runs FBGEMM's CPU kernel; drop it "
+                                         "on CUDA"):
+        load_model(tmp_path, "cuda", "auto", "fp16w")
+
+
+def test_dtype_auto_weighs_fidelity_then_speed() -> None:
+    """--dtype auto: on the CPU float32 arithmetic, its weights in float16 where they can be
+    (decided once loaded); bfloat16 on CUDA; float32 with --weight-layout plain."""
+    from targets.reference.models import _auto_dtype
+
+    assert _auto_dtype("cpu", "auto") == ("float32", "auto", "--dtype auto")
+    assert _auto_dtype("cuda", "auto") == ("bfloat16", None, "--dtype auto: bfloat16 on cuda")
+    assert _auto_dtype("cpu", "plain")[:2] == ("float32", None)
 
 
 def test_the_conversion_parses_a_gguf_file_once_and_only_while_converting(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """`llm-chaos bench engine`: the reference worker's throughput against transformers itself.
 
-One run, one heavy process at a time, on the CPU, in one dtype throughout (`--dtype`; auto:
-as the worker picks it, bfloat16 on CPUs with AVX512-BF16 or AMX, else float32):
+One run, one heavy process at a time, on the CPU (`--dtype`; auto: as the worker picks it,
+float16 weights computed in float32 on CPUs with AVX2, "fp16w"; the baselines run in the
+worker's arithmetic dtype):
 1. cold start: spawn a worker (model already converted in the cache) and time it to the first
    200 of /health, several times;
 2. the worker over HTTP: batches of 1, 4 and 16 concurrent streaming chats (greedy,
@@ -15,11 +16,11 @@ With `--vs-transformers-serve`, instead: the worker and `transformers serve
 --continuous-batching` run side by side (both up, measured one at a time), on the same model and
 prompts, streamed, at 1, 4 and 16 concurrent streams, interleaved round by round so that other
 load on the machine hits both alike; then the worker alone at 32 and 64 streams (where its
-throughput stops growing), and the worker in the other dtype at 16 streams: its speed, and the
-bfloat16 worker's greedy tokens against the float32 worker's. Our worker runs in its own
-default dtype (`--dtype auto`: bfloat16 on CPUs with AVX512-BF16 or AMX, as vLLM's CPU build
-does), and transformers serve in the same dtype: bfloat16 against float32 (its CPU default)
-flattered ours 2-3x where the CPU computes bfloat16 natively (issue 17).
+throughput stops growing), and the worker in another format at 16 streams (bfloat16; float32
+beside a bfloat16 run): its speed, and its greedy tokens against ours. Our worker runs in its
+default format (`--dtype auto`: fp16w, float32's greedy outputs), and transformers serve as
+issue 17 sets it: in bfloat16 where the CPU computes it natively (AVX512-BF16, AMX), float32
+elsewhere (bfloat16 against its float32 default flattered ours 2-3x).
 The harness reaches the worker only over HTTP and process control.
 """
 
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import httpx
 
+from .. import machine
 from ..errors import TargetError, UsageError
 from ..faults.injector import sigterm_raises
 from ..launcher import ServerProcess, start_worker
@@ -75,12 +77,13 @@ PROMPTS = (
 PARTS = ("cold-start", "int8", "baseline", "dtype")
 DTYPES = ("auto", "float32", "bfloat16")
 _SHORT = {"float32": "fp32", "bfloat16": "bf16"}
+_DTYPE = {"fp32": "float32", "bf16": "bfloat16"}  # a worker in another format: --dtype
 SCALING_GOAL = 6.0
 VS_GENERATE_BATCH_GOAL = 3.0
 COLD_START_GOAL_S = 3.0
-# issue 17: 3x transformers serve at 16 streams, both in the same dtype (issue 9's 3.5x was
-# vLLM's CPU build in bf16 against transformers serve in fp32); issue 9: a median TTFT within
-# vLLM's 386 ms there
+# issue 17: 3x transformers serve at 16 streams, it in bf16 where the CPU has native bf16
+# (issue 9's 3.5x was vLLM's CPU build in bf16 against transformers serve in fp32); issue 9: a
+# median TTFT within vLLM's 386 ms there
 VS_SERVE_GOAL = 3.0
 VS_SERVE_TTFT_GOAL_S = 0.386
 VS_SERVE_GOAL_STREAMS = 16
@@ -100,19 +103,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip", action="append", default=[], choices=PARTS,
                    help="leave a part out (its figures are reported as not measured): "
                         "cold-start, int8 and baseline are parts of the default run, dtype "
-                        "(our worker in the other dtype: fp32 beside a bf16 run, bf16 beside "
-                        "an fp32 one with --vs-transformers-serve) of both")
+                        "(our worker in another format: fp32 beside any other in the default "
+                        "run; with --vs-transformers-serve bf16, or fp32 beside a bf16 run) "
+                        "of both")
     p.add_argument("--ready-timeout", type=float, default=300.0,
                    help="seconds a worker may take to become ready (default 300)")
     p.add_argument("--vs-transformers-serve", action="store_true",
                    help="instead of the parts above: the worker against `transformers serve "
                         "--continuous-batching` at --streams (interleaved), the worker alone "
-                        "at --more-streams, and bf16 greedy tokens against fp32")
+                        "at --more-streams, and another format's greedy tokens against ours")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="our worker's dtype (default auto, as the worker picks it: bfloat16 "
-                        "on CPUs with AVX512-BF16 or AMX, else float32). The default run "
-                        "loads the transformers baselines in the same dtype; with "
-                        "--vs-transformers-serve the worker in the other dtype runs at the "
+                   help="our worker's dtype (default auto, as the worker picks it: float16 "
+                        "weights computed in float32 on CPUs with AVX2). The default run "
+                        "loads the transformers baselines in its arithmetic dtype; with "
+                        "--vs-transformers-serve the worker in another format runs at the "
                         "goal level for speed and token agreement")
     p.add_argument("--more-streams", type=parse_levels, default=[32, 64], metavar="N,N,...",
                    help="with --vs-transformers-serve: levels for the worker alone "
@@ -122,12 +126,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 @dataclass(frozen=True)
 class _WorkerRun:
     """What one worker measured: the timed batches per concurrency level, and the texts of
-    the first batch at the highest level (one per prompt); `dtype` as the worker reported it."""
+    the first batch at the highest level (one per prompt); `dtype` (what it computes in) and
+    `fmt` (its weights: fp32, bf16, fp16w, ...) as the worker reported them."""
 
     ready_s: float
     batches: dict[int, list[BatchTiming]]
     texts: tuple[str, ...]
     dtype: str = "float32"
+    fmt: str = ""
+
+    @property
+    def tag(self) -> str:
+        """Its label: the weights' format, else the dtype's short name."""
+        return self.fmt or _SHORT[self.dtype]
 
     def details(self) -> dict[str, object]:
         return {"ready_s": self.ready_s, "texts": list(self.texts), "rounds": {
@@ -187,8 +198,9 @@ def _worker_run(model: str, extra: Sequence[str], levels: Sequence[int], rounds:
         args += ["--max-num-seqs", str(top)]
     with start_worker(model, args=args, log_dir=logs) as worker:
         ready = worker.wait_ready(timeout=timeout)
-        dtype = engine_dtype(worker.url)
-        progress(f"{label} worker ready in {ready:.1f} s (pid {worker.pid}, {dtype})")
+        dtype, fmt = engine_format(worker.url)
+        progress(f"{label} worker ready in {ready:.1f} s (pid {worker.pid}, {fmt}, computing "
+                 f"in {dtype})")
         name = _served_name(worker.url)
         # the first steps of a fresh process are slow (allocation, kernel selection)
         measure_batch(worker.url, name, _prompts(top), min(8, max_tokens))
@@ -204,7 +216,7 @@ def _worker_run(model: str, extra: Sequence[str], levels: Sequence[int], rounds:
                 progress(f"{label} {_streams(level)}, round {r + 1}/{rounds}: "
                          f"{batch.tokens_per_s:.1f} tokens/s, {batch.output_tokens} tokens "
                          f"in {batch.wall:.2f} s")
-    return _WorkerRun(ready, batches, texts, dtype)
+    return _WorkerRun(ready, batches, texts, dtype, fmt)
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -270,7 +282,7 @@ def _baseline_figures(mode: str, label: str, run: BaselineRun | None,
 class _DefaultRun:
     """What the default run measured: our worker at every level, the float32 worker at the
     top level (int8's reference: `ours` itself when that runs in float32), int8, cold starts,
-    and the transformers baselines in our worker's dtype."""
+    and the transformers baselines in our worker's arithmetic dtype."""
 
     ours: _WorkerRun
     fp32: _WorkerRun | None
@@ -282,22 +294,23 @@ class _DefaultRun:
 def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _DefaultRun,
             folder: Path | None, notes: list[str]) -> BenchResult:
     low, top = levels[0], levels[-1]
-    tag = _SHORT[run.ours.dtype]
+    tag, base_tag = run.ours.tag, _SHORT[run.ours.dtype]  # ours, and the baselines'
+    both = f"both {tag}" if tag == base_tag else f"ours {tag}, transformers {base_tag}"
     ours, fp32, int8, cold, base = run.ours, run.fp32, run.int8, run.cold, run.base
     figures: list[Figure] = []
     for level in levels:
         figures += _level_figures("ours", f"reference worker ({tag})", level,
                                   ours.batches[level])
     separate = fp32 is not None and fp32 is not ours
-    figures += _level_figures("fp32", "the fp32 worker beside a run in another dtype", top,
+    figures += _level_figures("fp32", "the fp32 worker beside a run in another format", top,
                               fp32.batches[top] if fp32 is not None and separate else [])
     figures += _baseline_figures("generate_batch_default",
-                                 f"transformers generate_batch ({tag}), default configuration",
-                                 base.get("generate_batch_default"), top)
-    figures += _baseline_figures("generate_batch", f"transformers generate_batch ({tag}), "
+                                 f"transformers generate_batch ({base_tag}), default "
+                                 "configuration", base.get("generate_batch_default"), top)
+    figures += _baseline_figures("generate_batch", f"transformers generate_batch ({base_tag}), "
                                  "cache sized to the workload", base.get("generate_batch"), top)
-    figures += _baseline_figures("static_generate", f"transformers generate ({tag}), padded "
-                                 "batch", base.get("static_generate"), top)
+    figures += _baseline_figures("static_generate", f"transformers generate ({base_tag}), "
+                                 "padded batch", base.get("static_generate"), top)
 
     def value(name: str) -> float | None:
         return next(f.value for f in figures if f.name == name)
@@ -315,7 +328,7 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _Defa
         Figure("ours.vs_generate_batch",
                _ratio(ours_top, value("generate_batch_default.output_tokens_per_s")), "x",
                f"tokens/s at {top} streams / transformers generate_batch (default config), "
-               f"both {tag}"),
+               f"{both}"),
         Figure("ours.vs_generate_batch_sized",
                _ratio(ours_top, value("generate_batch.output_tokens_per_s")), "x",
                f"tokens/s at {top} streams / generate_batch with a cache sized to the work"),
@@ -324,10 +337,10 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _Defa
                f"tokens/s at {top} streams / transformers generate on a padded batch"),
         Figure("ours.identical_to_static_generate",
                _identical(ours.texts, static.texts) if static else None, "fraction",
-               f"greedy outputs of the worker identical to transformers generate, both {tag}"),
+               f"greedy outputs of the worker identical to transformers generate, {both}"),
         Figure("ours.speedup_vs_fp32", _ratio(ours_top, fp32_top) if separate else None, "x",
                f"{tag} / fp32 tokens/s of the worker at {top} streams (a run in another "
-               "dtype than fp32)"),
+               "format than fp32)"),
         Figure("cold_start.median_s", _median(cold), "s",
                f"worker spawn to first 200 of /health, median of {len(cold)}"),
         Figure("cold_start.best_s", min(cold) if cold else None, "s",
@@ -352,18 +365,19 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _Defa
         Goal("scaling", "ours.scaling", ">=", SCALING_GOAL,
              f"{_streams(top)} >= {SCALING_GOAL:g}x {_streams(low)}"),
         Goal("vs_generate_batch", "ours.vs_generate_batch", ">=", VS_GENERATE_BATCH_GOAL,
-             f"{_streams(top)} >= {VS_GENERATE_BATCH_GOAL:g}x generate_batch, both {tag}"),
+             f"{_streams(top)} >= {VS_GENERATE_BATCH_GOAL:g}x generate_batch, {both}"),
         Goal("cold_start", "cold_start.median_s", "<=", COLD_START_GOAL_S,
              f"cold start <= {COLD_START_GOAL_S:g} s"),
     )
     return BenchResult(
         bench="engine",
-        config={"model": args.model, "device": "cpu", "dtype": run.ours.dtype, "streams": levels,
+        config={"model": args.model, "device": "cpu", "dtype": run.ours.dtype,
+                "format": tag, "streams": levels,
                 "max_tokens": args.max_tokens, "rounds": rounds, "cold_starts": len(cold),
                 "quick": args.quick, "skip": sorted(set(args.skip)),
                 "prompts": list(PROMPTS)},
         figures=tuple(figures), goals=goals,
-        tables=_tables(figures, levels, rounds, args, tag, separate_fp32=separate),
+        tables=_tables(figures, levels, rounds, args, tag, base_tag, separate_fp32=separate),
         notes=tuple(notes),
         details={"cold_start_s": cold, "ours": ours.details(),
                  "fp32": fp32.details() if fp32 else None,
@@ -374,7 +388,7 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _Defa
 
 
 def _tables(figures: list[Figure], levels: list[int], rounds: int, args: argparse.Namespace,
-            tag: str, separate_fp32: bool) -> tuple[Table, ...]:
+            tag: str, base_tag: str, separate_fp32: bool) -> tuple[Table, ...]:
     by_name = {f.name: f.value for f in figures}
     top, low = levels[-1], levels[0]
     base_tps = by_name[f"ours.streams_{low}.output_tokens_per_s"]
@@ -392,10 +406,11 @@ def _tables(figures: list[Figure], levels: list[int], rounds: int, args: argpars
     if separate_fp32:
         rows.append(row("reference worker fp32", "fp32", top))
     rows += [row("reference worker int8", "int8", top),
-             base_row(f"transformers generate_batch {tag} (defaults)",
+             base_row(f"transformers generate_batch {base_tag} (defaults)",
                       "generate_batch_default"),
-             base_row(f"transformers generate_batch {tag} (sized cache)", "generate_batch"),
-             base_row(f"transformers generate {tag}, padded batch", "static_generate")]
+             base_row(f"transformers generate_batch {base_tag} (sized cache)",
+                      "generate_batch"),
+             base_row(f"transformers generate {base_tag}, padded batch", "static_generate")]
     throughput = Table(
         f"output tokens/s: {args.model}, CPU, {tag}, {args.max_tokens} output tokens per "
         f"request, median of {rounds} round(s)",
@@ -411,7 +426,7 @@ def _tables(figures: list[Figure], levels: list[int], rounds: int, args: argpars
         ("int8 outputs identical to fp32 (fraction)", by_name["int8.identical_outputs"]),
         ("int8 tokens matching fp32 before the first difference (fraction)",
          by_name["int8.matching_tokens"]),
-        (f"{tag} outputs identical to transformers generate {tag} (fraction)",
+        (f"{tag} outputs identical to transformers generate {base_tag} (fraction)",
          by_name["ours.identical_to_static_generate"]),
         *([(f"{tag} / fp32 tokens/s at {top} streams", by_name["ours.speedup_vs_fp32"])]
           if separate_fp32 else []),
@@ -444,8 +459,8 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
         ours = _worker_run(args.model, ["--dtype", args.dtype], levels, rounds,
                            args.max_tokens, logs, args.ready_timeout, "ours", progress)
         dtype = ours.dtype
-        progress(f"our worker runs in {dtype}: the baselines will too")
-        fp32 = ours if dtype == "float32" else None
+        progress(f"our worker runs {ours.tag}, computing in {dtype}: the baselines will too")
+        fp32 = ours if ours.tag == "fp32" else None
         if fp32 is None and "dtype" not in skip:  # what the lower precision buys; int8's
             fp32 = _worker_run(args.model, ["--dtype", "float32"], [top], rounds,  # reference
                                args.max_tokens, logs, args.ready_timeout, "fp32", progress)
@@ -501,10 +516,17 @@ class _VsRun:
 
     ours: dict[int, list[BatchTiming]]
     theirs: dict[int, list[BatchTiming]]
-    other: list[BatchTiming]  # our worker in the other dtype, at the goal level
+    other: list[BatchTiming]  # our worker in another format, at the goal level
     ready_s: dict[str, float]
     texts: dict[str, tuple[str, ...]]
-    dtype: str = "float32"  # ours: float32 or bfloat16
+    dtype: str = "float32"  # ours computes in: float32 or bfloat16
+    fmt: str = "fp32"  # ours holds its weights in: fp32, bf16, fp16w
+    serve_dtype: str = "float32"  # transformers serve's
+    other_fmt: str = "bf16"  # the other worker's
+
+    @property
+    def serve_tag(self) -> str:
+        return _SHORT[self.serve_dtype]
 
 
 def _timed(server: ServerProcess, name: str, label: str, level: int, rounds: int,
@@ -547,13 +569,15 @@ def _vs_run(args: argparse.Namespace, folder: Path, plan: VsPlan, rounds: int,
                           log_dir=logs) as worker:
             ready["ours"] = _ready(f"our worker (--dtype {args.dtype})", worker, timeout,
                                    progress)
-            dtype = engine_dtype(worker.url)
-            other_dtype = "float32" if dtype == "bfloat16" else "bfloat16"
-            progress(f"our worker runs in {dtype}")
+            dtype, fmt = engine_format(worker.url)
+            other_fmt = "fp32" if fmt == "bf16" else "bf16"
+            serve_dtype = transformers_serve_dtype()
+            progress(f"our worker runs {fmt}, computing in {dtype}; transformers serve will "
+                     f"run in {serve_dtype}")
             ours_name = _served_name(worker.url)
-            with start_transformers_serve(folder, log_dir=logs, dtype=dtype) as serve:
+            with start_transformers_serve(folder, log_dir=logs, dtype=serve_dtype) as serve:
                 ready["transformers_serve"] = _ready(
-                    f"transformers serve --continuous-batching ({_SHORT[dtype]})", serve,
+                    f"transformers serve --continuous-batching ({_SHORT[serve_dtype]})", serve,
                     timeout, progress)
                 serve_name = _served_name(serve.url)
                 # the first steps of a fresh process are slow; transformers serve also builds
@@ -577,28 +601,40 @@ def _vs_run(args: argparse.Namespace, folder: Path, plan: VsPlan, rounds: int,
                 _timed(worker, ours_name, "ours", level, rounds, max_tokens, progress, ours,
                        texts, plan.goal_level, ours=True)
         if "dtype" not in args.skip:
-            tag = _SHORT[other_dtype]
-            with start_worker(args.model, args=[*worker_args, "--dtype", other_dtype],
+            tag = other_fmt
+            with start_worker(args.model, args=[*worker_args, "--dtype", _DTYPE[tag]],
                               log_dir=logs) as second:
                 ready[tag] = _ready(f"our worker ({tag})", second, timeout, progress)
                 name = _served_name(second.url)
                 measure_batch(second.url, name, _prompts(plan.goal_level), min(8, max_tokens))
                 _timed(second, name, f"ours {tag}", plan.goal_level, rounds, max_tokens,
                        progress, other, texts, plan.goal_level, ours=True)
-    return _VsRun(ours, theirs, other.get(plan.goal_level, []), ready, texts, dtype)
+    return _VsRun(ours, theirs, other.get(plan.goal_level, []), ready, texts, dtype, fmt,
+                  serve_dtype, other_fmt)
 
 
-def engine_dtype(url: str) -> str:
-    """The dtype a worker's engine runs in, as its /debug/engine reports it (`--dtype auto`
-    is resolved by the worker: the harness reaches it only over HTTP)."""
+def engine_format(url: str) -> tuple[str, str]:
+    """(the dtype a worker's engine computes in, the format of its weights: fp32, bf16,
+    fp16w, ...) as its /debug/engine reports them (`--dtype auto` is resolved by the worker:
+    the harness reaches it only over HTTP)."""
     try:
-        dtype = httpx.get(url + "/debug/engine", timeout=10).json()["dtype"]
+        engine = httpx.get(url + "/debug/engine", timeout=10).json()
+        dtype = engine["dtype"]
     except (httpx.HTTPError, KeyError, ValueError) as exc:
         raise TargetError(f"{url}/debug/engine did not say its dtype: {exc!r}") from exc
     if dtype not in _SHORT:
         raise TargetError(f"{url} runs in {dtype}; the benchmark compares float32 and "
                           "bfloat16 (drop --quantize, or pass --dtype)")
-    return str(dtype)
+    weights = engine.get("weights") or {}
+    fmt = weights.get("format") if isinstance(weights, dict) else None
+    return str(dtype), str(fmt or _SHORT[dtype])
+
+
+def transformers_serve_dtype() -> str:
+    """transformers serve's dtype as issue 17 sets it: bfloat16 where the CPU computes it
+    natively (AVX512-BF16 or AMX), else float32."""
+    isa = set(machine.describe()["isa"])
+    return "bfloat16" if isa & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
 
@@ -622,16 +658,15 @@ def _same_prompt_tokens(a: Sequence[BatchTiming], b: Sequence[BatchTiming]) -> f
 def _vs_result(args: argparse.Namespace, plan: VsPlan, rounds: int, run: _VsRun,
                folder: Path | None, notes: list[str]) -> BenchResult:
     goal = plan.goal_level
-    tag = _SHORT[run.dtype]
-    other_tag = "fp32" if tag == "bf16" else "bf16"
+    tag, other_tag, serve_tag = run.fmt, run.other_fmt, run.serve_tag
     figures: list[Figure] = []
     for level in plan.ours:
         figures += _level_figures("ours", f"reference worker ({tag})", level,
                                   run.ours.get(level, []))
     for level in plan.compare:
         figures += _level_figures("transformers_serve",
-                                  f"transformers serve --continuous-batching ({tag})", level,
-                                  run.theirs.get(level, []))
+                                  f"transformers serve --continuous-batching ({serve_tag})",
+                                  level, run.theirs.get(level, []))
     by_name = {f.name: f.value for f in figures}
 
     def tps(prefix: str, level: int) -> float | None:
@@ -647,9 +682,7 @@ def _vs_result(args: argparse.Namespace, plan: VsPlan, rounds: int, run: _VsRun,
     serve_tokens = [s.output_tokens for runs in run.theirs.values() for b in runs
                     for s in b.streams]
     other_tps = _median([b.tokens_per_s for b in run.other])
-    texts = {tag: run.texts.get("ours", ()), other_tag: run.texts.get(f"ours {other_tag}", ())}
-    fp32_texts, bf16_texts = texts["fp32"], texts["bf16"]
-    speed = {tag: tps("ours", goal), other_tag: other_tps}
+    ours_texts, other_texts = run.texts.get("ours", ()), run.texts.get(f"ours {other_tag}", ())
     figures += [
         Figure("ours.peak_streams", float(max(measured)[1]) if measured else None, "streams",
                "the level where our worker's tokens/s was highest"),
@@ -661,25 +694,26 @@ def _vs_result(args: argparse.Namespace, plan: VsPlan, rounds: int, run: _VsRun,
                _same_prompt_tokens(run.ours.get(goal, []), run.theirs.get(goal, [])),
                "fraction", "prompts with the same prompt token count on both servers"),
         Figure("ours.matching_tokens_vs_transformers_serve",
-               _matching_tokens(texts[tag], run.texts.get("transformers serve", ()), folder),
+               _matching_tokens(ours_texts, run.texts.get("transformers serve", ()), folder),
                "fraction", "mean share of output tokens before ours and transformers serve "
                            "first differ (their EOS-free run keeps emitting EOS tokens)"),
     ]
     figures += _level_figures(other_tag, f"reference worker ({other_tag})", goal, run.other)
     figures += [
-        Figure("bf16.speedup_vs_fp32", _ratio(speed["bf16"], speed["fp32"]), "x",
-               f"bf16 / fp32 tokens/s at {_streams(goal)}"),
-        Figure("bf16.identical_outputs",
-               _identical(fp32_texts, bf16_texts) if run.other else None, "fraction",
-               "greedy outputs identical between bf16 and fp32"),
-        Figure("bf16.matching_tokens",
-               _matching_tokens(fp32_texts, bf16_texts, folder) if run.other else None,
-               "fraction", "mean share of output tokens before bf16 and fp32 first differ"),
+        Figure("ours.speedup_vs_other", _ratio(tps("ours", goal), other_tps), "x",
+               f"ours ({tag}) / {other_tag} tokens/s at {_streams(goal)}"),
+        Figure("other.identical_outputs",
+               _identical(ours_texts, other_texts) if run.other else None, "fraction",
+               f"greedy outputs identical between {other_tag} and ours ({tag})"),
+        Figure("other.matching_tokens",
+               _matching_tokens(ours_texts, other_texts, folder) if run.other else None,
+               "fraction", f"mean share of output tokens before {other_tag} and ours ({tag}) "
+                           "first differ"),
     ]
     goals = (
         Goal("vs_transformers_serve", f"ours.vs_transformers_serve.streams_{goal}", ">=",
              VS_SERVE_GOAL, f"{_streams(goal)} >= {VS_SERVE_GOAL:g}x transformers serve "
-                            "--continuous-batching"),
+                            f"--continuous-batching ({tag} against {serve_tag})"),
         Goal("ttft", f"ours.streams_{goal}.ttft_median_s", "<=", VS_SERVE_TTFT_GOAL_S,
              f"median TTFT at {_streams(goal)} <= {VS_SERVE_TTFT_GOAL_S * 1000:.0f} ms"),
     )
@@ -695,17 +729,18 @@ def _vs_result(args: argparse.Namespace, plan: VsPlan, rounds: int, run: _VsRun,
         version = None
     return BenchResult(
         bench="engine",
-        config={"model": args.model, "device": "cpu", "dtype": run.dtype,
-                "vs_transformers_serve": True, "streams": list(plan.compare),
+        config={"model": args.model, "device": "cpu", "dtype": run.dtype, "format": tag,
+                "other_format": other_tag, "vs_transformers_serve": True,
+                "streams": list(plan.compare),
                 "more_streams": list(plan.ours_only), "goal_streams": goal,
                 "max_tokens": args.max_tokens, "rounds": rounds, "quick": args.quick,
                 "skip": sorted(set(args.skip)), "prompts": list(PROMPTS),
                 "transformers": version,
                 "transformers_serve_command": serve_command(folder or Path("MODEL"), 0,
-                                                            dtype=run.dtype)[3:],
+                                                            dtype=run.serve_dtype)[3:],
                 "transformers_serve_request_fields": dict(REQUEST_FIELDS)},
         figures=tuple(figures), goals=goals,
-        tables=_vs_tables(figures, plan, rounds, args, tag), notes=tuple(notes),
+        tables=_vs_tables(figures, plan, rounds, args, run), notes=tuple(notes),
         details={"ready_s": run.ready_s, "ours": _rounds_json(run.ours),
                  "transformers_serve": _rounds_json(run.theirs),
                  other_tag: _rounds_json({goal: run.other} if run.other else {}),
@@ -713,14 +748,16 @@ def _vs_result(args: argparse.Namespace, plan: VsPlan, rounds: int, run: _VsRun,
 
 
 def _vs_tables(figures: list[Figure], plan: VsPlan, rounds: int,
-               args: argparse.Namespace, tag: str) -> tuple[Table, ...]:
+               args: argparse.Namespace, run: _VsRun) -> tuple[Table, ...]:
     by_name = {f.name: f.value for f in figures}
 
     def get(prefix: str, level: int, key: str) -> float | None:
         return by_name.get(f"{prefix}.streams_{level}.{key}")
 
+    tag, other_tag = run.fmt, run.other_fmt
     compare = Table(
-        f"ours vs transformers serve --continuous-batching, both in {tag}: {args.model}, "
+        f"ours ({tag}) vs transformers serve --continuous-batching ({run.serve_tag}): "
+        f"{args.model}, "
         f"CPU, {args.max_tokens} output tokens per stream (greedy, streamed), median of {rounds} "
         "round(s)",
         ("streams", "ours tokens/s", "ours TTFT s", "transformers serve tokens/s",
@@ -742,14 +779,16 @@ def _vs_tables(figures: list[Figure], plan: VsPlan, rounds: int,
                     ("streams", "tokens/s", "median TTFT s", "wall s", "x previous level"),
                     tuple(rows))
     goal = plan.goal_level
-    other_tag = "fp32" if tag == "bf16" else "bf16"
-    other = Table("bf16 against fp32, and output agreement", ("figure", "value"), (
+    other = Table(f"ours ({tag}) against {other_tag}, and output agreement",
+                  ("figure", "value"), (
         (f"{other_tag} worker tokens/s at {_streams(goal)}",
          get(other_tag, goal, "output_tokens_per_s")),
-        (f"bf16 / fp32 tokens/s at {_streams(goal)}", by_name["bf16.speedup_vs_fp32"]),
-        ("bf16 outputs identical to fp32 (fraction)", by_name["bf16.identical_outputs"]),
-        ("bf16 tokens matching fp32 before the first difference (fraction)",
-         by_name["bf16.matching_tokens"]),
+        (f"{tag} / {other_tag} tokens/s at {_streams(goal)}",
+         by_name["ours.speedup_vs_other"]),
+        (f"{other_tag} outputs identical to {tag} (fraction)",
+         by_name["other.identical_outputs"]),
+        (f"{other_tag} tokens matching {tag} before the first difference (fraction)",
+         by_name["other.matching_tokens"]),
         ("ours vs transformers serve: tokens before the first difference (fraction)",
          by_name["ours.matching_tokens_vs_transformers_serve"]),
         ("prompts with the same prompt token count on both servers (fraction)",
@@ -762,8 +801,8 @@ def _vs_tables(figures: list[Figure], plan: VsPlan, rounds: int,
 
 def _measure_vs_serve(args: argparse.Namespace, rounds: int,
                       progress: Progress) -> BenchResult:
-    """Our worker against `transformers serve --continuous-batching`, then alone, then in the
-    other dtype."""
+    """Our worker against `transformers serve --continuous-batching`, then alone, then in
+    another format."""
     plan = vs_plan(args.streams, args.more_streams)
     progress(f"resolving --model {args.model}")
     folder = _model_folder(args.model)
@@ -780,7 +819,7 @@ def _measure_vs_serve(args: argparse.Namespace, rounds: int,
     notes: list[str] = []
     run = _vs_run(args, folder, plan, rounds, progress)
     if "dtype" in args.skip:
-        notes.append("--skip dtype: the worker in the other dtype is not measured")
+        notes.append("--skip dtype: the worker in another format is not measured")
     ignored = sorted(set(args.skip) - {"dtype"})
     if ignored:
         notes.append(f"--skip {', '.join(ignored)}: not part of --vs-transformers-serve")

@@ -204,7 +204,7 @@ def test_vs_transformers_serve_reports_ratios_and_misses_goals_honestly(
         ours={n: [_batch(n, v, 0.5)] for n, v in ours.items()},
         theirs={n: [_batch(n, v, 1.2)] for n, v in theirs.items()},
         other=[_batch(16, 100.0, 0.3)], ready_s={"ours": 2.0, "transformers_serve": 4.0},
-        texts={}, dtype="bfloat16")
+        texts={}, dtype="float32", fmt="fp16w", serve_dtype="bfloat16", other_fmt="bf16")
     folder = _hf_folder(tmp_path / "model")
     monkeypatch.setattr(engine, "_model_folder", lambda model: folder)
     monkeypatch.setattr(engine, "_vs_run", lambda *args: run)
@@ -218,10 +218,11 @@ def test_vs_transformers_serve_reports_ratios_and_misses_goals_honestly(
             pytest.approx(ours[level] / value)
     assert figures["ours.streams_64.output_tokens_per_s"] == pytest.approx(262.0)
     assert figures["ours.peak_streams"] == 64
-    # ours runs in bf16 here, the other worker in fp32 at 100 tokens/s
-    assert figures["bf16.speedup_vs_fp32"] == pytest.approx(2.0)
-    assert figures["fp32.streams_16.output_tokens_per_s"] == pytest.approx(100.0)
-    assert data["config"]["dtype"] == "bfloat16"
+    # ours runs fp16w here (float32 arithmetic), the other worker bf16 at 100 tokens/s
+    assert figures["ours.speedup_vs_other"] == pytest.approx(2.0)
+    assert figures["bf16.streams_16.output_tokens_per_s"] == pytest.approx(100.0)
+    assert data["config"]["dtype"] == "float32" and data["config"]["format"] == "fp16w"
+    assert data["config"]["other_format"] == "bf16"
     assert figures["prompt_tokens.same_fraction"] == 1.0
     goals = {g["name"]: g for g in data["goals"]}
     assert goals["vs_transformers_serve"]["expression"] == \
@@ -231,8 +232,10 @@ def test_vs_transformers_serve_reports_ratios_and_misses_goals_honestly(
     assert data["all_goals_met"] is False and data["config"]["more_streams"] == [32, 64]
     printed = capsys.readouterr().out
     _names_the_machine(data, printed)
-    # transformers serve runs in our worker's dtype (issue 17)
-    assert "ours vs transformers serve --continuous-batching, both in bf16" in printed
+    # transformers serve runs in bf16 where the CPU has native bf16, whatever ours runs
+    # (issue 17)
+    assert "ours (fp16w) vs transformers serve --continuous-batching (bf16)" in printed
+    assert goals["vs_transformers_serve"]["description"].endswith("(fp16w against bf16)")
     command = data["config"]["transformers_serve_command"]
     assert command[command.index("--dtype") + 1] == "bfloat16"
     assert "where throughput stops growing" in printed
@@ -269,3 +272,37 @@ def test_default_run_in_float32_is_its_own_int8_reference(
     assert rows.count("reference worker fp32") == 2  # 1 and 16 streams, no extra row
     assert "transformers generate_batch fp32 (defaults)" in rows
     assert not any(str(row[0]).startswith("fp32 / fp32") for row in result.tables[1].rows)
+
+
+def test_default_run_in_fp16w_compares_with_fp32_and_float32_baselines() -> None:
+    """--dtype auto's fp16w computes in float32: the baselines run in float32 and say so, and
+    the fp32 worker is a run of its own beside it (int8's reference)."""
+    levels = [1, 16]
+    runs = {n: [_batch(n, v, 0.2)] for n, v in {1: 50.0, 16: 300.0}.items()}
+    ours = engine._WorkerRun(2.0, runs, tuple(f"text {i}" for i in range(16)), "float32",
+                             "fp16w")
+    fp32 = engine._WorkerRun(2.0, {16: [_batch(16, 200.0, 0.2)]},
+                             tuple(f"text {i}" for i in range(16)))
+    base = {"generate_batch_default": BaselineRun("generate_batch_default", (1024 / 100.0,),
+                                                  1024, (), "d")}
+    args = build_parser().parse_args(["bench", "engine"])
+    result = engine._result(args, levels, 1, engine._DefaultRun(ours, fp32, None, [], base),
+                            None, [])
+    figures = {f.name: f.value for f in result.figures}
+    assert figures["ours.speedup_vs_fp32"] == pytest.approx(1.5)
+    assert figures["ours.vs_generate_batch"] == pytest.approx(3.0)
+    assert result.config["format"] == "fp16w" and result.config["dtype"] == "float32"
+    goal = next(g for g in result.goals if g.name == "vs_generate_batch")
+    assert goal.description.endswith("ours fp16w, transformers fp32")
+    rows = [row[0] for row in result.tables[0].rows]
+    assert rows.count("reference worker fp16w") == 2 and "reference worker fp32" in rows
+    assert "transformers generate_batch fp32 (defaults)" in rows
+
+
+@pytest.mark.parametrize(("isa", "dtype"), [(["avx2", "avx512f", "avx512_bf16"], "bfloat16"),
+                                            (["avx2", "amx_bf16"], "bfloat16"),
+                                            (["fma", "avx2", "avx512f"], "float32")])
+def test_transformers_serve_runs_bf16_only_where_the_cpu_has_it(
+        monkeypatch: pytest.MonkeyPatch, isa: list[str], dtype: str) -> None:
+    monkeypatch.setattr(engine.machine, "describe", lambda: {"isa": isa})
+    assert engine.transformers_serve_dtype() == dtype

@@ -134,6 +134,19 @@ def test_an_fp16_layer_computes_in_float32_on_float16_weights() -> None:
 
 
 @needs_fp16
+def test_an_fp16_layers_rows_do_not_depend_on_the_batch() -> None:
+    """Each row of an Fp16Linear product is the same to the bit whether it is computed alone
+    or among others (FBGEMM sums each row in one order at every batch size; oneDNN's packed
+    float32 does not): what a request gets does not depend on what it was batched with."""
+    g = torch.Generator().manual_seed(1)
+    layer = Fp16Linear(torch.randn(200, 96, generator=g) * 0.1, None)
+    x = torch.randn(40, 96, generator=g)
+    for rows in (2, 7, 16, 40):
+        batched = layer(x[:rows])
+        assert all(torch.equal(batched[r], layer(x[r:r + 1])[0]) for r in range(rows))
+
+
+@needs_fp16
 def test_dtype_auto_holds_fp16_weights_on_the_cpu_and_says_why() -> None:
     """--dtype auto on the CPU: every projection and the head as Fp16Linear, the model in
     float32 (residual stream, attention, KV cache), /debug/engine's weights say fp16w in
@@ -213,3 +226,23 @@ def test_weights_beyond_float16s_range_are_refused() -> None:
         model.model.layers[1].mlp.up_proj.weight[0, 0] = 7e4
     assert fp16_refusal(model) == \
         "model.layers.1.mlp.up_proj.weight holds weights beyond float16's range"
+
+
+@needs_fp16
+def test_under_dtype_auto_a_sequence_decodes_the_same_alone_or_batched() -> None:
+    """fp16w's projections are batch-invariant and the rest of a decode step works per row:
+    a sequence's logits are the same to the bit whether it is decoded alone or beside another
+    of a different length. (Float32 in oneDNN's layout differs in the last bits.)"""
+    from targets.reference.decoder import BatchDecoder
+    from targets.reference.models import ensure_tiny_folder, load_model
+
+    model, _ = load_model(ensure_tiny_folder(), "cpu", "auto")
+    seq, other = list(range(30, 60)), list(range(200, 211))
+    alone, batched = BatchDecoder(model, 2, 64), BatchDecoder(model, 2, 64)
+    alone.prefill_many([(0, seq[:20], 0)])
+    batched.prefill_many([(0, seq[:20], 0), (1, other, 0)])
+    for step, pos in enumerate(range(20, 30)):
+        want = alone.decode(torch.tensor([seq[pos]]), torch.tensor([pos]))[0]
+        got = batched.decode(torch.tensor([seq[pos], other[step]]),
+                             torch.tensor([pos, len(other) + step]))[0]
+        assert torch.equal(got, want), f"step {step}: {(got - want).abs().max().item()}"

@@ -36,7 +36,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="auto: dense float32 / bfloat16 projections packed once at load in "
                         "oneDNN's layout where the CPU runs it (targets/reference/prepack.py; "
                         "bfloat16 only with AVX512-BF16 or AMX); plain: as loaded, every call "
-                        "through F.linear")
+                        "through F.linear (--dtype auto then serves float32, not fp16w)")
 
 
 def _positive_seconds(text: str) -> float:

@@ -1,0 +1,48 @@
+"""The TorchScript layer loop of fp16w models (targets/reference/scripted.py) against the
+Python loop it mirrors: the same logits and the same cache, to the bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from targets.reference.prepack import fp16_refusal
+
+_NO_FP16 = fp16_refusal()
+pytestmark = pytest.mark.skipif(_NO_FP16 is not None, reason=f"no fp16w here: {_NO_FP16}")
+
+
+@pytest.mark.parametrize("model_name", ["tiny", pytest.param("smollm2", marks=pytest.mark.smollm2)])
+def test_the_scripted_loop_decodes_what_the_python_loop_does(model_name: str) -> None:
+    from targets.reference.decoder import BatchDecoder
+    from targets.reference.models import ensure_tiny_folder, load_model, resolve_model
+
+    folder = ensure_tiny_folder() if model_name == "tiny" else resolve_model("smollm2").path
+    model, _ = load_model(folder, "cpu", "auto")
+    scripted, python = BatchDecoder(model, 4, 96), BatchDecoder(model, 4, 96)
+    assert scripted._scripted is not None
+    python._scripted = None  # the Python loop
+    prompts = [(0, list(range(40, 60)), 0), (1, list(range(300, 307)), 0),
+               (2, list(range(90, 101)), 0)]
+    for decoder in (scripted, python):
+        decoder.prefill_many(prompts)
+    positions = torch.tensor([20, 7, 11])
+    for step in range(6):
+        rows = 1 if step < 3 else 3  # one sequence (plain-index cache writes), then three
+        tokens = torch.tensor([5 + step, 17, 23][:rows])
+        got = scripted.decode(tokens, positions[:rows])
+        want = python.decode(tokens, positions[:rows])
+        assert torch.equal(got, want), f"step {step}: {(got - want).abs().max().item()}"
+        positions[:rows] += 1
+    for a, b in zip(scripted.k_cache + scripted.v_cache, python.k_cache + python.v_cache,
+                    strict=True):
+        assert torch.equal(a, b)
+
+
+def test_other_formats_keep_the_python_loop() -> None:
+    from targets.reference.decoder import BatchDecoder
+    from targets.reference.models import ensure_tiny_folder, load_model
+
+    for dtype in ("float32", "bfloat16"):
+        model, _ = load_model(ensure_tiny_folder(), "cpu", dtype)
+        assert BatchDecoder(model, 2, 32)._scripted is None

@@ -305,10 +305,16 @@ class BatchDecoder:
             bias.masked_fill_(torch.arange(length, device=self.device)[None, None, None, :]
                               > positions[:, None, None, None], float("-inf"))
         if self._scripted is not None:  # the loop below, in TorchScript (scripted.py)
-            x = self._scripted(x, cos, sin, positions, length, self.k_cache, self.v_cache,
-                               self._packs, self._norms, self._eps, self.n_heads, self.n_kv,
-                               self.head_dim, bias)
-            return self._logits(x)
+            try:
+                out = self._scripted(x, cos, sin, positions, length, self.k_cache,
+                                     self.v_cache, self._packs, self._norms, self._eps,
+                                     self.n_heads, self.n_kv, self.head_dim, bias)
+                return self._logits(out)
+            except RuntimeError as exc:  # TorchScript's own failure: serve from Python from
+                # now on (the loop below rewrites every cache entry this step wrote)
+                print(f"decoder: the TorchScript layer loop failed ({exc}); running it from "
+                      "Python", file=sys.stderr, flush=True)
+                self._scripted = None
         scale = self.head_dim ** -0.5
         heads = self.n_heads + self.n_kv  # query and key heads, rotated together
         for i, layer in enumerate(self.layers):

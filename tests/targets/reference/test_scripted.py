@@ -46,3 +46,25 @@ def test_other_formats_keep_the_python_loop() -> None:
     for dtype in ("float32", "bfloat16"):
         model, _ = load_model(ensure_tiny_folder(), "cpu", dtype)
         assert BatchDecoder(model, 2, 32)._scripted is None
+
+
+def test_a_failing_scripted_loop_hands_over_to_python(capsys: pytest.CaptureFixture[str]) -> None:
+    """If TorchScript fails in a step, that step and the next run the Python loop, with the
+    logits the scripted loop would have given."""
+    from targets.reference.decoder import BatchDecoder
+    from targets.reference.models import ensure_tiny_folder, load_model
+
+    model, _ = load_model(ensure_tiny_folder(), "cpu", "auto")
+    broken, sound = BatchDecoder(model, 2, 32), BatchDecoder(model, 2, 32)
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("the interpreter gave up")
+
+    broken._scripted = fail
+    for decoder in (broken, sound):
+        decoder.prefill_many([(0, [5, 6, 7], 0)])
+    for pos in (3, 4):
+        got = broken.decode(torch.tensor([9]), torch.tensor([pos]))
+        assert torch.equal(got, sound.decode(torch.tensor([9]), torch.tensor([pos])))
+    assert broken._scripted is None and sound._scripted is not None
+    assert "the TorchScript layer loop failed (the interpreter gave up)" in capsys.readouterr().err

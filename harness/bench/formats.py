@@ -63,6 +63,36 @@ def copy_bandwidth(nbytes: int = COPY_BYTES, repeats: int = 3) -> float:
     return 2 * nbytes / best
 
 
+# one GiB of float32 summed by torch on every core it may use, in its own process (the harness
+# does not import torch): the bytes a token's projections can actually be read at
+_READ_SCRIPT = """
+import time, torch
+x = torch.ones(2**28)
+best = float("inf")
+for i in range(6):
+    start = time.perf_counter()
+    x.sum()
+    if i:  # the first one maps the pages
+        best = min(best, time.perf_counter() - start)
+print(x.numel() * x.element_size() / best, torch.get_num_threads())
+"""
+
+
+def read_bandwidth() -> tuple[float, int] | None:
+    """Bytes per second torch reads (a sum over 1 GiB, best of 5) on the threads it uses by
+    default, and that thread count; None if it could not run. Unlike `copy_bandwidth` (issue
+    17's bound: one thread, bytes read plus written) this is what several threads reading
+    weights get: 31-62 GB/s in runs on a 2-core AVX512-BF16 EPYC, where the copy
+    moved 21-24."""
+    done = subprocess.run([sys.executable, "-c", _READ_SCRIPT], capture_output=True, text=True,
+                          check=False, timeout=120)
+    try:
+        rate, threads = done.stdout.split()
+        return float(rate), int(threads)
+    except ValueError:
+        return None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `bench formats`."""
     add_model_arguments(p, "smollm2 (default) or a local Hugging Face folder")
@@ -178,21 +208,29 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
     progress("memory bandwidth: copying 512 MiB three times")
     bandwidth = copy_bandwidth()
     progress(f"memory bandwidth {bandwidth / 1e9:.1f} GB/s (read + written)")
+    read = read_bandwidth()
+    progress(f"read bandwidth {read[0] / 1e9:.1f} GB/s on {read[1]} thread(s) (torch)" if read
+             else "read bandwidth: torch's sum did not run")
     runs: dict[str, _FormatRun] = {}
     with tempfile.TemporaryDirectory(prefix="llm-chaos-bench-") as tmp:
         logs = Path(tmp)
         for fmt in formats:
             runs[fmt] = _run_format(args, fmt, rounds, logs, progress)
         fidelity = _fidelity(args, formats, logs, progress)
-    return _result(args, formats, rounds, bandwidth, runs, fidelity)
+    return _result(args, formats, rounds, bandwidth, runs, fidelity, read)
 
 
 def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth: float,
-            runs: dict[str, _FormatRun], fidelity: dict[str, dict[str, float]]) -> BenchResult:
+            runs: dict[str, _FormatRun], fidelity: dict[str, dict[str, float]],
+            read: tuple[float, int] | None = None) -> BenchResult:
     levels: list[int] = args.streams
     low = levels[0]
+    read_rate = read[0] if read else None
     figures = [Figure("machine.copy_bandwidth_bytes_per_s", bandwidth, "bytes/s",
-                      "one thread's memcpy of 512 MiB, bytes read plus written (best of 3)")]
+                      "one thread's memcpy of 512 MiB, bytes read plus written (best of 3)"),
+               Figure("machine.read_bandwidth_bytes_per_s", read_rate, "bytes/s",
+                      "torch summing 1 GiB on its default threads (" +
+                      (f"{read[1]}" if read else "?") + "), bytes read (best of 5)")]
     fp32_bytes = runs["fp32"].weights_bytes
     fp32_bound = bandwidth / fp32_bytes if fp32_bytes else None
     goals = []
@@ -214,6 +252,10 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
                    "fraction", f"{fmt}: {low} stream(s) tokens/s over its own bound"),
             Figure(f"{fmt}.vs_fp32_bound", one / fp32_bound if one and fp32_bound else None,
                    "x", f"{fmt}: {low} stream(s) tokens/s over the float32 bound"),
+            Figure(f"{fmt}.fraction_of_read_bound",
+                   one * run.weights_bytes / read_rate if one and run.weights_bytes and read_rate
+                   else None, "fraction", f"{fmt}: {low} stream(s) tokens/s over read bandwidth "
+                   "/ weight bytes (what the threads can read, not issue 17's copy bound)"),
         ]
         if run.packed_rows is not None:
             figures.append(Figure(f"{fmt}.packed_rows", run.packed_rows, "sequences",
@@ -244,6 +286,8 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
         rows.append((fmt, run.weights_bytes / 1e6 if run.weights_bytes else None,
                      run.rss_bytes / 2**20, bound, *[tps[level] for level in levels],
                      one / bound if one and bound else None,
+                     one * run.weights_bytes / read_rate if one and run.weights_bytes and
+                     read_rate else None,
                      fid.get("teacher_forced"), fid.get("free_running")))
     best = max(formats, key=lambda f: _median([b.tokens_per_s for b in runs[f].batches[low]])
                or 0.0)
@@ -255,11 +299,13 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
     table = Table(
         f"weight formats, {args.max_tokens}-token greedy chats (tokens/s)",
         ("format", "weights MB/token", "RSS MiB", "bound tok/s",
-         *[f"{level} stream(s)" for level in levels], "of bound", "teacher-forced",
-         "free-running"),
+         *[f"{level} stream(s)" for level in levels], "of bound", "of read bound",
+         "teacher-forced", "free-running"),
         tuple(rows))
-    notes = [f"bound = memory bandwidth ({bandwidth / 1e9:.1f} GB/s, a one-thread copy) / "
-             "bytes of weights a token reads; fp16w computes in float32 on float16 weights "
+    notes = [f"bound = memory bandwidth ({bandwidth / 1e9:.1f} GB/s, a one-thread copy, issue "
+             "17's measure) / bytes of weights a token reads; read bound = "
+             + (f"{read_rate / 1e9:.1f} GB/s" if read_rate else "-") + " (torch reading on "
+             "every thread) / the same bytes; fp16w computes in float32 on float16 weights "
              "(FBGEMM), int8 and int4 in bfloat16 (torch's weight-only CPU kernels)"]
     if args.skip_fidelity:
         notes.append("--skip-fidelity: the agreement figures are not measured")

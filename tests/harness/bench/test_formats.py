@@ -40,6 +40,10 @@ def test_every_format_end_to_end_on_the_tiny_model(tmp_path: Path,
     for fmt in formats.FORMATS:
         assert figures[f"{fmt}.bound_tokens_per_s"] == pytest.approx(
             figures["machine.copy_bandwidth_bytes_per_s"] / size[fmt])
+        # the same tokens/s against what torch's threads read (reported beside issue 17's)
+        assert figures[f"{fmt}.fraction_of_read_bound"] == pytest.approx(
+            figures[f"{fmt}.streams_1.output_tokens_per_s"] * size[fmt]
+            / figures["machine.read_bandwidth_bytes_per_s"])
     for fmt in ("bf16", "fp16w", "int8", "int4", "auto"):
         assert 0 <= figures[f"{fmt}.teacher_forced"] <= 1
     assert run.data["machine"]["cpu_model"]
@@ -58,6 +62,13 @@ def test_formats_are_checked_and_fp32_always_runs() -> None:
 def test_the_copy_moves_bytes_at_a_plausible_rate() -> None:
     rate = formats.copy_bandwidth(8 * 2**20, repeats=2)
     assert 1e8 < rate < 1e13  # 0.1 GB/s to 10 TB/s: a rate, not a duration or a byte count
+
+
+def test_torch_reads_at_a_plausible_rate_on_its_threads() -> None:
+    measured = formats.read_bandwidth()
+    assert measured is not None
+    rate, threads = measured
+    assert 1e8 < rate < 1e13 and threads >= 1
 
 
 def _run(weights: int, tokens_per_s: float) -> formats._FormatRun:

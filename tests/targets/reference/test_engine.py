@@ -79,7 +79,7 @@ def test_stop_string_cuts_text(smollm2_worker: ServerProcess) -> None:
 
 
 def test_seeded_sampling_is_reproducible(tiny_worker: ServerProcess) -> None:
-    """In float32 a seed repeats exactly. (In bfloat16, the default on this CPU, the second
+    """In float32 a seed repeats exactly. (In bfloat16 the second
     run hits the prefix cache, whose one-token prefill rounds differently: best effort, as
     OpenAI documents its own `seed`.)"""
     q = "Tell me a word."

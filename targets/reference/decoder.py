@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .prepack import Fp16Linear, joined
+from .prepack import Fp16Linear, PackedLinear, joined
 
 __all__ = ["BatchDecoder", "UnsupportedModel"]
 
@@ -102,8 +102,10 @@ class _Layer:
     norm2: torch.Tensor
     eps: float
     # FBGEMM's packed weights of qkv, o, gate_up and down where all four are Fp16Linear
-    # (fp16w): the layer can run in scripted.py's TorchScript loop
+    # (fp16w), or their oneDNN weights and biases where all four are PackedLinear: the layer
+    # can run in one of scripted.py's TorchScript loops
     packs: tuple[Any, ...] | None = None
+    onednn: tuple[list[torch.Tensor], list[torch.Tensor | None]] | None = None
 
     @classmethod
     def of(cls, layer: Any) -> _Layer:
@@ -118,12 +120,15 @@ class _Layer:
         fused = getattr(mlp, "gate_up_proj", None)
         gate_up = _direct(fused) if fused is not None else _side_by_side(
             [mlp.gate_proj, mlp.up_proj])
-        fp16 = [m for m in (getattr(attn, "qkv_proj", None), attn.o_proj,
-                            getattr(mlp, "gate_up_proj", None), mlp.down_proj)
-                if isinstance(m, Fp16Linear)]
-        packs = tuple(m.packed for m in fp16) if len(fp16) == 4 else None
+        mods = (getattr(attn, "qkv_proj", None), attn.o_proj,
+                getattr(mlp, "gate_up_proj", None), mlp.down_proj)
+        fp16 = [m for m in mods if isinstance(m, Fp16Linear)]
+        packed = [m for m in mods if isinstance(m, PackedLinear)]
         return cls(qkv, _direct(attn.o_proj), gate_up, _direct(mlp.down_proj),
-                   ln1.weight.detach().float(), ln2.weight.detach().float(), float(eps), packs)
+                   ln1.weight.detach().float(), ln2.weight.detach().float(), float(eps),
+                   tuple(m.packed for m in fp16) if len(fp16) == 4 else None,
+                   ([m.packed for m in packed], [m.bias for m in packed])
+                   if len(packed) == 4 else None)
 
     def mlp(self, h: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(h).chunk(2, dim=-1)
@@ -172,24 +177,32 @@ class BatchDecoder:
         self._scripted = self._script()
 
     def _script(self) -> Any:
-        """scripted.py's layer loop where every layer is fp16w (float32, CPU), else None: the
-        same ops without the interpreter between them (a one-sequence SmolLM2 step: 9.9 ms
-        against 14.3)."""
-        if self.dtype != torch.float32 or self.device.type != "cpu" or \
-                not all(layer.packs for layer in self.layers):
+        """One of scripted.py's layer loops, as a call taking decode's per-step arguments,
+        where every layer is fp16w (float32) or packed in oneDNN's layout (float32 or
+        bfloat16), on the CPU; else None. The same ops without the interpreter between them
+        (a one-sequence fp16w SmolLM2 step: 9.9 ms against 14.3)."""
+        if self.device.type != "cpu" or not self.layers:
             return None
-        from .scripted import fp16w_layers
+        from . import scripted
 
+        self._norms = [w for layer in self.layers for w in (layer.norm1, layer.norm2)]
+        self._eps = [layer.eps for layer in self.layers]
         try:
-            scripted = fp16w_layers()
+            if self.dtype == torch.float32 and all(layer.packs for layer in self.layers):
+                fp16w = scripted.fp16w_layers()
+                packs = [p for layer in self.layers for p in layer.packs or ()]
+                return lambda *step: fp16w(*step[:7], packs, self._norms, self._eps,
+                                           *step[7:])
+            if all(layer.onednn for layer in self.layers):
+                onednn = scripted.onednn_layers()
+                weights = [w for layer in self.layers for w in (layer.onednn or ([], []))[0]]
+                biases = [b for layer in self.layers for b in (layer.onednn or ([], []))[1]]
+                return lambda *step: onednn(*step[:7], weights, biases, self._norms,
+                                            self._eps, *step[7:], self.dtype)
         except Exception as exc:  # a torch that cannot script it: the Python loop serves
             print(f"decoder: no TorchScript layer loop ({type(exc).__name__}: {exc}); "
                   "running it from Python", file=sys.stderr, flush=True)
-            return None
-        self._packs = [p for layer in self.layers for p in layer.packs or ()]
-        self._norms = [w for layer in self.layers for w in (layer.norm1, layer.norm2)]
-        self._eps = [layer.eps for layer in self.layers]
-        return scripted
+        return None
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return x * cos + x.roll(self.head_dim // 2, dims=-1) * sin
@@ -307,8 +320,8 @@ class BatchDecoder:
         if self._scripted is not None:  # the loop below, in TorchScript (scripted.py)
             try:
                 out = self._scripted(x, cos, sin, positions, length, self.k_cache,
-                                     self.v_cache, self._packs, self._norms, self._eps,
-                                     self.n_heads, self.n_kv, self.head_dim, bias)
+                                     self.v_cache, self.n_heads, self.n_kv, self.head_dim,
+                                     bias)
                 return self._logits(out)
             except RuntimeError as exc:  # TorchScript's own failure: serve from Python from
                 # now on (the loop below rewrites every cache entry this step wrote)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["fp16w_layers"]
+__all__ = ["fp16w_layers", "onednn_layers"]
 
 
 def _fp16w_layers(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -63,7 +63,59 @@ def _fp16w_layers(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     return x
 
 
+def _onednn_layers(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   positions: torch.Tensor, length: int, k_cache: list[torch.Tensor],
+                   v_cache: list[torch.Tensor], weights: list[torch.Tensor],
+                   biases: list[torch.Tensor | None], norms: list[torch.Tensor],
+                   eps: list[float], n_heads: int, n_kv: int, head_dim: int,
+                   bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The same loop for projections in oneDNN's layout (prepack.PackedLinear, float32 or
+    bfloat16 in `dtype`): the float32 residual stream cast to `dtype` after each norm, and
+    attention computed in float32, as in BatchDecoder.decode."""
+    b = x.shape[0]
+    hidden = x.shape[1]
+    groups = n_heads // n_kv
+    heads = n_heads + n_kv
+    half = head_dim // 2
+    scale = head_dim ** -0.5
+    rows = torch.arange(b, device=x.device)
+    none: list[int | float | complex | None] = []  # _linear_pointwise's post-op scalars
+    for i in range(len(k_cache)):
+        h = torch.rms_norm(x, [hidden], norms[2 * i], eps[i]).to(dtype)
+        qkv = torch.ops.mkldnn._linear_pointwise(h, weights[4 * i], biases[4 * i], "none",
+                                                 none, "").view(b, heads + n_kv, head_dim)
+        part = qkv[:, :heads]
+        qk = part * cos + part.roll(half, -1) * sin
+        kc, vc = k_cache[i], v_cache[i]
+        if b == 1:
+            kc[0, :, length - 1] = qk[0, n_heads:]
+            vc[0, :, length - 1] = qkv[0, heads:]
+        else:
+            kc[rows, :, positions] = qk[:, n_heads:]
+            vc[rows, :, positions] = qkv[:, heads:]
+        q = qk[:, :n_heads].view(b, n_kv, groups, head_dim)
+        scores = torch.matmul(q.float(), kc[:b, :, :length].float().transpose(-1, -2)) * scale
+        if bias is not None:
+            scores = scores + bias
+        o = torch.matmul(torch.softmax(scores, dim=-1), vc[:b, :, :length].float()).to(dtype)
+        x = x + torch.ops.mkldnn._linear_pointwise(o.reshape(b, -1), weights[4 * i + 1],
+                                                   biases[4 * i + 1], "none", none, "")
+        h = torch.rms_norm(x, [hidden], norms[2 * i + 1], eps[i]).to(dtype)
+        gate, up = torch.ops.mkldnn._linear_pointwise(h, weights[4 * i + 2], biases[4 * i + 2],
+                                                      "none", none, "").chunk(2, dim=-1)
+        x = x + torch.ops.mkldnn._linear_pointwise(torch.nn.functional.silu(gate) * up,
+                                                   weights[4 * i + 3], biases[4 * i + 3],
+                                                   "none", none, "")
+    return x
+
+
 @functools.cache
 def fp16w_layers() -> Any:
-    """The scripted function (compiled once, on first use)."""
+    """The scripted fp16w loop (compiled once, on first use)."""
     return torch.jit.script(_fp16w_layers)
+
+
+@functools.cache
+def onednn_layers() -> Any:
+    """The scripted oneDNN loop (compiled once, on first use)."""
+    return torch.jit.script(_onednn_layers)

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from targets.reference.prepack import (
     Fp16Linear,
     PackedLinear,
+    _dtype_refusal,
     can_prepack,
     fp16_refusal,
     onednn_refusal,
@@ -84,8 +85,13 @@ def test_what_cannot_be_packed_says_why() -> None:
     assert can_prepack(load_llama(ensure_tiny_folder(), torch.float16, "cpu")) == \
         "torch.float16 weights"
     bf16 = load_llama(ensure_tiny_folder(), torch.bfloat16, "cpu")
-    with mock.patch("targets.reference.models.cpu_has_native_bf16", return_value=False):
-        assert can_prepack(bf16) == "bfloat16 on a CPU without AVX512-BF16 or AMX"
+    # the refusal is cached per dtype: an earlier bf16 load in this process answered already
+    _dtype_refusal.cache_clear()
+    try:
+        with mock.patch("targets.reference.models.cpu_has_native_bf16", return_value=False):
+            assert can_prepack(bf16) == "bfloat16 on a CPU without AVX512-BF16 or AMX"
+    finally:
+        _dtype_refusal.cache_clear()
 
 
 def test_weight_layout_plain_leaves_the_weights_as_loaded() -> None:

@@ -1,24 +1,33 @@
-"""The TorchScript layer loop of fp16w models (targets/reference/scripted.py) against the
-Python loop it mirrors: the same logits and the same cache, to the bit."""
+"""The TorchScript layer loops (targets/reference/scripted.py: fp16w, and projections in
+oneDNN's layout) against the Python loop they mirror: the same logits and the same cache, to
+the bit."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from targets.reference.prepack import fp16_refusal
+from targets.reference.prepack import _dtype_refusal, fp16_refusal
 
 _NO_FP16 = fp16_refusal()
-pytestmark = pytest.mark.skipif(_NO_FP16 is not None, reason=f"no fp16w here: {_NO_FP16}")
+_REFUSAL = {"auto": _NO_FP16, "float32": _dtype_refusal(torch.float32),
+            "bfloat16": _dtype_refusal(torch.bfloat16)}
 
 
-@pytest.mark.parametrize("model_name", ["tiny", pytest.param("smollm2", marks=pytest.mark.smollm2)])
-def test_the_scripted_loop_decodes_what_the_python_loop_does(model_name: str) -> None:
+@pytest.mark.parametrize(("model_name", "dtype"), [
+    ("tiny", "auto"), ("tiny", "float32"), ("tiny", "bfloat16"),
+    pytest.param("smollm2", "auto", marks=pytest.mark.smollm2),
+    pytest.param("smollm2", "bfloat16", marks=pytest.mark.smollm2)])
+def test_the_scripted_loop_decodes_what_the_python_loop_does(model_name: str,
+                                                              dtype: str) -> None:
+    """fp16w (--dtype auto), and float32 / bfloat16 packed in oneDNN's layout."""
     from targets.reference.decoder import BatchDecoder
     from targets.reference.models import ensure_tiny_folder, load_model, resolve_model
 
+    if _REFUSAL[dtype] is not None:
+        pytest.skip(f"{dtype} is not packed here: {_REFUSAL[dtype]}")
     folder = ensure_tiny_folder() if model_name == "tiny" else resolve_model("smollm2").path
-    model, _ = load_model(folder, "cpu", "auto")
+    model, _ = load_model(folder, "cpu", dtype)
     scripted, python = BatchDecoder(model, 4, 96), BatchDecoder(model, 4, 96)
     assert scripted._scripted is not None
     python._scripted = None  # the Python loop
@@ -39,15 +48,17 @@ def test_the_scripted_loop_decodes_what_the_python_loop_does(model_name: str) ->
         assert torch.equal(a, b)
 
 
-def test_other_formats_keep_the_python_loop() -> None:
+def test_quantized_and_plain_models_keep_the_python_loop() -> None:
     from targets.reference.decoder import BatchDecoder
     from targets.reference.models import ensure_tiny_folder, load_model
 
-    for dtype in ("float32", "bfloat16"):
-        model, _ = load_model(ensure_tiny_folder(), "cpu", dtype)
+    for dtype, quantize, layout in (("auto", "int4", "auto"), ("auto", "auto", "auto"),
+                                    ("float32", None, "plain")):
+        model, _ = load_model(ensure_tiny_folder(), "cpu", dtype, quantize, layout=layout)
         assert BatchDecoder(model, 2, 32)._scripted is None
 
 
+@pytest.mark.skipif(_NO_FP16 is not None, reason=f"no fp16w here: {_NO_FP16}")
 def test_a_failing_scripted_loop_hands_over_to_python(capsys: pytest.CaptureFixture[str]) -> None:
     """If TorchScript fails in a step, that step and the next run the Python loop, with the
     logits the scripted loop would have given."""

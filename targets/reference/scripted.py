@@ -1,5 +1,6 @@
 """A decode step's layers as one TorchScript function, for models whose projections are all
-Fp16Linear (fp16w, what `--dtype auto` loads on CPUs with AVX2).
+Fp16Linear (fp16w, what `--dtype auto` loads on CPUs with AVX2) or all in oneDNN's layout
+(prepack.PackedLinear: float32, or bfloat16 where the CPU has it natively).
 
 decoder.py runs a step as ~35 torch calls a layer from Python. At one sequence most of them
 are tiny, and the interpreter between them was a large share of the step: SmolLM2 at one
@@ -8,8 +9,9 @@ sequence took 14.3 ms a step from Python and 9.9 ms with the same calls in this 
 (the CPU fuser is off, so nothing is fused or reordered): the logits are equal to the bit,
 which `test_scripted.py` holds it to.
 
-The function mirrors BatchDecoder.decode's layer loop line for line; a change there must be
-made here too (the test compares the two).
+Both functions mirror BatchDecoder.decode's layer loop line for line; a change there must be
+made here too (the test compares them, in fp16w, float32 and bfloat16). Quantized models
+(quant.py) and plain layers keep the Python loop.
 
 No `from __future__ import annotations` here: TorchScript reads the annotations.
 """

@@ -24,6 +24,32 @@ import torch
 __all__ = ["fp16w_layers", "onednn_layers"]
 
 
+def _attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kc: torch.Tensor,
+               vc: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, length: int,
+               n_heads: int, n_kv: int, head_dim: int,
+               bias: torch.Tensor | None) -> torch.Tensor:
+    """One layer's attention for one new token a sequence: rotate q and k, store k and v in
+    the cache, attend in float32 (`.float()` is a no-op in float32); returns [B, heads * d]
+    in qkv's dtype. BatchDecoder.decode's `_rope`, cache writes and `_attend`."""
+    b = qkv.shape[0]
+    heads = n_heads + n_kv
+    part = qkv[:, :heads]
+    qk = part * cos + part.roll(head_dim // 2, -1) * sin
+    if b == 1:
+        kc[0, :, length - 1] = qk[0, n_heads:]
+        vc[0, :, length - 1] = qkv[0, heads:]
+    else:
+        kc[rows, :, positions] = qk[:, n_heads:]
+        vc[rows, :, positions] = qkv[:, heads:]
+    q = qk[:, :n_heads].view(b, n_kv, n_heads // n_kv, head_dim)
+    scores = torch.matmul(q.float(), kc[:b, :, :length].float().transpose(-1, -2)) * (
+        head_dim ** -0.5)
+    if bias is not None:
+        scores = scores + bias
+    out = torch.matmul(torch.softmax(scores, dim=-1), vc[:b, :, :length].float())
+    return out.to(qkv.dtype).reshape(b, -1)
+
+
 def _fp16w_layers(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                   positions: torch.Tensor, length: int, k_cache: list[torch.Tensor],
                   v_cache: list[torch.Tensor],
@@ -34,30 +60,14 @@ def _fp16w_layers(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     qkv, o, gate_up, down (4 a layer), its norms input and post-attention (2 a layer)."""
     b = x.shape[0]
     hidden = x.shape[1]
-    groups = n_heads // n_kv
-    heads = n_heads + n_kv
-    half = head_dim // 2
-    scale = head_dim ** -0.5
     rows = torch.arange(b, device=x.device)
     for i in range(len(k_cache)):
         h = torch.rms_norm(x, [hidden], norms[2 * i], eps[i])
         qkv = torch.ops.quantized.linear_dynamic_fp16(h, packs[4 * i]).view(
-            b, heads + n_kv, head_dim)
-        part = qkv[:, :heads]
-        qk = part * cos + part.roll(half, -1) * sin
-        kc, vc = k_cache[i], v_cache[i]
-        if b == 1:
-            kc[0, :, length - 1] = qk[0, n_heads:]
-            vc[0, :, length - 1] = qkv[0, heads:]
-        else:
-            kc[rows, :, positions] = qk[:, n_heads:]
-            vc[rows, :, positions] = qkv[:, heads:]
-        q = qk[:, :n_heads].view(b, n_kv, groups, head_dim)
-        scores = torch.matmul(q, kc[:b, :, :length].transpose(-1, -2)) * scale
-        if bias is not None:
-            scores = scores + bias
-        o = torch.matmul(torch.softmax(scores, dim=-1), vc[:b, :, :length])
-        x = x + torch.ops.quantized.linear_dynamic_fp16(o.reshape(b, -1), packs[4 * i + 1])
+            b, n_heads + 2 * n_kv, head_dim)
+        o = _attention(qkv, cos, sin, k_cache[i], v_cache[i], rows, positions, length,
+                       n_heads, n_kv, head_dim, bias)
+        x = x + torch.ops.quantized.linear_dynamic_fp16(o, packs[4 * i + 1])
         h = torch.rms_norm(x, [hidden], norms[2 * i + 1], eps[i])
         gate, up = torch.ops.quantized.linear_dynamic_fp16(h, packs[4 * i + 2]).chunk(2, dim=-1)
         x = x + torch.ops.quantized.linear_dynamic_fp16(torch.nn.functional.silu(gate) * up,
@@ -76,32 +86,16 @@ def _onednn_layers(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     attention computed in float32, as in BatchDecoder.decode."""
     b = x.shape[0]
     hidden = x.shape[1]
-    groups = n_heads // n_kv
-    heads = n_heads + n_kv
-    half = head_dim // 2
-    scale = head_dim ** -0.5
     rows = torch.arange(b, device=x.device)
     none: list[int | float | complex | None] = []  # _linear_pointwise's post-op scalars
     for i in range(len(k_cache)):
         h = torch.rms_norm(x, [hidden], norms[2 * i], eps[i]).to(dtype)
         qkv = torch.ops.mkldnn._linear_pointwise(h, weights[4 * i], biases[4 * i], "none",
-                                                 none, "").view(b, heads + n_kv, head_dim)
-        part = qkv[:, :heads]
-        qk = part * cos + part.roll(half, -1) * sin
-        kc, vc = k_cache[i], v_cache[i]
-        if b == 1:
-            kc[0, :, length - 1] = qk[0, n_heads:]
-            vc[0, :, length - 1] = qkv[0, heads:]
-        else:
-            kc[rows, :, positions] = qk[:, n_heads:]
-            vc[rows, :, positions] = qkv[:, heads:]
-        q = qk[:, :n_heads].view(b, n_kv, groups, head_dim)
-        scores = torch.matmul(q.float(), kc[:b, :, :length].float().transpose(-1, -2)) * scale
-        if bias is not None:
-            scores = scores + bias
-        o = torch.matmul(torch.softmax(scores, dim=-1), vc[:b, :, :length].float()).to(dtype)
-        x = x + torch.ops.mkldnn._linear_pointwise(o.reshape(b, -1), weights[4 * i + 1],
-                                                   biases[4 * i + 1], "none", none, "")
+                                                 none, "").view(b, n_heads + 2 * n_kv, head_dim)
+        o = _attention(qkv, cos, sin, k_cache[i], v_cache[i], rows, positions, length,
+                       n_heads, n_kv, head_dim, bias)
+        x = x + torch.ops.mkldnn._linear_pointwise(o, weights[4 * i + 1], biases[4 * i + 1],
+                                                   "none", none, "")
         h = torch.rms_norm(x, [hidden], norms[2 * i + 1], eps[i]).to(dtype)
         gate, up = torch.ops.mkldnn._linear_pointwise(h, weights[4 * i + 2], biases[4 * i + 2],
                                                       "none", none, "").chunk(2, dim=-1)

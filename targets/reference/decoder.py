@@ -101,11 +101,9 @@ class _Layer:
     norm1: torch.Tensor  # RMSNorm weights in float32, for the float32 residual stream
     norm2: torch.Tensor
     eps: float
-    # FBGEMM's packed weights of qkv, o, gate_up and down where all four are Fp16Linear
-    # (fp16w), or their oneDNN weights and biases where all four are PackedLinear: the layer
-    # can run in one of scripted.py's TorchScript loops
-    packs: tuple[Any, ...] | None = None
-    onednn: tuple[list[torch.Tensor], list[torch.Tensor | None]] | None = None
+    # the qkv, o, gate_up and down modules: where all four are Fp16Linear or all four
+    # PackedLinear, the layer can run in one of scripted.py's TorchScript loops
+    modules: tuple[Any, ...] = ()
 
     @classmethod
     def of(cls, layer: Any) -> _Layer:
@@ -120,15 +118,10 @@ class _Layer:
         fused = getattr(mlp, "gate_up_proj", None)
         gate_up = _direct(fused) if fused is not None else _side_by_side(
             [mlp.gate_proj, mlp.up_proj])
-        mods = (getattr(attn, "qkv_proj", None), attn.o_proj,
-                getattr(mlp, "gate_up_proj", None), mlp.down_proj)
-        fp16 = [m for m in mods if isinstance(m, Fp16Linear)]
-        packed = [m for m in mods if isinstance(m, PackedLinear)]
         return cls(qkv, _direct(attn.o_proj), gate_up, _direct(mlp.down_proj),
                    ln1.weight.detach().float(), ln2.weight.detach().float(), float(eps),
-                   tuple(m.packed for m in fp16) if len(fp16) == 4 else None,
-                   ([m.packed for m in packed], [m.bias for m in packed])
-                   if len(packed) == 4 else None)
+                   (getattr(attn, "qkv_proj", None), attn.o_proj,
+                    getattr(mlp, "gate_up_proj", None), mlp.down_proj))
 
     def mlp(self, h: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(h).chunk(2, dim=-1)
@@ -181,24 +174,23 @@ class BatchDecoder:
         where every layer is fp16w (float32) or packed in oneDNN's layout (float32 or
         bfloat16), on the CPU; else None. The same ops without the interpreter between them
         (a one-sequence fp16w SmolLM2 step: 9.9 ms against 14.3)."""
-        if self.device.type != "cpu" or not self.layers:
+        modules = [m for layer in self.layers for m in layer.modules]
+        if self.device.type != "cpu" or not modules:
             return None
         from . import scripted
 
-        self._norms = [w for layer in self.layers for w in (layer.norm1, layer.norm2)]
-        self._eps = [layer.eps for layer in self.layers]
+        norms = [w for layer in self.layers for w in (layer.norm1, layer.norm2)]
+        eps = [layer.eps for layer in self.layers]
         try:
-            if self.dtype == torch.float32 and all(layer.packs for layer in self.layers):
+            if self.dtype == torch.float32 and all(isinstance(m, Fp16Linear) for m in modules):
                 fp16w = scripted.fp16w_layers()
-                packs = [p for layer in self.layers for p in layer.packs or ()]
-                return lambda *step: fp16w(*step[:7], packs, self._norms, self._eps,
-                                           *step[7:])
-            if all(layer.onednn for layer in self.layers):
+                packs = [m.packed for m in modules]
+                return lambda *step: fp16w(*step[:7], packs, norms, eps, *step[7:])
+            if all(isinstance(m, PackedLinear) for m in modules):
                 onednn = scripted.onednn_layers()
-                weights = [w for layer in self.layers for w in (layer.onednn or ([], []))[0]]
-                biases = [b for layer in self.layers for b in (layer.onednn or ([], []))[1]]
-                return lambda *step: onednn(*step[:7], weights, biases, self._norms,
-                                            self._eps, *step[7:], self.dtype)
+                weights, biases = [m.packed for m in modules], [m.bias for m in modules]
+                return lambda *step: onednn(*step[:7], weights, biases, norms, eps,
+                                            *step[7:], self.dtype)
         except Exception as exc:  # a torch that cannot script it: the Python loop serves
             print(f"decoder: no TorchScript layer loop ({type(exc).__name__}: {exc}); "
                   "running it from Python", file=sys.stderr, flush=True)

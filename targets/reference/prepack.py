@@ -48,7 +48,16 @@ __all__ = ["Fp16Linear", "PackedLinear", "can_prepack", "fp16_refusal", "joined"
 FP16_MAX = 65504.0  # the largest finite float16
 
 
-class PackedLinear(nn.Module):
+class _Prepacked(nn.Module):
+    """A Linear layer built from a weight and a bias (PackedLinear, Fp16Linear)."""
+
+    @classmethod
+    def side_by_side(cls, mods: list[Any]) -> Any:
+        """One layer computing the Linear layers `mods` (same input) at once."""
+        return cls(*joined(mods))
+
+
+class PackedLinear(_Prepacked):
     """A Linear layer whose weight is in oneDNN's blocked layout (an opaque tensor: only
     `_linear_pointwise` reads it). Takes and returns the weight's dtype, any leading dims."""
 
@@ -58,11 +67,6 @@ class PackedLinear(nn.Module):
         # a plain attribute, not a buffer: state_dict, .to() and deepcopy cannot handle it
         self.packed = _pack(weight)
         self.bias = None if bias is None else bias.detach().clone()
-
-    @classmethod
-    def side_by_side(cls, mods: list[Any]) -> PackedLinear:
-        """One layer computing the Linear layers `mods` (same input) at once."""
-        return cls(*joined(mods))
 
     @property
     def nbytes(self) -> int:
@@ -74,7 +78,7 @@ class PackedLinear(nn.Module):
         return linear(x, self.packed, self.bias)
 
 
-class Fp16Linear(nn.Module):
+class Fp16Linear(_Prepacked):
     """A Linear layer with float16 weights in FBGEMM's packed layout, computed in float32
     (see the module docstring): float32 in and out, any leading dims. Build it only where
     `fp16_refusal` is None."""
@@ -88,11 +92,6 @@ class Fp16Linear(nn.Module):
         self.packed = torch.ops.quantized.linear_prepack_fp16(
             weight.detach().float().contiguous(), bias)
         self.bias_bytes = 0 if bias is None else bias.nbytes
-
-    @classmethod
-    def side_by_side(cls, mods: list[Any]) -> Fp16Linear:
-        """One layer computing the Linear layers `mods` (same input) at once."""
-        return cls(*joined(mods))
 
     @property
     def nbytes(self) -> int:
@@ -201,8 +200,7 @@ def onednn_refusal(dtype: torch.dtype) -> str | None:
     return None
 
 
-def prepack_model(model: Any, layer: type[PackedLinear] | type[Fp16Linear] = PackedLinear,
-                  ) -> None:
+def prepack_model(model: Any, layer: type[_Prepacked] = PackedLinear) -> None:
     """Pack a Llama-family model's projections and head in place (see the module docstring)
     as `layer`s: PackedLinear (oneDNN, the model's dtype) or Fp16Linear (a float32 model's
     weights held in float16). The model's own forward is gone afterwards: only the batched

@@ -632,9 +632,8 @@ def engine_format(url: str) -> tuple[str, str]:
 
 def transformers_serve_dtype() -> str:
     """transformers serve's dtype as issue 17 sets it: bfloat16 where the CPU computes it
-    natively (AVX512-BF16 or AMX), else float32."""
-    isa = set(machine.describe()["isa"])
-    return "bfloat16" if isa & {"avx512_bf16", "amx_bf16"} else "float32"
+    natively (AVX512-BF16 or AMX, oneDNN not held below them), else float32."""
+    return "bfloat16" if machine.native_bf16(machine.describe()) else "float32"
 
 
 

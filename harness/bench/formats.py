@@ -8,8 +8,14 @@ float32, what `--dtype auto` picks on CPUs with AVX2; weight-only int8 and int4,
 size; one at a time), reads from its /debug/engine how many bytes of weights a token reads,
 and measures it over HTTP at several concurrency levels (streaming chats, greedy,
 `ignore_eos`). One stream's
-tokens/s is then reported as a fraction of its format's bound and of the float32 bound. The
-formats' greedy fidelity against float32 (free-running and teacher-forced) comes from
+tokens/s is then reported as a fraction of its format's bound and of the float32 bound.
+
+Many streams share each weight read, so a step of many is bound by arithmetic instead: the
+benchmark also times torch's matrix product in float32 and bfloat16 and reports each format's
+tokens/s at the most streams against that compute bound, and its gain from one stream to 16
+beside the gain of an engine at both bounds (this machine's arithmetic per byte over the
+format's). The formats' greedy
+fidelity against float32 (free-running and teacher-forced) comes from
 `python -m targets.reference fidelity` in its own process: the harness reaches the target
 only over HTTP and process control.
 """
@@ -37,13 +43,15 @@ from .result import BenchResult, Figure, Goal, Table
 from .runner import Benchmark, Progress, add_model_arguments, parse_levels
 from .streams import BatchTiming, measure_batch
 
-__all__ = ["BENCHMARK", "FORMATS", "copy_bandwidth"]
+__all__ = ["BENCHMARK", "FORMATS", "compute_bound", "copy_bandwidth", "matmul_rates",
+           "scaling_at_bounds"]
 
 FORMATS = {"fp32": ["--dtype", "float32"], "bf16": ["--dtype", "bfloat16"],
            "fp16w": ["--quantize", "fp16w"], "int8": ["--quantize", "int8"],
            "int4": ["--quantize", "int4"], "auto": ["--quantize", "auto"]}
 BOUND_GOAL = 0.8  # one stream's tokens/s over its format's weight-bandwidth bound
 FP32_BOUND_GOAL = 1.6  # the fastest format's one stream over the float32 bound
+SCALING_STREAMS = 16  # issue 17's scaling figure: 16 streams over one
 TEACHER_FORCED_GOAL = 0.99
 FREE_RUNNING_GOAL = 0.90
 COPY_BYTES = 512 * 2**20
@@ -93,6 +101,64 @@ def read_bandwidth() -> tuple[float, int] | None:
         return None
 
 
+# float32 and bfloat16 matrix products on every core torch may use, in its own process: the
+# most arithmetic a step of many streams can get (square products this size ran at the
+# machine's peak, where a decode step's thin ones run a little below it)
+_MATMUL_SCRIPT = """
+import time, torch
+n = 2048
+for dtype in (torch.float32, torch.bfloat16):
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up
+    best, began, timed = float("inf"), time.perf_counter(), 0
+    while timed < 5 and (timed < 1 or time.perf_counter() - began < 5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+        timed += 1
+    print(str(dtype).removeprefix("torch."), 2 * n ** 3 / best, flush=True)
+"""
+
+
+def matmul_rates() -> dict[str, float]:
+    """Floating-point operations per second of torch's matrix product in float32 and
+    bfloat16 (the best of up to 5 products of two 2048-square matrices, at most 5 s of them),
+    by dtype name; empty if it could not run. bfloat16 is emulated, and far slower, where
+    the CPU has no native bf16."""
+    done = subprocess.run([sys.executable, "-c", _MATMUL_SCRIPT], capture_output=True,
+                          text=True, check=False, timeout=300)
+    rates = {}
+    for line in done.stdout.splitlines():
+        name, _, rate = line.partition(" ")
+        try:
+            rates[name] = float(rate)
+        except ValueError:
+            continue
+    return rates
+
+
+def compute_bound(rate: float | None, macs: int | None) -> float | None:
+    """Tokens/s a step of many streams can reach at most: the CPU's matmul rate over the
+    two operations (a multiply and an add) of each weight a token costs."""
+    return rate / (2 * macs) if rate and macs else None
+
+
+def scaling_at_bounds(streams: int, bandwidth: float | None, weight_bytes: int | None,
+                  rate: float | None, macs: int | None) -> float | None:
+    """What `streams` streams gain over one, in aggregate tokens/s, in an engine that runs
+    at this machine's bounds: a step of b streams takes at least max(weight bytes /
+    bandwidth, b * 2 * macs / rate), reading every weight once and computing b tokens.
+    Where one stream is bound by bandwidth and many by arithmetic this is (bytes /
+    bandwidth) / (2 * macs / rate), the machine's operations per byte over the format's.
+    An engine runs at fraction f1 of one stream's bound and fm of many's gains this times
+    fm / f1: more than this only by running one stream further below its bound."""
+    if not (bandwidth and weight_bytes and rate and macs):
+        return None
+    one = max(weight_bytes / bandwidth, 2 * macs / rate)
+    many = max(weight_bytes / bandwidth, streams * 2 * macs / rate)
+    return streams * one / many
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `bench formats`."""
     add_model_arguments(p, "smollm2 (default) or a local Hugging Face folder")
@@ -121,6 +187,8 @@ class _FormatRun:
     ready_s: float
     batches: dict[int, list[BatchTiming]]
     packed_rows: int | None = None  # quantized: steps of up to this many run packed
+    macs: int | None = None  # multiply-adds of weights a token costs
+    dtype: str | None = None  # what its steps compute in (/debug/engine's dtype)
 
 
 def _formats(text: str) -> list[str]:
@@ -132,14 +200,18 @@ def _formats(text: str) -> list[str]:
     return ["fp32", *[f for f in FORMATS if f in asked and f != "fp32"]]
 
 
-def _weights(url: str) -> dict[str, Any]:
-    """The worker's weights as its /debug/engine reports them (bytes_per_token, and where
-    quantized packed_rows: the largest step its calibration gave the packed kernels)."""
+def _weights(url: str) -> tuple[dict[str, Any], str | None]:
+    """The worker's weights as its /debug/engine reports them (bytes_per_token,
+    macs_per_token, and where quantized packed_rows: the largest step its calibration gave
+    the packed kernels), and the dtype its steps compute in."""
     try:
-        weights = httpx.get(url + "/debug/engine", timeout=10).json().get("weights") or {}
+        engine = httpx.get(url + "/debug/engine", timeout=10).json()
     except (httpx.HTTPError, ValueError) as exc:
         raise TargetError(f"{url}/debug/engine did not answer: {exc!r}") from exc
-    return weights if isinstance(weights, dict) else {}
+    weights = engine.get("weights") if isinstance(engine, dict) else None
+    dtype = engine.get("dtype") if isinstance(engine, dict) else None
+    return (weights if isinstance(weights, dict) else {},
+            dtype if isinstance(dtype, str) else None)
 
 
 def _run_format(args: argparse.Namespace, fmt: str, rounds: int, logs: Path,
@@ -151,9 +223,10 @@ def _run_format(args: argparse.Namespace, fmt: str, rounds: int, logs: Path,
     with start_worker(args.model, args=extra, log_dir=logs) as worker:
         ready = worker.wait_ready(timeout=args.ready_timeout)
         # ready only once it has timed its kernels: packed_rows is final here
-        described = _weights(worker.url)
+        described, dtype = _weights(worker.url)
         value, packed = described.get("bytes_per_token"), described.get("packed_rows")
         weights = int(value) if value else None
+        macs = int(described["macs_per_token"]) if described.get("macs_per_token") else None
         name = httpx.get(worker.url + "/v1/models", timeout=10).json()["data"][0]["id"]
         size = f"{weights / 1e6:.0f} MB of weights a token" if weights else "weights unknown"
         progress(f"{fmt} worker ready in {ready:.1f} s (pid {worker.pid}, {size})")
@@ -171,7 +244,7 @@ def _run_format(args: argparse.Namespace, fmt: str, rounds: int, logs: Path,
                 progress(f"{fmt} at {level} stream(s), round {r + 1}/{rounds}: "
                          f"{batch.tokens_per_s:.1f} tokens/s")
         rss = psutil.Process(worker.pid).memory_info().rss
-    return _FormatRun(weights, rss, ready, batches, packed)
+    return _FormatRun(weights, rss, ready, batches, packed, macs, dtype)
 
 
 def _fidelity(args: argparse.Namespace, formats: list[str], logs: Path,
@@ -195,6 +268,11 @@ def _fidelity(args: argparse.Namespace, formats: list[str], logs: Path,
     return {row["format"]: row for row in json.loads(out.read_text())}
 
 
+def _rates_text(rates: dict[str, float]) -> str:
+    return ", ".join(f"{name} {rate / 1e9:.0f} GFLOP/s" for name, rate in rates.items()) \
+        or "not measured"
+
+
 def _median(values: Sequence[float]) -> float | None:
     ordered = sorted(values)
     return ordered[len(ordered) // 2] if ordered else None
@@ -211,26 +289,35 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
     read = read_bandwidth()
     progress(f"read bandwidth {read[0] / 1e9:.1f} GB/s on {read[1]} thread(s) (torch)" if read
              else "read bandwidth: torch's sum did not run")
+    rates = matmul_rates()
+    progress(f"matmul rate: {_rates_text(rates)}")
     runs: dict[str, _FormatRun] = {}
     with tempfile.TemporaryDirectory(prefix="llm-chaos-bench-") as tmp:
         logs = Path(tmp)
         for fmt in formats:
             runs[fmt] = _run_format(args, fmt, rounds, logs, progress)
         fidelity = _fidelity(args, formats, logs, progress)
-    return _result(args, formats, rounds, bandwidth, runs, fidelity, read)
+    return _result(args, formats, rounds, bandwidth, runs, fidelity, read, rates)
 
 
 def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth: float,
             runs: dict[str, _FormatRun], fidelity: dict[str, dict[str, float]],
-            read: tuple[float, int] | None = None) -> BenchResult:
+            read: tuple[float, int] | None = None,
+            rates: dict[str, float] | None = None) -> BenchResult:
     levels: list[int] = args.streams
-    low = levels[0]
+    low, top = levels[0], levels[-1]
+    many = max((level for level in levels if level <= SCALING_STREAMS), default=top)
     read_rate = read[0] if read else None
+    rates = rates or {}
     figures = [Figure("machine.copy_bandwidth_bytes_per_s", bandwidth, "bytes/s",
                       "one thread's memcpy of 512 MiB, bytes read plus written (best of 3)"),
                Figure("machine.read_bandwidth_bytes_per_s", read_rate, "bytes/s",
                       "torch summing 1 GiB on its default threads (" +
                       (f"{read[1]}" if read else "?") + "), bytes read (best of 5)")]
+    figures += [Figure(f"machine.{dtype}_matmul_flops_per_s", rates.get(dtype), "FLOP/s",
+                       f"torch's {dtype} product of two 2048-square matrices on its default "
+                       "threads (best of 5)") for dtype in ("float32", "bfloat16")]
+    limits = []
     fp32_bytes = runs["fp32"].weights_bytes
     fp32_bound = bandwidth / fp32_bytes if fp32_bytes else None
     goals = []
@@ -257,6 +344,29 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
                    else None, "fraction", f"{fmt}: {low} stream(s) tokens/s over read bandwidth "
                    "/ weight bytes (what the threads can read, not issue 17's copy bound)"),
         ]
+        rate = rates.get(run.dtype or "")
+        ceiling = compute_bound(rate, run.macs)
+        at_top, at_many = tps[top], tps[many]
+        of_ceiling = at_top / ceiling if at_top and ceiling else None
+        scaling = at_many / one if one and at_many and many != low else None
+        most = scaling_at_bounds(many, read_rate or bandwidth, run.weights_bytes, rate, run.macs) \
+            if many != low else None
+        figures += [
+            Figure(f"{fmt}.macs_per_token", run.macs, "multiply-adds",
+                   f"{fmt}: multiply-adds of weights a token costs (projections and head)"),
+            Figure(f"{fmt}.compute_bound_tokens_per_s", ceiling, "tokens/s",
+                   f"{fmt}: the {run.dtype} matmul rate / 2 operations a multiply-add: what a "
+                   "step of many streams can reach at most"),
+            Figure(f"{fmt}.fraction_of_compute_bound", of_ceiling, "fraction",
+                   f"{fmt}: {top} streams' tokens/s over its compute bound"),
+            Figure(f"{fmt}.scaling", scaling, "x",
+                   f"{fmt}: tokens/s at {many} streams / at {low}"),
+            Figure(f"{fmt}.scaling_at_bounds", most, "x",
+                   f"{fmt}: what {many} streams gain over {low} in an engine at this "
+                   "machine's bounds (read bandwidth, matmul rate; formats.scaling_at_bounds)"),
+        ]
+        limits.append((fmt, run.macs / 1e6 if run.macs else None, run.dtype, ceiling, at_top,
+                       of_ceiling, scaling, most))
         if run.packed_rows is not None:
             figures.append(Figure(f"{fmt}.packed_rows", run.packed_rows, "sequences",
                                   f"{fmt}: the largest decode step its worker's calibration "
@@ -302,18 +412,32 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
          *[f"{level} stream(s)" for level in levels], "of bound", "of read bound",
          "teacher-forced", "free-running"),
         tuple(rows))
+    limit_table = Table(
+        f"the limit of many streams: arithmetic (matmul rate {_rates_text(rates)})",
+        ("format", "M multiply-adds/token", "computes in", "compute bound tok/s",
+         f"{top} stream(s)", "of compute bound", f"{many} vs {low}",
+         f"{many} vs {low} at the bounds"),
+        tuple(limits))
     notes = [f"bound = memory bandwidth ({bandwidth / 1e9:.1f} GB/s, a one-thread copy, issue "
              "17's measure) / bytes of weights a token reads; read bound = "
              + (f"{read_rate / 1e9:.1f} GB/s" if read_rate else "-") + " (torch reading on "
              "every thread) / the same bytes; fp16w computes in float32 on float16 weights "
-             "(FBGEMM), int8 and int4 in bfloat16 (torch's weight-only CPU kernels)"]
+             "(FBGEMM), int8 and int4 in bfloat16 (torch's weight-only CPU kernels)",
+             "compute bound = the matmul rate in the dtype a format computes in / (2 x the "
+             "multiply-adds of weights a token costs); attention (reading the KV cache) and "
+             "the small ops come on top of it. N vs 1 at the bounds = N x max(bytes / read "
+             "bandwidth, 2 x multiply-adds / rate) / max(bytes / read bandwidth, N x 2 x "
+             "multiply-adds / rate): one stream at the bytes' bound, N streams at the "
+             "arithmetic's; an engine gains more only by running one stream further below "
+             "its bound than N"]
     if args.skip_fidelity:
         notes.append("--skip-fidelity: the agreement figures are not measured")
     return BenchResult(
         bench="formats",
         config={"model": args.model, "formats": formats, "streams": levels,
                 "max_tokens": args.max_tokens, "rounds": rounds},
-        figures=tuple(figures), goals=tuple(goals), tables=(table,), notes=tuple(notes),
+        figures=tuple(figures), goals=tuple(goals), tables=(table, limit_table),
+        notes=tuple(notes),
         details={fmt: {"ready_s": r.ready_s, "rounds": {
             str(level): [b.tokens_per_s for b in batches]
             for level, batches in r.batches.items()}} for fmt, r in runs.items()})
@@ -322,10 +446,11 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
 BENCHMARK = Benchmark(
     name="formats",
     help="weight formats (fp32, bf16, fp16w, int8, int4): tokens/s against the bandwidth "
-         "bound, fidelity",
-    description="Measure this machine's memory bandwidth, then the worker in each weight "
-                "format over HTTP at several concurrency levels: tokens/s, memory, one "
-                "stream's speed as a fraction of the format's weight-bandwidth bound, and the "
+         "and compute bounds, fidelity",
+    description="Measure this machine's memory bandwidth and matmul rate, then the worker in "
+                "each weight format over HTTP at several concurrency levels: tokens/s, "
+                "memory, one stream's speed as a fraction of the format's weight-bandwidth "
+                "bound, the most streams' as a fraction of its compute bound, and the "
                 "format's greedy agreement with float32. One heavy process at a time.",
     add_arguments=add_arguments,
     measure=measure,

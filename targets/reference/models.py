@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,8 +229,15 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU computes bfloat16 dot products natively (AVX512-BF16 or AMX)."""
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo"),
+                        env: Mapping[str, str] = os.environ) -> bool:
+    """Whether the CPU computes bfloat16 dot products natively (AVX512-BF16 or AMX) and
+    oneDNN may use them: ONEDNN_MAX_CPU_ISA (DNNL_MAX_CPU_ISA) held below AVX512_CORE_BF16
+    makes it convert bfloat16 as a CPU without them would."""
+    cap = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").upper()
+    if cap and not cap.startswith(("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX",
+                                   "AVX10", "DEFAULT", "ALL")):
+        return False
     try:
         flags = cpuinfo.read_text(errors="replace")
     except OSError:

@@ -265,13 +265,26 @@ def weight_bytes(model: Any) -> int:
     return int(total + embed.shape[1] * embed.element_size())
 
 
+def weight_macs(model: Any) -> int:
+    """Multiply-adds of weights one token costs: every projection and the head, one weight
+    each (attention's, which grow with the context, and the norms are left out). The same in
+    every format: the compute bound of a step of many streams is a CPU's rate over this."""
+    total = 0
+    for layer in model.model.layers:
+        for owner in (layer.self_attn, layer.mlp):
+            for child in owner.children():
+                total += child.in_features * child.out_features
+    return int(total + model.lm_head.in_features * model.lm_head.out_features)
+
+
 def describe_weights(model: Any) -> dict[str, Any]:
     """What a worker's weights are held in, for /debug/engine: `format` (int8, int4, fp16w,
     the dtype's short name, or e.g. `int4+bf16` for packed weights with a dense copy),
     `bytes_per_token` (weight_bytes; None for an unknown layout), `layout`: onednn or
     fbgemm where the projections were packed at load (prepack.py), `chosen`: what
-    `--dtype auto` chose and why, and, where layers choose (a dense copy, or int8),
-    `packed_rows`: up to how many rows a step runs the packed kernels."""
+    `--dtype auto` chose and why, `macs_per_token` (weight_macs), and, where layers choose
+    (a dense copy, or int8), `packed_rows`: up to how many rows a step runs the packed
+    kernels."""
     embed = model.model.embed_tokens.weight
     dense = {torch.float32: "fp32", torch.bfloat16: "bf16",
              torch.float16: "fp16"}.get(embed.dtype, str(embed.dtype))
@@ -295,6 +308,10 @@ def describe_weights(model: Any) -> dict[str, Any]:
         described["bytes_per_token"] = weight_bytes(model)
     except AttributeError:
         described["bytes_per_token"] = None
+    try:
+        described["macs_per_token"] = weight_macs(model)
+    except AttributeError:
+        described["macs_per_token"] = None
     return described
 
 

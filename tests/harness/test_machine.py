@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.machine import ISA_FLAGS, describe, one_line
+from harness.machine import ISA_FLAGS, describe, native_bf16, one_line
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -77,3 +77,22 @@ def test_one_line_reads_a_description_back_from_json() -> None:
     assert one_line(d) == ("Intel(R) Xeon(R) Processor, 2 cores, avx2 avx512f avx512_bf16 "
                            "amx_bf16, 25.0 GiB, torch 2.13.0 (2 threads)")
     assert one_line({}) == "unknown CPU, ? cores, no avx2"
+
+
+def test_an_isa_cap_is_named_and_holds_bf16_to_what_onednn_may_use(tmp_path: Path) -> None:
+    """A run held to AVX2 kernels on an AVX512-BF16 CPU (the variables torch, oneDNN and
+    FBGEMM read) names the cap, and bfloat16 is not native under it."""
+    path = tmp_path / "cpuinfo"
+    path.write_text(EPYC.replace("avx2 bmi2", "avx2 avx512f avx512_bf16 bmi2"))
+    env = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "HOME": "/root"}
+    d = describe(path, env)
+    assert d["isa_caps"] == {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert "held to ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2" in one_line(d)
+    assert not native_bf16(d)
+    assert native_bf16(describe(path, {}))
+    assert describe(path, {})["isa_caps"] == {}
+    assert native_bf16(describe(path, {"DNNL_MAX_CPU_ISA": "avx512_core_bf16"}))
+    assert not native_bf16(describe(path, {"DNNL_MAX_CPU_ISA": "AVX512_CORE_VNNI"}))
+    plain = tmp_path / "plain"
+    plain.write_text(EPYC)
+    assert not native_bf16(describe(plain, {}))

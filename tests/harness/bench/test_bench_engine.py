@@ -306,3 +306,10 @@ def test_transformers_serve_runs_bf16_only_where_the_cpu_has_it(
         monkeypatch: pytest.MonkeyPatch, isa: list[str], dtype: str) -> None:
     monkeypatch.setattr(engine.machine, "describe", lambda: {"isa": isa})
     assert engine.transformers_serve_dtype() == dtype
+
+
+def test_transformers_serve_runs_float32_where_onednn_is_held_below_bf16(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine.machine, "describe", lambda: {
+        "isa": ["avx2", "avx512f", "avx512_bf16"], "isa_caps": {"ONEDNN_MAX_CPU_ISA": "AVX2"}})
+    assert engine.transformers_serve_dtype() == "float32"

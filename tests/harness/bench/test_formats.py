@@ -91,3 +91,45 @@ def test_bound_fractions_and_goals() -> None:
     assert met["int4 near its bound"] and met["1.6x the fp32 bound"]
     assert met["int4 teacher-forced"] and not met["int4 free-running"]
     assert not met["fp32 near its bound"]  # 1.5 of 2.5 tokens/s
+
+
+def test_torch_multiplies_at_a_plausible_rate() -> None:
+    rates = formats.matmul_rates()
+    assert set(rates) == {"float32", "bfloat16"}
+    assert all(1e8 < rate < 1e15 for rate in rates.values())  # FLOP/s, not seconds
+
+
+def test_the_compute_bound_and_what_many_streams_gain_at_the_bounds() -> None:
+    """100 GFLOP/s over 50 M multiply-adds a token: 1000 tokens/s at most. With 100 MB a
+    token at 20 GB/s one stream takes 5 ms, 16 take max(5, 16 ms) = 16 ms: 5x at the bounds."""
+    assert formats.compute_bound(100e9, 50_000_000) == pytest.approx(1000)
+    assert formats.compute_bound(None, 50_000_000) is None
+    assert formats.scaling_at_bounds(16, 20e9, 100_000_000, 100e9, 50_000_000) == pytest.approx(5)
+    # arithmetic cheap against bytes: 16 streams cost what one does, 16x
+    assert formats.scaling_at_bounds(16, 20e9, 100_000_000, 1e15, 50_000_000) == pytest.approx(16)
+    # bound by arithmetic even at one stream: no gain at all
+    assert formats.scaling_at_bounds(16, 20e9, 1_000, 100e9, 50_000_000) == pytest.approx(1)
+    assert formats.scaling_at_bounds(16, 20e9, None, 100e9, 50_000_000) is None
+
+
+def test_the_limit_of_many_streams_is_reported_per_format() -> None:
+    """fp32 computing at 100 GFLOP/s, 50 M multiply-adds: bound 1000 tokens/s; 500 at 2
+    streams is half of it and 2.5x one stream's 200."""
+    args = argparse.Namespace(streams=[1, 2], max_tokens=64, model="m", skip_fidelity=True)
+
+    def batch(tokens_per_s: float, streams: int) -> BatchTiming:
+        stream = StreamTiming(text="x", output_tokens=64, ttft=0.1, e2e=1.0)
+        return BatchTiming(streams=(stream,) * streams, wall=64 * streams / tokens_per_s)
+
+    runs = {"fp32": formats._FormatRun(200_000_000, 2**30, 1.0,
+                                       {1: [batch(200, 1)], 2: [batch(500, 2)]},
+                                       macs=50_000_000, dtype="float32")}
+    result = formats._result(args, ["fp32"], 1, 40e9, runs, {}, (40e9, 2),
+                             {"float32": 100e9, "bfloat16": 200e9})
+    assert result.value("machine.bfloat16_matmul_flops_per_s") == 200e9
+    assert result.value("fp32.compute_bound_tokens_per_s") == pytest.approx(1000)
+    assert result.value("fp32.fraction_of_compute_bound") == pytest.approx(0.5)
+    assert result.value("fp32.scaling") == pytest.approx(2.5)
+    # one stream: 5 ms of bytes against 1 ms of arithmetic; two: max(5, 2): 2x at the bounds
+    assert result.value("fp32.scaling_at_bounds") == pytest.approx(2.0)
+    assert any(t.title.startswith("the limit of many streams") for t in result.tables)

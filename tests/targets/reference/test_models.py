@@ -23,6 +23,16 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
     assert not cpu_has_native_bf16(tmp_path / "missing")
 
 
+def test_native_bf16_follows_onednns_isa_cap(tmp_path: Path) -> None:
+    """Held to AVX2 (or AVX512 without BF16), oneDNN converts bfloat16: not native."""
+    flags = _cpuinfo(tmp_path, "avx512f avx512_bf16")
+    assert cpu_has_native_bf16(flags, {})
+    assert not cpu_has_native_bf16(flags, {"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert not cpu_has_native_bf16(flags, {"DNNL_MAX_CPU_ISA": "avx512_core_vnni"})
+    assert cpu_has_native_bf16(flags, {"ONEDNN_MAX_CPU_ISA": "avx512_core_bf16"})
+    assert cpu_has_native_bf16(flags, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"})
+
+
 def test_auto_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
     import targets.reference.models as models
 

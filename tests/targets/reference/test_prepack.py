@@ -178,6 +178,9 @@ def test_dtype_auto_holds_fp16_weights_on_the_cpu_and_says_why() -> None:
     row = embed.shape[1] * 4  # the embedding row stays float32
     assert described["bytes_per_token"] - row == (dense["bytes_per_token"] - row) // 2
     rounded, _ = load_model(ensure_tiny_folder(), "cpu", "float32", layout="plain")
+    # the multiply-adds a token costs do not change with the format: one a weight
+    macs = sum(m.weight.numel() for m in rounded.modules() if isinstance(m, nn.Linear))
+    assert described["macs_per_token"] == dense["macs_per_token"] == macs > 0
     with torch.no_grad():
         head = nn.Linear(embed.shape[1], embed.shape[0], bias=False)
         head.weight.copy_(rounded.lm_head.weight.half().float())  # untied: the embedding

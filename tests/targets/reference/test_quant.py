@@ -83,6 +83,10 @@ def test_a_quantized_tiny_model_generates_and_says_what_it_holds(fmt: str) -> No
     full = describe_weights(plain)
     assert described["format"] == fmt and full["format"] == "fp32"
     assert described["bytes_per_token"] < full["bytes_per_token"] / 2.5
+    # the multiply-adds a token costs do not change with the format: one a weight
+    unpacked, _ = load_model(ensure_tiny_folder(), "cpu", "float32", layout="plain")
+    macs = sum(m.weight.numel() for m in unpacked.modules() if isinstance(m, torch.nn.Linear))
+    assert described["macs_per_token"] == full["macs_per_token"] == macs > 0
     decoder = BatchDecoder(model, max_slots=2, max_len=32)
     logits = decoder.prefill_many([(0, [5, 6, 7], 0), (1, [8, 9], 0)])
     ids = logits.argmax(-1)

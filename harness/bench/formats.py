@@ -106,25 +106,35 @@ def read_bandwidth() -> tuple[float, int] | None:
 # machine's peak, where a decode step's thin ones run a little below it)
 _MATMUL_SCRIPT = """
 import time, torch
-n = 2048
-for dtype in (torch.float32, torch.bfloat16):
+
+
+def rate(n, dtype, seconds):
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b  # warm-up
     best, began, timed = float("inf"), time.perf_counter(), 0
-    while timed < 5 and (timed < 1 or time.perf_counter() - began < 5):
+    while timed < 5 and (timed < 2 or time.perf_counter() - began < seconds):
         start = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - start)
         timed += 1
-    print(str(dtype).removeprefix("torch."), 2 * n ** 3 / best, flush=True)
+    return 2 * n ** 3 / best
+
+
+for dtype in (torch.float32, torch.bfloat16):
+    small = rate(256, dtype, 1)
+    # a dtype the CPU only emulates (bfloat16 without AVX512-BF16: 0.4 GFLOP/s) is timed on
+    # the small product alone, not for minutes on the large one
+    value = rate(2048, dtype, 5) if 2 * 2048 ** 3 / small < 1 else small
+    print(str(dtype).removeprefix("torch."), value, flush=True)
 """
 
 
 def matmul_rates() -> dict[str, float]:
     """Floating-point operations per second of torch's matrix product in float32 and
-    bfloat16 (the best of up to 5 products of two 2048-square matrices, at most 5 s of them),
-    by dtype name; empty if it could not run. bfloat16 is emulated, and far slower, where
-    the CPU has no native bf16."""
+    bfloat16 (the best of up to 5 products of two 2048-square matrices, at most 5 s of them;
+    of 256-square ones where a large product would take over a second), by dtype name;
+    empty if it could not run. bfloat16 is emulated, and far slower, where the CPU has no
+    native bf16."""
     done = subprocess.run([sys.executable, "-c", _MATMUL_SCRIPT], capture_output=True,
                           text=True, check=False, timeout=300)
     rates = {}
@@ -269,7 +279,7 @@ def _fidelity(args: argparse.Namespace, formats: list[str], logs: Path,
 
 
 def _rates_text(rates: dict[str, float]) -> str:
-    return ", ".join(f"{name} {rate / 1e9:.0f} GFLOP/s" for name, rate in rates.items()) \
+    return ", ".join(f"{name} {rate / 1e9:.3g} GFLOP/s" for name, rate in rates.items()) \
         or "not measured"
 
 
@@ -349,8 +359,9 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
         at_top, at_many = tps[top], tps[many]
         of_ceiling = at_top / ceiling if at_top and ceiling else None
         scaling = at_many / one if one and at_many and many != low else None
-        most = scaling_at_bounds(many, read_rate or bandwidth, run.weights_bytes, rate, run.macs) \
-            if many != low else None
+        most, most_read = (
+            (scaling_at_bounds(many, bw, run.weights_bytes, rate, run.macs)
+             if many != low else None) for bw in (bandwidth, read_rate))
         figures += [
             Figure(f"{fmt}.macs_per_token", run.macs, "multiply-adds",
                    f"{fmt}: multiply-adds of weights a token costs (projections and head)"),
@@ -363,10 +374,13 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
                    f"{fmt}: tokens/s at {many} streams / at {low}"),
             Figure(f"{fmt}.scaling_at_bounds", most, "x",
                    f"{fmt}: what {many} streams gain over {low} in an engine at this "
-                   "machine's bounds (read bandwidth, matmul rate; formats.scaling_at_bounds)"),
+                   "machine's bounds (copy bandwidth, matmul rate; formats.scaling_at_bounds)"),
+            Figure(f"{fmt}.scaling_at_read_bounds", most_read, "x",
+                   f"{fmt}: the same with the read bandwidth (torch's threads) for one "
+                   "stream's bound"),
         ]
         limits.append((fmt, run.macs / 1e6 if run.macs else None, run.dtype, ceiling, at_top,
-                       of_ceiling, scaling, most))
+                       of_ceiling, scaling, most, most_read))
         if run.packed_rows is not None:
             figures.append(Figure(f"{fmt}.packed_rows", run.packed_rows, "sequences",
                                   f"{fmt}: the largest decode step its worker's calibration "
@@ -416,7 +430,7 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
         f"the limit of many streams: arithmetic (matmul rate {_rates_text(rates)})",
         ("format", "M multiply-adds/token", "computes in", "compute bound tok/s",
          f"{top} stream(s)", "of compute bound", f"{many} vs {low}",
-         f"{many} vs {low} at the bounds"),
+         f"{many} vs {low} at the bounds", "at the read bounds"),
         tuple(limits))
     notes = [f"bound = memory bandwidth ({bandwidth / 1e9:.1f} GB/s, a one-thread copy, issue "
              "17's measure) / bytes of weights a token reads; read bound = "
@@ -425,11 +439,11 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
              "(FBGEMM), int8 and int4 in bfloat16 (torch's weight-only CPU kernels)",
              "compute bound = the matmul rate in the dtype a format computes in / (2 x the "
              "multiply-adds of weights a token costs); attention (reading the KV cache) and "
-             "the small ops come on top of it. N vs 1 at the bounds = N x max(bytes / read "
-             "bandwidth, 2 x multiply-adds / rate) / max(bytes / read bandwidth, N x 2 x "
-             "multiply-adds / rate): one stream at the bytes' bound, N streams at the "
-             "arithmetic's; an engine gains more only by running one stream further below "
-             "its bound than N"]
+             "the small ops come on top of it. N vs 1 at the bounds = N x max(bytes / "
+             "bandwidth, 2 x multiply-adds / rate) / max(bytes / bandwidth, N x 2 x "
+             "multiply-adds / rate), with the copy bandwidth, then the read one: one stream "
+             "at the bytes' bound, N streams at the arithmetic's; an engine gains more only "
+             "by running one stream further below its bound than N"]
     if args.skip_fidelity:
         notes.append("--skip-fidelity: the agreement figures are not measured")
     return BenchResult(

@@ -7,17 +7,16 @@ float32, what `--dtype auto` picks on CPUs with AVX2; weight-only int8 and int4,
 `--quantize auto`: int4 beside dense weights, whichever the worker measured faster at a batch
 size; one at a time), reads from its /debug/engine how many bytes of weights a token reads,
 and measures it over HTTP at several concurrency levels (streaming chats, greedy,
-`ignore_eos`). One stream's
-tokens/s is then reported as a fraction of its format's bound and of the float32 bound.
+`ignore_eos`). One stream's tokens/s is then reported as a fraction of its format's bound
+and of the float32 bound.
 
 Many streams share each weight read, so a step of many is bound by arithmetic instead: the
 benchmark also times torch's matrix product in float32 and bfloat16 and reports each format's
 tokens/s at the most streams against that compute bound, and its gain from one stream to 16
 beside the gain of an engine at both bounds (this machine's arithmetic per byte over the
-format's). The formats' greedy
-fidelity against float32 (free-running and teacher-forced) comes from
-`python -m targets.reference fidelity` in its own process: the harness reaches the target
-only over HTTP and process control.
+format's). The formats' greedy fidelity against float32 (free-running and teacher-forced)
+comes from `python -m targets.reference fidelity` in its own process: the harness reaches
+the target only over HTTP and process control.
 """
 
 from __future__ import annotations
@@ -154,7 +153,7 @@ def compute_bound(rate: float | None, macs: int | None) -> float | None:
 
 
 def scaling_at_bounds(streams: int, bandwidth: float | None, weight_bytes: int | None,
-                  rate: float | None, macs: int | None) -> float | None:
+                      rate: float | None, macs: int | None) -> float | None:
     """What `streams` streams gain over one, in aggregate tokens/s, in an engine that runs
     at this machine's bounds: a step of b streams takes at least max(weight bytes /
     bandwidth, b * 2 * macs / rate), reading every weight once and computing b tokens.
@@ -326,7 +325,8 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
                       (f"{read[1]}" if read else "?") + "), bytes read (best of 5)")]
     figures += [Figure(f"machine.{dtype}_matmul_flops_per_s", rates.get(dtype), "FLOP/s",
                        f"torch's {dtype} product of two 2048-square matrices on its default "
-                       "threads (best of 5)") for dtype in ("float32", "bfloat16")]
+                       "threads, best of up to 5 (256-square where the CPU only emulates "
+                       "the dtype)") for dtype in ("float32", "bfloat16")]
     limits = []
     fp32_bytes = runs["fp32"].weights_bytes
     fp32_bound = bandwidth / fp32_bytes if fp32_bytes else None

@@ -43,6 +43,7 @@ from ..errors import TargetError, UsageError
 from ..faults.injector import sigterm_raises
 from ..launcher import ServerProcess, start_worker
 from .baseline import BaselineRun, run_baseline
+from .limits import Limits, compute_bound, engine_weights, measure_limits, scaling_at_bounds
 from .result import BenchResult, Cell, Figure, Goal, Table
 from .runner import Benchmark, Progress, add_model_arguments, parse_levels
 from .streams import BatchTiming, measure_batch
@@ -134,6 +135,8 @@ class _WorkerRun:
     texts: tuple[str, ...]
     dtype: str = "float32"
     fmt: str = ""
+    weight_bytes: int | None = None  # of weights one stream reads a token
+    macs: int | None = None  # multiply-adds of weights a token costs
 
     @property
     def tag(self) -> str:
@@ -199,6 +202,7 @@ def _worker_run(model: str, extra: Sequence[str], levels: Sequence[int], rounds:
     with start_worker(model, args=args, log_dir=logs) as worker:
         ready = worker.wait_ready(timeout=timeout)
         dtype, fmt = engine_format(worker.url)
+        weight_bytes, macs = engine_weights(worker.url)
         progress(f"{label} worker ready in {ready:.1f} s (pid {worker.pid}, {fmt}, computing "
                  f"in {dtype})")
         name = _served_name(worker.url)
@@ -216,7 +220,7 @@ def _worker_run(model: str, extra: Sequence[str], levels: Sequence[int], rounds:
                 progress(f"{label} {_streams(level)}, round {r + 1}/{rounds}: "
                          f"{batch.tokens_per_s:.1f} tokens/s, {batch.output_tokens} tokens "
                          f"in {batch.wall:.2f} s")
-    return _WorkerRun(ready, batches, texts, dtype, fmt)
+    return _WorkerRun(ready, batches, texts, dtype, fmt, weight_bytes, macs)
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -289,6 +293,7 @@ class _DefaultRun:
     int8: _WorkerRun | None
     cold: list[float]
     base: dict[str, BaselineRun]
+    limits: Limits | None = None  # this machine's bandwidth and matmul rates
 
 
 def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _DefaultRun,
@@ -361,6 +366,7 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _Defa
                _matching_tokens(fp32.texts, int8.texts, folder) if fp32 and int8 else None,
                "fraction", "mean share of output tokens before int8 and fp32 first differ"),
     ]
+    figures += _limit_figures(run.limits, ours, fp32, low, top, ours_low, ours_top)
     goals = (
         Goal("scaling", "ours.scaling", ">=", SCALING_GOAL,
              f"{_streams(top)} >= {SCALING_GOAL:g}x {_streams(low)}"),
@@ -385,6 +391,51 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _Defa
                  "baselines": {mode: {"wall_s": list(r.walls), "output_tokens": r.output_tokens,
                                       "detail": r.detail, "texts": list(r.texts)}
                                for mode, r in base.items()}})
+
+
+def _limit_figures(limits: Limits | None, ours: _WorkerRun, fp32: _WorkerRun | None, low: int,
+                   top: int, ours_low: float | None, ours_top: float | None) -> list[Figure]:
+    """Ours against this machine's limits (issue 17's point 4): one stream against the
+    weight-bandwidth bound of its format and of float32, the most streams against the
+    compute bound, and their ratio beside an engine's at both bounds (limits.py)."""
+    copy = limits.copy if limits else None
+    read = limits.read if limits else None
+    rate = limits.rates.get(ours.dtype) if limits else None
+    bound = copy / ours.weight_bytes if copy and ours.weight_bytes else None
+    fp32_bytes = fp32.weight_bytes if fp32 else None
+    fp32_bound = copy / fp32_bytes if copy and fp32_bytes else None
+    ceiling = compute_bound(rate, ours.macs)
+    return [
+        Figure("machine.copy_bandwidth_bytes_per_s", copy, "bytes/s",
+               "one thread's memcpy of 512 MiB, bytes read plus written (best of 3)"),
+        Figure("machine.read_bandwidth_bytes_per_s", read, "bytes/s",
+               "torch summing 1 GiB on its default threads, bytes read (best of 5)"),
+        Figure(f"machine.{ours.dtype}_matmul_flops_per_s", rate, "FLOP/s",
+               f"torch's {ours.dtype} matrix product on its default threads (our arithmetic)"),
+        Figure("ours.weight_bytes_per_token", ours.weight_bytes, "bytes",
+               "bytes of weights one decode step of one stream reads (/debug/engine)"),
+        Figure("ours.macs_per_token", ours.macs, "multiply-adds",
+               "multiply-adds of weights a token costs (/debug/engine)"),
+        Figure("ours.bound_tokens_per_s", bound, "tokens/s",
+               "copy bandwidth / bytes of weights a token reads: one stream's bound"),
+        Figure("ours.fraction_of_bound", _ratio(ours_low, bound), "fraction",
+               f"tokens/s at {_streams(low)} over that bound"),
+        Figure("ours.vs_fp32_bound", _ratio(ours_low, fp32_bound), "x",
+               f"tokens/s at {_streams(low)} over the float32 weights' bound"),
+        Figure("ours.compute_bound_tokens_per_s", ceiling, "tokens/s",
+               f"the {ours.dtype} matmul rate / (2 x multiply-adds a token): many streams' "
+               "bound"),
+        Figure("ours.fraction_of_compute_bound", _ratio(ours_top, ceiling), "fraction",
+               f"tokens/s at {_streams(top)} over that bound"),
+        Figure("ours.scaling_at_bounds",
+               scaling_at_bounds(top, copy, ours.weight_bytes, rate, ours.macs, low), "x",
+               f"{_streams(top)} over {_streams(low)} for an engine at both bounds (copy "
+               "bandwidth): ours.scaling is this times its fraction of the compute bound over "
+               "one stream's of the bandwidth bound"),
+        Figure("ours.scaling_at_read_bounds",
+               scaling_at_bounds(top, read, ours.weight_bytes, rate, ours.macs, low), "x",
+               "the same with the read bandwidth"),
+    ]
 
 
 def _tables(figures: list[Figure], levels: list[int], rounds: int, args: argparse.Namespace,
@@ -431,7 +482,38 @@ def _tables(figures: list[Figure], levels: list[int], rounds: int, args: argpars
         *([(f"{tag} / fp32 tokens/s at {top} streams", by_name["ours.speedup_vs_fp32"])]
           if separate_fp32 else []),
     ))
-    return throughput, other
+
+    def scaled(name: str, unit: float = 1e9) -> float | None:
+        value = by_name[name]
+        return value / unit if value is not None else None
+
+    limits = Table(f"ours ({tag}) against this machine's limits", ("figure", "value"), (
+        ("copy bandwidth (GB/s, one thread; issue 17's measure)",
+         scaled("machine.copy_bandwidth_bytes_per_s")),
+        ("read bandwidth (GB/s, torch's threads)", scaled("machine.read_bandwidth_bytes_per_s")),
+        ("matmul rate (GFLOP/s, our arithmetic)",
+         scaled(next(n for n in by_name if n.endswith("_matmul_flops_per_s")))),
+        ("weights a token reads (MB)", scaled("ours.weight_bytes_per_token", 1e6)),
+        ("one stream's bound (tokens/s: copy bandwidth / weight bytes)",
+         by_name["ours.bound_tokens_per_s"]),
+        (f"{_streams(low)} over that bound", by_name["ours.fraction_of_bound"]),
+        (f"{_streams(low)} over the float32 weights' bound", by_name["ours.vs_fp32_bound"]),
+        ("compute bound (tokens/s: matmul rate / 2 x multiply-adds a token)",
+         by_name["ours.compute_bound_tokens_per_s"]),
+        (f"{_streams(top)} over the compute bound", by_name["ours.fraction_of_compute_bound"]),
+        (f"{_streams(top)} / {_streams(low)}: ours", by_name["ours.scaling"]),
+        (f"{_streams(top)} / {_streams(low)}: an engine at both bounds (copy / read "
+         "bandwidth)", _pair(by_name["ours.scaling_at_bounds"],
+                             by_name["ours.scaling_at_read_bounds"])),
+    ))
+    return throughput, other, limits
+
+
+def _pair(a: float | None, b: float | None) -> str | None:
+    """"8.02 / 5.52", or None when neither was measured."""
+    if a is None and b is None:
+        return None
+    return " / ".join("-" if v is None else f"{v:.3g}" for v in (a, b))
 
 
 def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
@@ -450,6 +532,7 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
     progress(f"resolving --model {args.model}")
     folder = _model_folder(args.model)
     top = levels[-1]
+    limits = measure_limits(progress)
     with tempfile.TemporaryDirectory(prefix="llm-chaos-bench-") as tmp:
         logs = Path(tmp)
         cold: list[float] = []
@@ -480,7 +563,7 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
         notes.append(f"--skip {part}: its figures are not measured"
                      + (" (and int8 has no fp32 reference)" if part == "dtype"
                         and dtype != "float32" else ""))
-    return _result(args, levels, rounds, _DefaultRun(ours, fp32, int8, cold, base),
+    return _result(args, levels, rounds, _DefaultRun(ours, fp32, int8, cold, base, limits),
                    folder, notes)
 
 # -- --vs-transformers-serve -------------------------------------------------------------------

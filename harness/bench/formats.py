@@ -26,7 +26,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +37,12 @@ import psutil
 from ..errors import TargetError, UsageError
 from ..launcher import start_worker
 from .engine import PROMPTS
+from .limits import compute_bound, measure_limits, rates_text, scaling_at_bounds
 from .result import BenchResult, Figure, Goal, Table
 from .runner import Benchmark, Progress, add_model_arguments, parse_levels
 from .streams import BatchTiming, measure_batch
 
-__all__ = ["BENCHMARK", "FORMATS", "compute_bound", "copy_bandwidth", "matmul_rates",
-           "scaling_at_bounds"]
+__all__ = ["BENCHMARK", "FORMATS"]
 
 FORMATS = {"fp32": ["--dtype", "float32"], "bf16": ["--dtype", "bfloat16"],
            "fp16w": ["--quantize", "fp16w"], "int8": ["--quantize", "int8"],
@@ -53,119 +52,6 @@ FP32_BOUND_GOAL = 1.6  # the fastest format's one stream over the float32 bound
 SCALING_STREAMS = 16  # issue 17's scaling figure: 16 streams over one
 TEACHER_FORCED_GOAL = 0.99
 FREE_RUNNING_GOAL = 0.90
-COPY_BYTES = 512 * 2**20
-
-
-def copy_bandwidth(nbytes: int = COPY_BYTES, repeats: int = 3) -> float:
-    """Bytes per second moved (read plus written) by the best of `repeats` copies of `nbytes`:
-    one thread's memcpy between two buffers far larger than any cache."""
-    src = bytearray(nbytes)
-    dst = bytearray(nbytes)
-    dst[:] = src  # both buffers' pages mapped before timing
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dst[:] = src
-        best = min(best, time.perf_counter() - start)
-    return 2 * nbytes / best
-
-
-# one GiB of float32 summed by torch on every core it may use, in its own process (the harness
-# does not import torch): the bytes a token's projections can actually be read at
-_READ_SCRIPT = """
-import time, torch
-x = torch.ones(2**28)
-best = float("inf")
-for i in range(6):
-    start = time.perf_counter()
-    x.sum()
-    if i:  # the first one maps the pages
-        best = min(best, time.perf_counter() - start)
-print(x.numel() * x.element_size() / best, torch.get_num_threads())
-"""
-
-
-def read_bandwidth() -> tuple[float, int] | None:
-    """Bytes per second torch reads (a sum over 1 GiB, best of 5) on the threads it uses by
-    default, and that thread count; None if it could not run. Unlike `copy_bandwidth` (issue
-    17's bound: one thread, bytes read plus written) this is what several threads reading
-    weights get: 31-62 GB/s in runs on a 2-core AVX512-BF16 EPYC, where the copy
-    moved 21-24."""
-    done = subprocess.run([sys.executable, "-c", _READ_SCRIPT], capture_output=True, text=True,
-                          check=False, timeout=120)
-    try:
-        rate, threads = done.stdout.split()
-        return float(rate), int(threads)
-    except ValueError:
-        return None
-
-
-# float32 and bfloat16 matrix products on every core torch may use, in its own process: the
-# most arithmetic a step of many streams can get (square products this size ran at the
-# machine's peak, where a decode step's thin ones run a little below it)
-_MATMUL_SCRIPT = """
-import time, torch
-
-
-def rate(n, dtype, seconds):
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b  # warm-up
-    best, began, timed = float("inf"), time.perf_counter(), 0
-    while timed < 5 and (timed < 2 or time.perf_counter() - began < seconds):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-        timed += 1
-    return 2 * n ** 3 / best
-
-
-for dtype in (torch.float32, torch.bfloat16):
-    small = rate(256, dtype, 1)
-    # a dtype the CPU only emulates (bfloat16 without AVX512-BF16: 0.4 GFLOP/s) is timed on
-    # the small product alone, not for minutes on the large one
-    value = rate(2048, dtype, 5) if 2 * 2048 ** 3 / small < 1 else small
-    print(str(dtype).removeprefix("torch."), value, flush=True)
-"""
-
-
-def matmul_rates() -> dict[str, float]:
-    """Floating-point operations per second of torch's matrix product in float32 and
-    bfloat16 (the best of up to 5 products of two 2048-square matrices, at most 5 s of them;
-    of 256-square ones where a large product would take over a second), by dtype name;
-    empty if it could not run. bfloat16 is emulated, and far slower, where the CPU has no
-    native bf16."""
-    done = subprocess.run([sys.executable, "-c", _MATMUL_SCRIPT], capture_output=True,
-                          text=True, check=False, timeout=300)
-    rates = {}
-    for line in done.stdout.splitlines():
-        name, _, rate = line.partition(" ")
-        try:
-            rates[name] = float(rate)
-        except ValueError:
-            continue
-    return rates
-
-
-def compute_bound(rate: float | None, macs: int | None) -> float | None:
-    """Tokens/s a step of many streams can reach at most: the CPU's matmul rate over the
-    two operations (a multiply and an add) of each weight a token costs."""
-    return rate / (2 * macs) if rate and macs else None
-
-
-def scaling_at_bounds(streams: int, bandwidth: float | None, weight_bytes: int | None,
-                      rate: float | None, macs: int | None) -> float | None:
-    """What `streams` streams gain over one, in aggregate tokens/s, in an engine that runs
-    at this machine's bounds: a step of b streams takes at least max(weight bytes /
-    bandwidth, b * 2 * macs / rate), reading every weight once and computing b tokens.
-    Where one stream is bound by bandwidth and many by arithmetic this is (bytes /
-    bandwidth) / (2 * macs / rate), the machine's operations per byte over the format's.
-    An engine runs at fraction f1 of one stream's bound and fm of many's gains this times
-    fm / f1: more than this only by running one stream further below its bound."""
-    if not (bandwidth and weight_bytes and rate and macs):
-        return None
-    one = max(weight_bytes / bandwidth, 2 * macs / rate)
-    many = max(weight_bytes / bandwidth, streams * 2 * macs / rate)
-    return streams * one / many
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -277,11 +163,6 @@ def _fidelity(args: argparse.Namespace, formats: list[str], logs: Path,
     return {row["format"]: row for row in json.loads(out.read_text())}
 
 
-def _rates_text(rates: dict[str, float]) -> str:
-    return ", ".join(f"{name} {rate / 1e9:.3g} GFLOP/s" for name, rate in rates.items()) \
-        or "not measured"
-
-
 def _median(values: Sequence[float]) -> float | None:
     ordered = sorted(values)
     return ordered[len(ordered) // 2] if ordered else None
@@ -292,14 +173,9 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
     rounds = args.rounds or (1 if args.quick else 2)
     if rounds < 1 or args.max_tokens < 1:
         raise UsageError("--rounds and --max-tokens must be 1 or more")
-    progress("memory bandwidth: copying 512 MiB three times")
-    bandwidth = copy_bandwidth()
-    progress(f"memory bandwidth {bandwidth / 1e9:.1f} GB/s (read + written)")
-    read = read_bandwidth()
-    progress(f"read bandwidth {read[0] / 1e9:.1f} GB/s on {read[1]} thread(s) (torch)" if read
-             else "read bandwidth: torch's sum did not run")
-    rates = matmul_rates()
-    progress(f"matmul rate: {_rates_text(rates)}")
+    limits = measure_limits(progress)
+    bandwidth, rates = limits.copy, limits.rates
+    read = (limits.read, limits.read_threads or 0) if limits.read else None
     runs: dict[str, _FormatRun] = {}
     with tempfile.TemporaryDirectory(prefix="llm-chaos-bench-") as tmp:
         logs = Path(tmp)
@@ -360,7 +236,7 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
         of_ceiling = at_top / ceiling if at_top and ceiling else None
         scaling = at_many / one if one and at_many and many != low else None
         most, most_read = (
-            (scaling_at_bounds(many, bw, run.weights_bytes, rate, run.macs)
+            (scaling_at_bounds(many, bw, run.weights_bytes, rate, run.macs, low)
              if many != low else None) for bw in (bandwidth, read_rate))
         figures += [
             Figure(f"{fmt}.macs_per_token", run.macs, "multiply-adds",
@@ -427,7 +303,7 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
          "teacher-forced", "free-running"),
         tuple(rows))
     limit_table = Table(
-        f"the limit of many streams: arithmetic (matmul rate {_rates_text(rates)})",
+        f"the limit of many streams: arithmetic (matmul rate {rates_text(rates)})",
         ("format", "M multiply-adds/token", "computes in", "compute bound tok/s",
          f"{top} stream(s)", "of compute bound", f"{many} vs {low}",
          f"{many} vs {low} at the bounds", "at the read bounds"),

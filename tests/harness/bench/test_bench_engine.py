@@ -15,6 +15,7 @@ import pytest
 from harness.bench import BenchResult, Figure, Goal, Table, engine
 from harness.bench.baseline import BaselineRun
 from harness.bench.engine import vs_plan
+from harness.bench.limits import Limits
 from harness.bench.result import render_table
 from harness.bench.runner import exit_status
 from harness.bench.streams import BatchTiming, StreamTiming
@@ -47,6 +48,13 @@ def _expected_figures(levels: tuple[int, ...]) -> set[str]:
               "cold_start.median_s", "cold_start.best_s",
               "int8.ready_s", "int8.speedup_vs_fp32", "int8.identical_outputs",
               "int8.matching_tokens"}
+    # against this machine's limits (the end-to-end run computes in bfloat16)
+    names |= {"machine.copy_bandwidth_bytes_per_s", "machine.read_bandwidth_bytes_per_s",
+              "machine.bfloat16_matmul_flops_per_s", "ours.weight_bytes_per_token",
+              "ours.macs_per_token", "ours.bound_tokens_per_s", "ours.fraction_of_bound",
+              "ours.vs_fp32_bound", "ours.compute_bound_tokens_per_s",
+              "ours.fraction_of_compute_bound", "ours.scaling_at_bounds",
+              "ours.scaling_at_read_bounds"}
     return names
 
 
@@ -313,3 +321,41 @@ def test_transformers_serve_runs_float32_where_onednn_is_held_below_bf16(
     monkeypatch.setattr(engine.machine, "describe", lambda: {
         "isa": ["avx2", "avx512f", "avx512_bf16"], "isa_caps": {"ONEDNN_MAX_CPU_ISA": "AVX2"}})
     assert engine.transformers_serve_dtype() == "float32"
+
+
+def test_default_run_states_ours_against_the_machines_limits() -> None:
+    """Issue 17's point 4 in `bench engine`: 40 GB/s over 200 MB bounds one stream at 200
+    tokens/s (ours 100: half; fp32's 400 MB: 100, so 1x); 100 GFLOP/s over 50 M multiply-
+    adds bounds many at 1000 (ours 500 at 16: half). At both bounds 16 streams take max(5,
+    16) ms against one's 5 ms: 5x; ours 5x too, both at half of their bounds."""
+    levels = [1, 16]
+    runs = {n: [_batch(n, v, 0.2)] for n, v in {1: 100.0, 16: 500.0}.items()}
+    ours = engine._WorkerRun(2.0, runs, tuple(f"text {i}" for i in range(16)), "float32",
+                             "fp16w", weight_bytes=200_000_000, macs=50_000_000)
+    fp32 = engine._WorkerRun(2.0, {16: [_batch(16, 200.0, 0.2)]},
+                             tuple(f"text {i}" for i in range(16)), weight_bytes=400_000_000,
+                             macs=50_000_000)
+    limits = Limits(copy=40e9, read=80e9, read_threads=2,
+                    rates={"float32": 100e9, "bfloat16": 200e9})
+    args = build_parser().parse_args(["bench", "engine"])
+    result = engine._result(args, levels, 1,
+                            engine._DefaultRun(ours, fp32, None, [], {}, limits), None, [])
+    figures = {f.name: f.value for f in result.figures}
+    assert figures["machine.float32_matmul_flops_per_s"] == 100e9
+    assert figures["ours.bound_tokens_per_s"] == pytest.approx(200)
+    assert figures["ours.fraction_of_bound"] == pytest.approx(0.5)
+    assert figures["ours.vs_fp32_bound"] == pytest.approx(1.0)
+    assert figures["ours.compute_bound_tokens_per_s"] == pytest.approx(1000)
+    assert figures["ours.fraction_of_compute_bound"] == pytest.approx(0.5)
+    assert figures["ours.scaling"] == pytest.approx(5.0)
+    assert figures["ours.scaling_at_bounds"] == pytest.approx(5.0)
+    # reading at 80 GB/s one stream's bytes take 2.5 ms: 16 streams' 16 ms is 2.5x
+    assert figures["ours.scaling_at_read_bounds"] == pytest.approx(2.5)
+    table = next(t for t in result.tables if "against this machine's limits" in t.title)
+    assert dict(table.rows)["weights a token reads (MB)"] == pytest.approx(200)
+    assert "5 / 2.5" in dict(table.rows).values()
+    # without the measurements the figures are reported as not measured, not invented
+    bare = engine._result(args, levels, 1, engine._DefaultRun(ours, fp32, None, [], {}),
+                          None, [])
+    assert bare.value("ours.bound_tokens_per_s") is None
+    assert bare.value("ours.scaling_at_bounds") is None

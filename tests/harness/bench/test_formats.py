@@ -59,18 +59,6 @@ def test_formats_are_checked_and_fp32_always_runs() -> None:
         formats._formats("int3,int4")
 
 
-def test_the_copy_moves_bytes_at_a_plausible_rate() -> None:
-    rate = formats.copy_bandwidth(8 * 2**20, repeats=2)
-    assert 1e8 < rate < 1e13  # 0.1 GB/s to 10 TB/s: a rate, not a duration or a byte count
-
-
-def test_torch_reads_at_a_plausible_rate_on_its_threads() -> None:
-    measured = formats.read_bandwidth()
-    assert measured is not None
-    rate, threads = measured
-    assert 1e8 < rate < 1e13 and threads >= 1
-
-
 def _run(weights: int, tokens_per_s: float) -> formats._FormatRun:
     """One stream of 64 tokens at `tokens_per_s`."""
     stream = StreamTiming(text="x", output_tokens=64, ttft=0.1, e2e=64 / tokens_per_s)
@@ -91,25 +79,6 @@ def test_bound_fractions_and_goals() -> None:
     assert met["int4 near its bound"] and met["1.6x the fp32 bound"]
     assert met["int4 teacher-forced"] and not met["int4 free-running"]
     assert not met["fp32 near its bound"]  # 1.5 of 2.5 tokens/s
-
-
-def test_torch_multiplies_at_a_plausible_rate() -> None:
-    rates = formats.matmul_rates()
-    assert set(rates) == {"float32", "bfloat16"}
-    assert all(1e8 < rate < 1e15 for rate in rates.values())  # FLOP/s, not seconds
-
-
-def test_the_compute_bound_and_what_many_streams_gain_at_the_bounds() -> None:
-    """100 GFLOP/s over 50 M multiply-adds a token: 1000 tokens/s at most. With 100 MB a
-    token at 20 GB/s one stream takes 5 ms, 16 take max(5, 16 ms) = 16 ms: 5x at the bounds."""
-    assert formats.compute_bound(100e9, 50_000_000) == pytest.approx(1000)
-    assert formats.compute_bound(None, 50_000_000) is None
-    assert formats.scaling_at_bounds(16, 20e9, 100_000_000, 100e9, 50_000_000) == pytest.approx(5)
-    # arithmetic cheap against bytes: 16 streams cost what one does, 16x
-    assert formats.scaling_at_bounds(16, 20e9, 100_000_000, 1e15, 50_000_000) == pytest.approx(16)
-    # bound by arithmetic even at one stream: no gain at all
-    assert formats.scaling_at_bounds(16, 20e9, 1_000, 100e9, 50_000_000) == pytest.approx(1)
-    assert formats.scaling_at_bounds(16, 20e9, None, 100e9, 50_000_000) is None
 
 
 def test_the_limit_of_many_streams_is_reported_per_format() -> None:

@@ -1,0 +1,184 @@
+"""This machine's limits for a decode step, measured where the harness runs: memory bandwidth
+(a one-thread copy, issue 17's measure, and torch reading on its threads) bounds one stream,
+which reads every weight once a token; the rate of torch's matrix product bounds many
+streams, which share each weight read and are left with its arithmetic. `bench formats` and
+`bench engine` report tokens/s against both.
+
+torch runs in child processes: the harness does not import it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from ..errors import TargetError
+
+__all__ = ["Limits", "compute_bound", "copy_bandwidth", "engine_weights", "matmul_rates",
+           "measure_limits", "rates_text", "read_bandwidth", "scaling_at_bounds"]
+
+COPY_BYTES = 512 * 2**20
+
+
+def copy_bandwidth(nbytes: int = COPY_BYTES, repeats: int = 3) -> float:
+    """Bytes per second moved (read plus written) by the best of `repeats` copies of `nbytes`:
+    one thread's memcpy between two buffers far larger than any cache."""
+    src = bytearray(nbytes)
+    dst = bytearray(nbytes)
+    dst[:] = src  # both buffers' pages mapped before timing
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst[:] = src
+        best = min(best, time.perf_counter() - start)
+    return 2 * nbytes / best
+
+
+# one GiB of float32 summed by torch on every core it may use, in its own process (the harness
+# does not import torch): the bytes a token's projections can actually be read at
+_READ_SCRIPT = """
+import time, torch
+x = torch.ones(2**28)
+best = float("inf")
+for i in range(6):
+    start = time.perf_counter()
+    x.sum()
+    if i:  # the first one maps the pages
+        best = min(best, time.perf_counter() - start)
+print(x.numel() * x.element_size() / best, torch.get_num_threads())
+"""
+
+
+def read_bandwidth() -> tuple[float, int] | None:
+    """Bytes per second torch reads (a sum over 1 GiB, best of 5) on the threads it uses by
+    default, and that thread count; None if it could not run. Unlike `copy_bandwidth` (issue
+    17's bound: one thread, bytes read plus written) this is what several threads reading
+    weights get: 31-62 GB/s in runs on a 2-core AVX512-BF16 EPYC, where the copy
+    moved 21-24."""
+    done = subprocess.run([sys.executable, "-c", _READ_SCRIPT], capture_output=True, text=True,
+                          check=False, timeout=120)
+    try:
+        rate, threads = done.stdout.split()
+        return float(rate), int(threads)
+    except ValueError:
+        return None
+
+
+# float32 and bfloat16 matrix products on every core torch may use, in its own process: the
+# most arithmetic a step of many streams can get (square products this size ran at the
+# machine's peak, where a decode step's thin ones run a little below it)
+_MATMUL_SCRIPT = """
+import time, torch
+
+
+def rate(n, dtype, seconds):
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # warm-up
+    best, began, timed = float("inf"), time.perf_counter(), 0
+    while timed < 5 and (timed < 2 or time.perf_counter() - began < seconds):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+        timed += 1
+    return 2 * n ** 3 / best
+
+
+for dtype in (torch.float32, torch.bfloat16):
+    small = rate(256, dtype, 1)
+    # a dtype the CPU only emulates (bfloat16 without AVX512-BF16: 0.4 GFLOP/s) is timed on
+    # the small product alone, not for minutes on the large one
+    value = rate(2048, dtype, 5) if 2 * 2048 ** 3 / small < 1 else small
+    print(str(dtype).removeprefix("torch."), value, flush=True)
+"""
+
+
+def matmul_rates() -> dict[str, float]:
+    """Floating-point operations per second of torch's matrix product in float32 and
+    bfloat16 (the best of up to 5 products of two 2048-square matrices, at most 5 s of them;
+    of 256-square ones where a large product would take over a second), by dtype name;
+    empty if it could not run. bfloat16 is emulated, and far slower, where the CPU has no
+    native bf16."""
+    done = subprocess.run([sys.executable, "-c", _MATMUL_SCRIPT], capture_output=True,
+                          text=True, check=False, timeout=300)
+    rates = {}
+    for line in done.stdout.splitlines():
+        name, _, rate = line.partition(" ")
+        try:
+            rates[name] = float(rate)
+        except ValueError:
+            continue
+    return rates
+
+
+def compute_bound(rate: float | None, macs: int | None) -> float | None:
+    """Tokens/s a step of many streams can reach at most: the CPU's matmul rate over the
+    two operations (a multiply and an add) of each weight a token costs."""
+    return rate / (2 * macs) if rate and macs else None
+
+
+def scaling_at_bounds(streams: int, bandwidth: float | None, weight_bytes: int | None,
+                      rate: float | None, macs: int | None, base: int = 1) -> float | None:
+    """What `streams` streams gain over `base` streams, in aggregate tokens/s, in an engine
+    that runs at this machine's bounds: a step of b streams takes at least max(weight bytes /
+    bandwidth, b * 2 * macs / rate), reading every weight once and computing b tokens.
+    Where one stream is bound by bandwidth and many by arithmetic, many over one is (bytes /
+    bandwidth) / (2 * macs / rate), the machine's operations per byte over the format's.
+    An engine at fraction f1 of one stream's bound and fm of many's gains this times
+    fm / f1: more than this only by running one stream further below its bound."""
+    if not (bandwidth and weight_bytes and rate and macs):
+        return None
+
+    def step(b: int) -> float:
+        return max(weight_bytes / bandwidth, b * 2 * macs / rate)
+
+    return (streams / step(streams)) / (base / step(base))
+
+
+def rates_text(rates: dict[str, float]) -> str:
+    """"float32 189 GFLOP/s, bfloat16 419 GFLOP/s", or "not measured"."""
+    return ", ".join(f"{name} {rate / 1e9:.3g} GFLOP/s" for name, rate in rates.items()) \
+        or "not measured"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What `measure_limits` measured: bytes/s copied (read plus written) and read, the
+    threads that read, and matmul FLOP/s by dtype name."""
+
+    copy: float
+    read: float | None = None
+    read_threads: int | None = None
+    rates: dict[str, float] = field(default_factory=dict)
+
+
+def measure_limits(progress: Callable[[str], None]) -> Limits:
+    """Copy and read bandwidth and matmul rates, a few seconds in all, saying each."""
+    progress("memory bandwidth: copying 512 MiB three times")
+    copy = copy_bandwidth()
+    progress(f"memory bandwidth {copy / 1e9:.1f} GB/s (read + written)")
+    read = read_bandwidth()
+    progress(f"read bandwidth {read[0] / 1e9:.1f} GB/s on {read[1]} thread(s) (torch)" if read
+             else "read bandwidth: torch's sum did not run")
+    rates = matmul_rates()
+    progress(f"matmul rate: {rates_text(rates)}")
+    return Limits(copy, read[0] if read else None, read[1] if read else None, rates)
+
+
+def engine_weights(url: str) -> tuple[int | None, int | None]:
+    """(bytes of weights one stream reads a token, multiply-adds a token costs) as a
+    worker's /debug/engine reports them; None for what it does not report."""
+    try:
+        weights = httpx.get(url + "/debug/engine", timeout=10).json().get("weights") or {}
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        raise TargetError(f"{url}/debug/engine did not answer: {exc!r}") from exc
+
+    def count(key: str) -> int | None:
+        value = weights.get(key) if isinstance(weights, dict) else None
+        return int(value) if isinstance(value, int | float) and value > 0 else None
+
+    return count("bytes_per_token"), count("macs_per_token")

@@ -1,0 +1,42 @@
+"""`harness.bench.limits`: this machine's bandwidth and matmul rates, and the bounds they put
+on one stream and on many."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.bench import limits
+
+
+def test_the_copy_moves_bytes_at_a_plausible_rate() -> None:
+    rate = limits.copy_bandwidth(8 * 2**20, repeats=2)
+    assert 1e8 < rate < 1e13  # 0.1 GB/s to 10 TB/s: a rate, not a duration or a byte count
+
+
+def test_torch_reads_at_a_plausible_rate_on_its_threads() -> None:
+    measured = limits.read_bandwidth()
+    assert measured is not None
+    rate, threads = measured
+    assert 1e8 < rate < 1e13 and threads >= 1
+
+
+def test_torch_multiplies_at_a_plausible_rate() -> None:
+    rates = limits.matmul_rates()
+    assert set(rates) == {"float32", "bfloat16"}
+    assert all(1e8 < rate < 1e15 for rate in rates.values())  # FLOP/s, not seconds
+
+
+def test_the_compute_bound_and_what_many_streams_gain_at_the_bounds() -> None:
+    """100 GFLOP/s over 50 M multiply-adds a token: 1000 tokens/s at most. With 100 MB a
+    token at 20 GB/s one stream takes 5 ms, 16 take max(5, 16 ms) = 16 ms: 5x at the bounds."""
+    assert limits.compute_bound(100e9, 50_000_000) == pytest.approx(1000)
+    assert limits.compute_bound(None, 50_000_000) is None
+    assert limits.scaling_at_bounds(16, 20e9, 100_000_000, 100e9, 50_000_000) == pytest.approx(5)
+    # arithmetic cheap against bytes: 16 streams cost what one does, 16x
+    assert limits.scaling_at_bounds(16, 20e9, 100_000_000, 1e15, 50_000_000) == pytest.approx(16)
+    # bound by arithmetic even at one stream: no gain at all
+    assert limits.scaling_at_bounds(16, 20e9, 1_000, 100e9, 50_000_000) == pytest.approx(1)
+    assert limits.scaling_at_bounds(16, 20e9, None, 100e9, 50_000_000) is None
+    # from 4 streams (bytes-bound at 5 ms, 4 tokens) to 16 (16 ms): 16/16 over 4/5, 1.25x
+    assert limits.scaling_at_bounds(16, 20e9, 100_000_000, 100e9, 50_000_000,
+                                    base=4) == pytest.approx(1.25)

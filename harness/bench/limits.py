@@ -60,8 +60,11 @@ def read_bandwidth() -> tuple[float, int] | None:
     17's bound: one thread, bytes read plus written) this is what several threads reading
     weights get: 31-62 GB/s in runs on a 2-core AVX512-BF16 EPYC, where the copy
     moved 21-24."""
-    done = subprocess.run([sys.executable, "-c", _READ_SCRIPT], capture_output=True, text=True,
-                          check=False, timeout=120)
+    try:
+        done = subprocess.run([sys.executable, "-c", _READ_SCRIPT], capture_output=True,
+                              text=True, check=False, timeout=120)
+    except subprocess.TimeoutExpired:
+        return None
     try:
         rate, threads = done.stdout.split()
         return float(rate), int(threads)
@@ -103,10 +106,13 @@ def matmul_rates() -> dict[str, float]:
     of 256-square ones where a large product would take over a second), by dtype name;
     empty if it could not run. bfloat16 is emulated, and far slower, where the CPU has no
     native bf16."""
-    done = subprocess.run([sys.executable, "-c", _MATMUL_SCRIPT], capture_output=True,
-                          text=True, check=False, timeout=300)
+    try:
+        out = subprocess.run([sys.executable, "-c", _MATMUL_SCRIPT], capture_output=True,
+                             text=True, check=False, timeout=300).stdout
+    except subprocess.TimeoutExpired as exc:  # keep the dtypes it timed before
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
     rates = {}
-    for line in done.stdout.splitlines():
+    for line in out.splitlines():
         name, _, rate = line.partition(" ")
         try:
             rates[name] = float(rate)

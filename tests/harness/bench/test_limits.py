@@ -3,6 +3,8 @@ on one stream and on many."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from harness.bench import limits
@@ -40,3 +42,15 @@ def test_the_compute_bound_and_what_many_streams_gain_at_the_bounds() -> None:
     # from 4 streams (bytes-bound at 5 ms, 4 tokens) to 16 (16 ms): 16/16 over 4/5, 1.25x
     assert limits.scaling_at_bounds(16, 20e9, 100_000_000, 100e9, 50_000_000,
                                     base=4) == pytest.approx(1.25)
+
+
+def test_a_measurement_that_runs_out_of_time_keeps_what_it_timed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child that overruns (bfloat16 emulated on a slow CPU, say): the rates printed before
+    it stay, the read bandwidth is not measured, and the benchmark goes on."""
+    def overrun(cmd: list[str], **kwargs: object) -> None:
+        raise subprocess.TimeoutExpired(cmd, 1.0, output=b"float32 190000000000.0\n")
+
+    monkeypatch.setattr(limits.subprocess, "run", overrun)
+    assert limits.matmul_rates() == {"float32": 190e9}
+    assert limits.read_bandwidth() is None

@@ -35,6 +35,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -43,7 +44,14 @@ from ..errors import TargetError, UsageError
 from ..faults.injector import sigterm_raises
 from ..launcher import ServerProcess, start_worker
 from .baseline import BaselineRun, run_baseline
-from .limits import Limits, compute_bound, engine_weights, measure_limits, scaling_at_bounds
+from .limits import (
+    Limits,
+    compute_bound,
+    machine_figures,
+    measure_limits,
+    scaling_at_bounds,
+    weight_counts,
+)
 from .result import BenchResult, Cell, Figure, Goal, Table
 from .runner import Benchmark, Progress, add_model_arguments, parse_levels
 from .streams import BatchTiming, measure_batch
@@ -201,8 +209,8 @@ def _worker_run(model: str, extra: Sequence[str], levels: Sequence[int], rounds:
         args += ["--max-num-seqs", str(top)]
     with start_worker(model, args=args, log_dir=logs) as worker:
         ready = worker.wait_ready(timeout=timeout)
-        dtype, fmt = engine_format(worker.url)
-        weight_bytes, macs = engine_weights(worker.url)
+        dtype, fmt, weights = engine_format(worker.url)
+        weight_bytes, macs = weight_counts(weights)
         progress(f"{label} worker ready in {ready:.1f} s (pid {worker.pid}, {fmt}, computing "
                  f"in {dtype})")
         name = _served_name(worker.url)
@@ -398,20 +406,14 @@ def _limit_figures(limits: Limits | None, ours: _WorkerRun, fp32: _WorkerRun | N
     """Ours against this machine's limits (issue 17's point 4): one stream against the
     weight-bandwidth bound of its format and of float32, the most streams against the
     compute bound, and their ratio beside an engine's at both bounds (limits.py)."""
-    copy = limits.copy if limits else None
-    read = limits.read if limits else None
-    rate = limits.rates.get(ours.dtype) if limits else None
+    limits = limits or Limits()  # not measured: every figure below is None
+    copy, read, rate = limits.copy, limits.read, limits.rates.get(ours.dtype)
     bound = copy / ours.weight_bytes if copy and ours.weight_bytes else None
     fp32_bytes = fp32.weight_bytes if fp32 else None
     fp32_bound = copy / fp32_bytes if copy and fp32_bytes else None
     ceiling = compute_bound(rate, ours.macs)
     return [
-        Figure("machine.copy_bandwidth_bytes_per_s", copy, "bytes/s",
-               "one thread's memcpy of 512 MiB, bytes read plus written (best of 3)"),
-        Figure("machine.read_bandwidth_bytes_per_s", read, "bytes/s",
-               "torch summing 1 GiB on its default threads, bytes read (best of 5)"),
-        Figure(f"machine.{ours.dtype}_matmul_flops_per_s", rate, "FLOP/s",
-               f"torch's {ours.dtype} matrix product on its default threads (our arithmetic)"),
+        *machine_figures(limits, [ours.dtype]),
         Figure("ours.weight_bytes_per_token", ours.weight_bytes, "bytes",
                "bytes of weights one decode step of one stream reads (/debug/engine)"),
         Figure("ours.macs_per_token", ours.macs, "multiply-adds",
@@ -652,7 +654,7 @@ def _vs_run(args: argparse.Namespace, folder: Path, plan: VsPlan, rounds: int,
                           log_dir=logs) as worker:
             ready["ours"] = _ready(f"our worker (--dtype {args.dtype})", worker, timeout,
                                    progress)
-            dtype, fmt = engine_format(worker.url)
+            dtype, fmt, _ = engine_format(worker.url)
             other_fmt = "fp32" if fmt == "bf16" else "bf16"
             serve_dtype = transformers_serve_dtype()
             progress(f"our worker runs {fmt}, computing in {dtype}; transformers serve will "
@@ -696,10 +698,10 @@ def _vs_run(args: argparse.Namespace, folder: Path, plan: VsPlan, rounds: int,
                   serve_dtype, other_fmt)
 
 
-def engine_format(url: str) -> tuple[str, str]:
+def engine_format(url: str) -> tuple[str, str, dict[str, Any]]:
     """(the dtype a worker's engine computes in, the format of its weights: fp32, bf16,
-    fp16w, ...) as its /debug/engine reports them (`--dtype auto` is resolved by the worker:
-    the harness reaches it only over HTTP)."""
+    fp16w, ..., the whole `weights` entry) as its /debug/engine reports them (`--dtype auto`
+    is resolved by the worker: the harness reaches it only over HTTP)."""
     try:
         engine = httpx.get(url + "/debug/engine", timeout=10).json()
         dtype = engine["dtype"]
@@ -708,9 +710,9 @@ def engine_format(url: str) -> tuple[str, str]:
     if dtype not in _SHORT:
         raise TargetError(f"{url} runs in {dtype}; the benchmark compares float32 and "
                           "bfloat16 (drop --quantize, or pass --dtype)")
-    weights = engine.get("weights") or {}
-    fmt = weights.get("format") if isinstance(weights, dict) else None
-    return str(dtype), str(fmt or _SHORT[dtype])
+    weights = engine.get("weights")
+    weights = weights if isinstance(weights, dict) else {}
+    return str(dtype), str(weights.get("format") or _SHORT[dtype]), weights
 
 
 def transformers_serve_dtype() -> str:

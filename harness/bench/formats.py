@@ -37,7 +37,15 @@ import psutil
 from ..errors import TargetError, UsageError
 from ..launcher import start_worker
 from .engine import PROMPTS
-from .limits import compute_bound, measure_limits, rates_text, scaling_at_bounds
+from .limits import (
+    Limits,
+    compute_bound,
+    machine_figures,
+    measure_limits,
+    rates_text,
+    scaling_at_bounds,
+    weight_counts,
+)
 from .result import BenchResult, Figure, Goal, Table
 from .runner import Benchmark, Progress, add_model_arguments, parse_levels
 from .streams import BatchTiming, measure_batch
@@ -119,9 +127,8 @@ def _run_format(args: argparse.Namespace, fmt: str, rounds: int, logs: Path,
         ready = worker.wait_ready(timeout=args.ready_timeout)
         # ready only once it has timed its kernels: packed_rows is final here
         described, dtype = _weights(worker.url)
-        value, packed = described.get("bytes_per_token"), described.get("packed_rows")
-        weights = int(value) if value else None
-        macs = int(described["macs_per_token"]) if described.get("macs_per_token") else None
+        weights, macs = weight_counts(described)
+        packed = described.get("packed_rows")
         name = httpx.get(worker.url + "/v1/models", timeout=10).json()["data"][0]["id"]
         size = f"{weights / 1e6:.0f} MB of weights a token" if weights else "weights unknown"
         progress(f"{fmt} worker ready in {ready:.1f} s (pid {worker.pid}, {size})")
@@ -174,46 +181,35 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
     if rounds < 1 or args.max_tokens < 1:
         raise UsageError("--rounds and --max-tokens must be 1 or more")
     limits = measure_limits(progress)
-    bandwidth, rates = limits.copy, limits.rates
-    read = (limits.read, limits.read_threads or 0) if limits.read else None
     runs: dict[str, _FormatRun] = {}
     with tempfile.TemporaryDirectory(prefix="llm-chaos-bench-") as tmp:
         logs = Path(tmp)
         for fmt in formats:
             runs[fmt] = _run_format(args, fmt, rounds, logs, progress)
         fidelity = _fidelity(args, formats, logs, progress)
-    return _result(args, formats, rounds, bandwidth, runs, fidelity, read, rates)
+    return _result(args, formats, rounds, limits, runs, fidelity)
 
 
-def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth: float,
-            runs: dict[str, _FormatRun], fidelity: dict[str, dict[str, float]],
-            read: tuple[float, int] | None = None,
-            rates: dict[str, float] | None = None) -> BenchResult:
+def _result(args: argparse.Namespace, formats: list[str], rounds: int, limits: Limits,
+            runs: dict[str, _FormatRun], fidelity: dict[str, dict[str, float]]) -> BenchResult:
     levels: list[int] = args.streams
     low, top = levels[0], levels[-1]
     many = max((level for level in levels if level <= SCALING_STREAMS), default=top)
-    read_rate = read[0] if read else None
-    rates = rates or {}
-    figures = [Figure("machine.copy_bandwidth_bytes_per_s", bandwidth, "bytes/s",
-                      "one thread's memcpy of 512 MiB, bytes read plus written (best of 3)"),
-               Figure("machine.read_bandwidth_bytes_per_s", read_rate, "bytes/s",
-                      "torch summing 1 GiB on its default threads (" +
-                      (f"{read[1]}" if read else "?") + "), bytes read (best of 5)")]
-    figures += [Figure(f"machine.{dtype}_matmul_flops_per_s", rates.get(dtype), "FLOP/s",
-                       f"torch's {dtype} product of two 2048-square matrices on its default "
-                       "threads, best of up to 5 (256-square where the CPU only emulates "
-                       "the dtype)") for dtype in ("float32", "bfloat16")]
-    limits = []
+    bandwidth, read_rate, rates = limits.copy, limits.read, limits.rates
+    figures = machine_figures(limits, ("float32", "bfloat16"))
+    limit_rows = []
     fp32_bytes = runs["fp32"].weights_bytes
-    fp32_bound = bandwidth / fp32_bytes if fp32_bytes else None
+    fp32_bound = bandwidth / fp32_bytes if bandwidth and fp32_bytes else None
     goals = []
     rows = []
     for fmt in formats:
         run = runs[fmt]
-        bound = bandwidth / run.weights_bytes if run.weights_bytes else None
+        bound = bandwidth / run.weights_bytes if bandwidth and run.weights_bytes else None
         tps = {level: _median([b.tokens_per_s for b in run.batches[level]])
                for level in levels}
         one = tps[low]
+        of_read = one * run.weights_bytes / read_rate if one and run.weights_bytes and \
+            read_rate else None
         figures += [
             Figure(f"{fmt}.weight_bytes_per_token", run.weights_bytes, "bytes",
                    f"{fmt}: bytes of weights one decode step of one stream reads"),
@@ -225,10 +221,9 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
                    "fraction", f"{fmt}: {low} stream(s) tokens/s over its own bound"),
             Figure(f"{fmt}.vs_fp32_bound", one / fp32_bound if one and fp32_bound else None,
                    "x", f"{fmt}: {low} stream(s) tokens/s over the float32 bound"),
-            Figure(f"{fmt}.fraction_of_read_bound",
-                   one * run.weights_bytes / read_rate if one and run.weights_bytes and read_rate
-                   else None, "fraction", f"{fmt}: {low} stream(s) tokens/s over read bandwidth "
-                   "/ weight bytes (what the threads can read, not issue 17's copy bound)"),
+            Figure(f"{fmt}.fraction_of_read_bound", of_read, "fraction",
+                   f"{fmt}: {low} stream(s) tokens/s over read bandwidth / weight bytes (what "
+                   "the threads can read, not issue 17's copy bound)"),
         ]
         rate = rates.get(run.dtype or "")
         ceiling = compute_bound(rate, run.macs)
@@ -250,12 +245,12 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
                    f"{fmt}: tokens/s at {many} streams / at {low}"),
             Figure(f"{fmt}.scaling_at_bounds", most, "x",
                    f"{fmt}: what {many} streams gain over {low} in an engine at this "
-                   "machine's bounds (copy bandwidth, matmul rate; formats.scaling_at_bounds)"),
+                   "machine's bounds (copy bandwidth, matmul rate; limits.scaling_at_bounds)"),
             Figure(f"{fmt}.scaling_at_read_bounds", most_read, "x",
                    f"{fmt}: the same with the read bandwidth (torch's threads) for one "
                    "stream's bound"),
         ]
-        limits.append((fmt, run.macs / 1e6 if run.macs else None, run.dtype, ceiling, at_top,
+        limit_rows.append((fmt, run.macs / 1e6 if run.macs else None, run.dtype, ceiling, at_top,
                        of_ceiling, scaling, most, most_read))
         if run.packed_rows is not None:
             figures.append(Figure(f"{fmt}.packed_rows", run.packed_rows, "sequences",
@@ -285,9 +280,7 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
                           f"{fmt}: one stream at >= 80% of its weight-bandwidth bound"))
         rows.append((fmt, run.weights_bytes / 1e6 if run.weights_bytes else None,
                      run.rss_bytes / 2**20, bound, *[tps[level] for level in levels],
-                     one / bound if one and bound else None,
-                     one * run.weights_bytes / read_rate if one and run.weights_bytes and
-                     read_rate else None,
+                     one / bound if one and bound else None, of_read,
                      fid.get("teacher_forced"), fid.get("free_running")))
     best = max(formats, key=lambda f: _median([b.tokens_per_s for b in runs[f].batches[low]])
                or 0.0)
@@ -307,9 +300,10 @@ def _result(args: argparse.Namespace, formats: list[str], rounds: int, bandwidth
         ("format", "M multiply-adds/token", "computes in", "compute bound tok/s",
          f"{top} stream(s)", "of compute bound", f"{many} vs {low}",
          f"{many} vs {low} at the bounds", "at the read bounds"),
-        tuple(limits))
-    notes = [f"bound = memory bandwidth ({bandwidth / 1e9:.1f} GB/s, a one-thread copy, issue "
-             "17's measure) / bytes of weights a token reads; read bound = "
+        tuple(limit_rows))
+    notes = ["bound = memory bandwidth ("
+             + (f"{bandwidth / 1e9:.1f} GB/s" if bandwidth else "-") + ", a one-thread copy, "
+             "issue 17's measure) / bytes of weights a token reads; read bound = "
              + (f"{read_rate / 1e9:.1f} GB/s" if read_rate else "-") + " (torch reading on "
              "every thread) / the same bytes; fp16w computes in float32 on float16 weights "
              "(FBGEMM), int8 and int4 in bfloat16 (torch's weight-only CPU kernels)",

@@ -12,15 +12,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-import httpx
+from .result import Figure
 
-from ..errors import TargetError
-
-__all__ = ["Limits", "compute_bound", "copy_bandwidth", "engine_weights", "matmul_rates",
-           "measure_limits", "rates_text", "read_bandwidth", "scaling_at_bounds"]
+__all__ = ["Limits", "compute_bound", "copy_bandwidth", "machine_figures", "matmul_rates",
+           "measure_limits", "rates_text", "read_bandwidth", "scaling_at_bounds",
+           "weight_counts"]
 
 COPY_BYTES = 512 * 2**20
 
@@ -154,9 +154,9 @@ def rates_text(rates: dict[str, float]) -> str:
 @dataclass(frozen=True)
 class Limits:
     """What `measure_limits` measured: bytes/s copied (read plus written) and read, the
-    threads that read, and matmul FLOP/s by dtype name."""
+    threads that read, and matmul FLOP/s by dtype name; None (empty) where not measured."""
 
-    copy: float
+    copy: float | None = None
     read: float | None = None
     read_threads: int | None = None
     rates: dict[str, float] = field(default_factory=dict)
@@ -175,16 +175,27 @@ def measure_limits(progress: Callable[[str], None]) -> Limits:
     return Limits(copy, read[0] if read else None, read[1] if read else None, rates)
 
 
-def engine_weights(url: str) -> tuple[int | None, int | None]:
-    """(bytes of weights one stream reads a token, multiply-adds a token costs) as a
-    worker's /debug/engine reports them; None for what it does not report."""
-    try:
-        weights = httpx.get(url + "/debug/engine", timeout=10).json().get("weights") or {}
-    except (httpx.HTTPError, ValueError, AttributeError) as exc:
-        raise TargetError(f"{url}/debug/engine did not answer: {exc!r}") from exc
-
+def weight_counts(weights: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(bytes of weights one stream reads a token, multiply-adds a token costs) from a
+    worker's /debug/engine `weights`; None for what it does not report."""
     def count(key: str) -> int | None:
-        value = weights.get(key) if isinstance(weights, dict) else None
+        value = weights.get(key)
         return int(value) if isinstance(value, int | float) and value > 0 else None
 
     return count("bytes_per_token"), count("macs_per_token")
+
+
+def machine_figures(limits: Limits, dtypes: Sequence[str]) -> list[Figure]:
+    """The measured limits as figures: copy and read bandwidth, the matmul rate of each of
+    `dtypes` (not measured: None)."""
+    threads = f" ({limits.read_threads})" if limits.read_threads else ""
+    return [
+        Figure("machine.copy_bandwidth_bytes_per_s", limits.copy, "bytes/s",
+               "one thread's memcpy of 512 MiB, bytes read plus written (best of 3)"),
+        Figure("machine.read_bandwidth_bytes_per_s", limits.read, "bytes/s",
+               f"torch summing 1 GiB on its default threads{threads}, bytes read (best of 5)"),
+        *[Figure(f"machine.{dtype}_matmul_flops_per_s", limits.rates.get(dtype), "FLOP/s",
+                 f"torch's {dtype} product of two 2048-square matrices on its default "
+                 "threads, best of up to 5 (256-square where the CPU only emulates the dtype)")
+          for dtype in dtypes],
+    ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -252,29 +252,27 @@ def quantize_model(model: Any, fmt: str, dense_dtype: torch.dtype | None = None,
     model.lm_head = one(model.lm_head)
 
 
+def _projections(model: Any) -> Iterator[Any]:
+    """Every projection of every layer, in whatever format it is held, and the head."""
+    for layer in model.model.layers:
+        for owner in (layer.self_attn, layer.mlp):
+            yield from owner.children()
+    yield model.lm_head
+
+
 def weight_bytes(model: Any) -> int:
     """Bytes of weights one decode step of one stream reads: every projection and the head
     once, plus one embedding row (norm weights are negligible and left out)."""
-    total = 0
-    for layer in model.model.layers:
-        for owner in (layer.self_attn, layer.mlp):
-            for child in owner.children():
-                total += _layer_bytes(child)
-    total += _layer_bytes(model.lm_head)
     embed = model.model.embed_tokens.weight
-    return int(total + embed.shape[1] * embed.element_size())
+    return int(sum(_layer_bytes(m) for m in _projections(model))
+               + embed.shape[1] * embed.element_size())
 
 
 def weight_macs(model: Any) -> int:
     """Multiply-adds of weights one token costs: every projection and the head, one weight
     each (attention's, which grow with the context, and the norms are left out). The same in
     every format: the compute bound of a step of many streams is a CPU's rate over this."""
-    total = 0
-    for layer in model.model.layers:
-        for owner in (layer.self_attn, layer.mlp):
-            for child in owner.children():
-                total += child.in_features * child.out_features
-    return int(total + model.lm_head.in_features * model.lm_head.out_features)
+    return int(sum(m.in_features * m.out_features for m in _projections(model)))
 
 
 def describe_weights(model: Any) -> dict[str, Any]:

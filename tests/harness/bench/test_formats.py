@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.bench import formats
+from harness.bench.limits import Limits
 from harness.bench.streams import BatchTiming, StreamTiming
 from harness.errors import UsageError
 from tests.benching import run_bench
@@ -71,7 +72,7 @@ def test_bound_fractions_and_goals() -> None:
     args = argparse.Namespace(streams=[1], max_tokens=64, model="m", skip_fidelity=False)
     runs = {"fp32": _run(400_000_000, 1.5), "int4": _run(100_000_000, 8.0)}
     fidelity = {"int4": {"teacher_forced": 0.995, "free_running": 0.85}}
-    result = formats._result(args, ["fp32", "int4"], 1, 1e9, runs, fidelity)
+    result = formats._result(args, ["fp32", "int4"], 1, Limits(copy=1e9), runs, fidelity)
     assert result.value("fp32.bound_tokens_per_s") == pytest.approx(2.5)
     assert result.value("int4.fraction_of_bound") == pytest.approx(0.8)
     assert result.value("best.vs_fp32_bound") == pytest.approx(8.0 / 2.5)
@@ -93,8 +94,9 @@ def test_the_limit_of_many_streams_is_reported_per_format() -> None:
     runs = {"fp32": formats._FormatRun(200_000_000, 2**30, 1.0,
                                        {1: [batch(200, 1)], 16: [batch(500, 16)]},
                                        macs=50_000_000, dtype="float32")}
-    result = formats._result(args, ["fp32"], 1, 10e9, runs, {}, (40e9, 2),
-                             {"float32": 100e9, "bfloat16": 200e9})
+    result = formats._result(args, ["fp32"], 1, Limits(10e9, 40e9, 2, {"float32": 100e9,
+                                                                    "bfloat16": 200e9}),
+                             runs, {})
     assert result.value("machine.bfloat16_matmul_flops_per_s") == 200e9
     assert result.value("fp32.compute_bound_tokens_per_s") == pytest.approx(1000)
     assert result.value("fp32.fraction_of_compute_bound") == pytest.approx(0.5)

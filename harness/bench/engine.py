@@ -608,6 +608,8 @@ class _VsRun:
     fmt: str = "fp32"  # ours holds its weights in: fp32, bf16, fp16w
     serve_dtype: str = "float32"  # transformers serve's
     other_fmt: str = "bf16"  # the other worker's
+    macs: int | None = None  # multiply-adds a token (ours, /debug/engine)
+    limits: Limits | None = None  # this machine's bandwidth and matmul rates
 
     @property
     def serve_tag(self) -> str:
@@ -646,6 +648,7 @@ def _vs_run(args: argparse.Namespace, folder: Path, plan: VsPlan, rounds: int,
     ready: dict[str, float] = {}
     top, max_tokens, timeout = plan.ours[-1], args.max_tokens, args.ready_timeout
     worker_args = ["--device", "cpu", "--max-num-seqs", str(max(32, top))]
+    limits = measure_limits(progress)  # before any server runs: the machine alone
     # every server is a child of this process, stopped by PID when its `with` ends: normal
     # end, error, Ctrl-C or SIGTERM
     with sigterm_raises(), tempfile.TemporaryDirectory(prefix="llm-chaos-bench-") as tmp:
@@ -654,7 +657,8 @@ def _vs_run(args: argparse.Namespace, folder: Path, plan: VsPlan, rounds: int,
                           log_dir=logs) as worker:
             ready["ours"] = _ready(f"our worker (--dtype {args.dtype})", worker, timeout,
                                    progress)
-            dtype, fmt, _ = engine_format(worker.url)
+            dtype, fmt, weights = engine_format(worker.url)
+            _, macs = weight_counts(weights)
             other_fmt = "fp32" if fmt == "bf16" else "bf16"
             serve_dtype = transformers_serve_dtype()
             progress(f"our worker runs {fmt}, computing in {dtype}; transformers serve will "
@@ -695,7 +699,7 @@ def _vs_run(args: argparse.Namespace, folder: Path, plan: VsPlan, rounds: int,
                 _timed(second, name, f"ours {tag}", plan.goal_level, rounds, max_tokens,
                        progress, other, texts, plan.goal_level, ours=True)
     return _VsRun(ours, theirs, other.get(plan.goal_level, []), ready, texts, dtype, fmt,
-                  serve_dtype, other_fmt)
+                  serve_dtype, other_fmt, macs, limits)
 
 
 def engine_format(url: str) -> tuple[str, str, dict[str, Any]]:
@@ -794,6 +798,7 @@ def _vs_result(args: argparse.Namespace, plan: VsPlan, rounds: int, run: _VsRun,
                "fraction", f"mean share of output tokens before {other_tag} and ours ({tag}) "
                            "first differ"),
     ]
+    figures += _vs_limit_figures(run, tps("ours", goal), tps("transformers_serve", goal), goal)
     goals = (
         Goal("vs_transformers_serve", f"ours.vs_transformers_serve.streams_{goal}", ">=",
              VS_SERVE_GOAL, f"{_streams(goal)} >= {VS_SERVE_GOAL:g}x transformers serve "
@@ -829,6 +834,33 @@ def _vs_result(args: argparse.Namespace, plan: VsPlan, rounds: int, run: _VsRun,
                  "transformers_serve": _rounds_json(run.theirs),
                  other_tag: _rounds_json({goal: run.other} if run.other else {}),
                  "texts": {k: list(v) for k, v in run.texts.items()}})
+
+
+def _vs_limit_figures(run: _VsRun, ours: float | None, theirs: float | None,
+                      level: int) -> list[Figure]:
+    """The 3x goal against this machine's compute bound: what an engine computing in ours'
+    dtype reaches at most (matmul rate / 2 x multiply-adds a token, limits.py), that over
+    transformers serve's tokens/s, the share of the bound the goal asks of ours, and ours'."""
+    limits = run.limits or Limits()  # not measured: every figure below is None
+    ceiling = compute_bound(limits.rates.get(run.dtype), run.macs)
+    needed = VS_SERVE_GOAL * theirs if theirs else None
+    return [
+        *machine_figures(limits, [run.dtype]),
+        Figure("ours.macs_per_token", run.macs, "multiply-adds",
+               "multiply-adds of weights a token costs (/debug/engine)"),
+        Figure("ours.compute_bound_tokens_per_s", ceiling, "tokens/s",
+               f"the {run.dtype} matmul rate / (2 x multiply-adds a token): many streams' "
+               "bound for an engine computing in ours' dtype"),
+        Figure("ours.fraction_of_compute_bound", _ratio(ours, ceiling), "fraction",
+               f"ours' tokens/s at {_streams(level)} over that bound"),
+        Figure("vs_transformers_serve.at_compute_bound", _ratio(ceiling, theirs), "x",
+               f"that bound over transformers serve's tokens/s at {_streams(level)}: the most "
+               "ours / theirs an engine computing in ours' dtype reaches here"),
+        Figure("vs_transformers_serve.goal_fraction_of_compute_bound",
+               _ratio(needed, ceiling), "fraction",
+               f"{VS_SERVE_GOAL:g}x transformers serve's tokens/s over that bound: the share of "
+               "it the goal asks of ours"),
+    ]
 
 
 def _vs_tables(figures: list[Figure], plan: VsPlan, rounds: int,
@@ -880,7 +912,19 @@ def _vs_tables(figures: list[Figure], plan: VsPlan, rounds: int,
         ("fewest output tokens in a transformers serve stream",
          by_name["transformers_serve.output_tokens_min"]),
     ))
-    return compare, scaling, other
+    rate = by_name[f"machine.{run.dtype}_matmul_flops_per_s"]
+    limits = Table(f"the goal against this machine's compute bound ({run.dtype}, ours' "
+                   "arithmetic)", ("figure", "value"), (
+        (f"matmul rate (GFLOP/s, {run.dtype})", rate / 1e9 if rate is not None else None),
+        ("compute bound (tokens/s: matmul rate / 2 x multiply-adds a token)",
+         by_name["ours.compute_bound_tokens_per_s"]),
+        (f"the bound / transformers serve at {_streams(goal)} (x)",
+         by_name["vs_transformers_serve.at_compute_bound"]),
+        (f"share of the bound the {VS_SERVE_GOAL:g}x goal asks of ours",
+         by_name["vs_transformers_serve.goal_fraction_of_compute_bound"]),
+        (f"ours at {_streams(goal)} over the bound", by_name["ours.fraction_of_compute_bound"]),
+    ))
+    return compare, scaling, other, limits
 
 
 def _measure_vs_serve(args: argparse.Namespace, rounds: int,

@@ -247,8 +247,37 @@ def test_vs_transformers_serve_reports_ratios_and_misses_goals_honestly(
     command = data["config"]["transformers_serve_command"]
     assert command[command.index("--dtype") + 1] == "bfloat16"
     assert "where throughput stops growing" in printed
+    # no limits measured in this recorded run: the bound figures say so, nothing invented
+    assert figures["ours.compute_bound_tokens_per_s"] is None
+    assert figures["vs_transformers_serve.goal_fraction_of_compute_bound"] is None
     # with --check a missed goal is exit status 1
     assert main(["bench", "engine", "--vs-transformers-serve", "--check"]) == 1
+
+
+def test_vs_transformers_serve_states_the_goal_against_the_compute_bound(
+        tmp_path: Path) -> None:
+    """100 GFLOP/s over 50 M multiply-adds a token bounds an engine computing in float32 at
+    1000 tokens/s; transformers serve's 125 at 16 streams makes that 8x, so the 3x goal asks
+    375 tokens/s of ours, 0.375 of the bound, and ours' 200 is 0.2 of it."""
+    ours = {1: 30.0, 4: 80.0, 16: 200.0}
+    theirs = {1: 20.0, 4: 50.0, 16: 125.0}
+    run = engine._VsRun(
+        ours={n: [_batch(n, v, 0.5)] for n, v in ours.items()},
+        theirs={n: [_batch(n, v, 1.2)] for n, v in theirs.items()},
+        other=[], ready_s={}, texts={}, dtype="float32", fmt="fp16w", serve_dtype="bfloat16",
+        macs=50_000_000, limits=Limits(rates={"float32": 100e9, "bfloat16": 200e9}))
+    args = build_parser().parse_args(["bench", "engine", "--vs-transformers-serve"])
+    result = engine._vs_result(args, vs_plan([1, 4, 16], []), 1, run, None, [])
+    assert result.value("machine.float32_matmul_flops_per_s") == 100e9
+    assert result.value("ours.compute_bound_tokens_per_s") == pytest.approx(1000)
+    assert result.value("vs_transformers_serve.at_compute_bound") == pytest.approx(8.0)
+    assert result.value("vs_transformers_serve.goal_fraction_of_compute_bound") == \
+        pytest.approx(0.375)
+    assert result.value("ours.fraction_of_compute_bound") == pytest.approx(0.2)
+    table = next(t for t in result.tables if "compute bound" in t.title)
+    rows = dict(table.rows)
+    assert rows["matmul rate (GFLOP/s, float32)"] == pytest.approx(100)
+    assert rows["share of the bound the 3x goal asks of ours"] == pytest.approx(0.375)
 
 
 def test_default_run_in_float32_is_its_own_int8_reference(

@@ -47,15 +47,16 @@ class BaselineRun:
 
 def run_baseline(folder: Path, prompts: Sequence[str], max_new_tokens: int, *,
                  modes: Sequence[str] = MODES, rounds: int = 1, dtype: str = "float32",
+                 device: str = "cpu",
                  progress: Callable[[str], None] | None = None) -> dict[str, BaselineRun]:
     """Run the baselines in a child process, the model in `dtype` (a torch dtype's name:
-    float32, bfloat16); raise TargetError when it fails."""
+    float32, bfloat16) on `device` (cpu, cuda); raise TargetError when it fails."""
     with tempfile.TemporaryDirectory(prefix="llm-chaos-baseline-") as tmp:
         request = Path(tmp) / "request.json"
         out = Path(tmp) / "result.json"
         request.write_text(json.dumps({"folder": str(folder), "prompts": list(prompts),
                                        "max_new_tokens": max_new_tokens, "modes": list(modes),
-                                       "rounds": rounds, "dtype": dtype}))
+                                       "rounds": rounds, "dtype": dtype, "device": device}))
         cmd = [sys.executable, "-m", "harness.bench.baseline", "--request", str(request),
                "--out", str(out)]
         tail: collections.deque[str] = collections.deque(maxlen=30)
@@ -146,7 +147,7 @@ def _static_generate(model: Any, tok: Any, inputs: list[list[int]], n: int,
     import torch
 
     tok.padding_side = "left"
-    batch = tok.pad({"input_ids": inputs}, padding=True, return_tensors="pt")
+    batch = tok.pad({"input_ids": inputs}, padding=True, return_tensors="pt").to(model.device)
     width = batch["input_ids"].shape[1]
 
     def once(tokens: int) -> tuple[float, Any]:
@@ -179,13 +180,15 @@ def _child(request_path: Path, out_path: Path) -> int:
     tf.utils.logging.disable_progress_bar()
     folder = request["folder"]
     dtype = request.get("dtype", "float32")
+    device = request.get("device", "cpu")
     tok = tf.AutoTokenizer.from_pretrained(folder)
-    model = tf.AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
+    model = tf.AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    model = model.to(device).eval()
     # the worker's tokenization of a chat: the template's text, no extra special tokens
     inputs = [tok(tok.apply_chat_template([{"role": "user", "content": p}],
                                           add_generation_prompt=True, tokenize=False),
                   add_special_tokens=False)["input_ids"] for p in request["prompts"]]
-    _log(f"loaded {folder} ({dtype}) in {time.perf_counter() - start:.1f} s, "
+    _log(f"loaded {folder} ({dtype}, {device}) in {time.perf_counter() - start:.1f} s, "
          f"{torch.get_num_threads()} torch threads")
     runners = {"generate_batch_default": _generate_batch_default,
                "generate_batch": _generate_batch, "static_generate": _static_generate}

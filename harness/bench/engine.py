@@ -2,7 +2,8 @@
 
 One run, one heavy process at a time, on the CPU (`--dtype`; auto: as the worker picks it,
 float16 weights computed in float32 on CPUs with AVX2, "fp16w"; the baselines run in the
-worker's arithmetic dtype):
+worker's arithmetic dtype), or with `--device cuda` on the GPU torch sees (workers, baselines
+and the limits there; int8, CPU kernels, left out):
 1. cold start: spawn a worker (model already converted in the cache) and time it to the first
    200 of /health, several times;
 2. the worker over HTTP: batches of 1, 4 and 16 concurrent streaming chats (greedy,
@@ -127,6 +128,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "loads the transformers baselines in its arithmetic dtype; with "
                         "--vs-transformers-serve the worker in another format runs at the "
                         "goal level for speed and token agreement")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where our workers and the transformers baselines run (default cpu); "
+                        "cuda needs a GPU torch can see, measures the GPU's bandwidth and "
+                        "matmul rate as the limits, and leaves int8 (CPU kernels) out")
     p.add_argument("--more-streams", type=parse_levels, default=[32, 64], metavar="N,N,...",
                    help="with --vs-transformers-serve: levels for the worker alone "
                         "(default 32,64), to show where its throughput stops growing")
@@ -180,10 +185,10 @@ def _model_folder(model: str) -> Path | None:
 
 
 def _cold_starts(model: str, extra: Sequence[str], n: int, logs: Path, timeout: float,
-                 progress: Progress) -> list[float]:
+                 progress: Progress, device: str = "cpu") -> list[float]:
     times = []
     for i in range(n):
-        worker = start_worker(model, args=["--device", "cpu", *extra], log_dir=logs)
+        worker = start_worker(model, args=["--device", device, *extra], log_dir=logs)
         try:
             times.append(worker.wait_ready(timeout=timeout))
         finally:
@@ -202,9 +207,9 @@ def _served_name(url: str) -> str:
 
 def _worker_run(model: str, extra: Sequence[str], levels: Sequence[int], rounds: int,
                 max_tokens: int, logs: Path, timeout: float, label: str,
-                progress: Progress) -> _WorkerRun:
+                progress: Progress, device: str = "cpu") -> _WorkerRun:
     top = max(levels)
-    args = ["--device", "cpu", *extra]
+    args = ["--device", device, *extra]
     if top > 32:
         args += ["--max-num-seqs", str(top)]
     with start_worker(model, args=args, log_dir=logs) as worker:
@@ -229,6 +234,25 @@ def _worker_run(model: str, extra: Sequence[str], levels: Sequence[int], rounds:
                          f"{batch.tokens_per_s:.1f} tokens/s, {batch.output_tokens} tokens "
                          f"in {batch.wall:.2f} s")
     return _WorkerRun(ready, batches, texts, dtype, fmt, weight_bytes, macs)
+
+
+def _cuda_name() -> str | None:
+    """The CUDA device torch sees, by name, asked of a child process (the harness does not
+    import torch); None where there is none."""
+    probe = ("import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() "
+             "else '')")
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              check=False, timeout=120)
+    except subprocess.TimeoutExpired:
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[-1] if done.returncode == 0 and lines and lines[-1] else None
+
+
+def _where(device: str, gpu: str | None = None) -> str:
+    """"CPU", or the GPU: "CUDA (NVIDIA H100 80GB HBM3)"."""
+    return "CPU" if device == "cpu" else f"{device.upper()} ({gpu or 'unnamed'})"
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -302,6 +326,7 @@ class _DefaultRun:
     cold: list[float]
     base: dict[str, BaselineRun]
     limits: Limits | None = None  # this machine's bandwidth and matmul rates
+    gpu: str | None = None  # the GPU's name, with --device cuda
 
 
 def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _DefaultRun,
@@ -385,13 +410,15 @@ def _result(args: argparse.Namespace, levels: list[int], rounds: int, run: _Defa
     )
     return BenchResult(
         bench="engine",
-        config={"model": args.model, "device": "cpu", "dtype": run.ours.dtype,
+        config={"model": args.model, "device": args.device, "gpu": run.gpu,
+                "dtype": run.ours.dtype,
                 "format": tag, "streams": levels,
                 "max_tokens": args.max_tokens, "rounds": rounds, "cold_starts": len(cold),
                 "quick": args.quick, "skip": sorted(set(args.skip)),
                 "prompts": list(PROMPTS)},
         figures=tuple(figures), goals=goals,
-        tables=_tables(figures, levels, rounds, args, tag, base_tag, separate_fp32=separate),
+        tables=_tables(figures, levels, rounds, args, tag, base_tag, separate_fp32=separate,
+                       where=_where(args.device, run.gpu)),
         notes=tuple(notes),
         details={"cold_start_s": cold, "ours": ours.details(),
                  "fp32": fp32.details() if fp32 else None,
@@ -441,7 +468,8 @@ def _limit_figures(limits: Limits | None, ours: _WorkerRun, fp32: _WorkerRun | N
 
 
 def _tables(figures: list[Figure], levels: list[int], rounds: int, args: argparse.Namespace,
-            tag: str, base_tag: str, separate_fp32: bool) -> tuple[Table, ...]:
+            tag: str, base_tag: str, separate_fp32: bool,
+            where: str = "CPU") -> tuple[Table, ...]:
     by_name = {f.name: f.value for f in figures}
     top, low = levels[-1], levels[0]
     base_tps = by_name[f"ours.streams_{low}.output_tokens_per_s"]
@@ -465,8 +493,8 @@ def _tables(figures: list[Figure], levels: list[int], rounds: int, args: argpars
                       "generate_batch"),
              base_row(f"transformers generate {base_tag}, padded batch", "static_generate")]
     throughput = Table(
-        f"output tokens/s: {args.model}, CPU, {tag}, {args.max_tokens} output tokens per "
-        f"request, median of {rounds} round(s)",
+        f"output tokens/s: {args.model}, {where}, {tag}, {args.max_tokens} "
+        f"output tokens per request, median of {rounds} round(s)",
         ("engine", "streams", "tokens/s", "median TTFT s", "wall s",
          f"x ours at {_streams(low)}"),
         tuple(rows))
@@ -527,28 +555,43 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
         raise UsageError("--rounds and --max-tokens must be 1 or more, --cold-starts 0 or more")
     if args.model == "sim":
         raise UsageError("--model sim has no weights to compare; use smollm2, tiny or a folder")
+    device, gpu = args.device, None
+    if device == "cuda":
+        if args.vs_transformers_serve:
+            raise UsageError("--vs-transformers-serve compares on the CPU only; leave out "
+                             "--device cuda")
+        gpu = _cuda_name()
+        if gpu is None:
+            raise UsageError("--device cuda: torch sees no CUDA device here "
+                             "(torch.cuda.is_available() is False); leave --device out to "
+                             "run on the CPU")
+        progress(f"device: {gpu}")
     if args.vs_transformers_serve:
         return _measure_vs_serve(args, rounds, progress)
     skip = set(args.skip)
     notes: list[str] = []
+    if device != "cpu" and "int8" not in skip:
+        skip.add("int8")
+        notes.append(f"int8 runs torch's CPU kernels: not measured on {device}")
     progress(f"resolving --model {args.model}")
     folder = _model_folder(args.model)
     top = levels[-1]
-    limits = measure_limits(progress)
+    limits = measure_limits(progress, device)
     with tempfile.TemporaryDirectory(prefix="llm-chaos-bench-") as tmp:
         logs = Path(tmp)
         cold: list[float] = []
         if "cold-start" not in skip and n_cold > 0:
             cold = _cold_starts(args.model, ["--dtype", args.dtype], n_cold, logs,
-                                args.ready_timeout, progress)
+                                args.ready_timeout, progress, device)
         ours = _worker_run(args.model, ["--dtype", args.dtype], levels, rounds,
-                           args.max_tokens, logs, args.ready_timeout, "ours", progress)
+                           args.max_tokens, logs, args.ready_timeout, "ours", progress, device)
         dtype = ours.dtype
         progress(f"our worker runs {ours.tag}, computing in {dtype}: the baselines will too")
         fp32 = ours if ours.tag == "fp32" else None
         if fp32 is None and "dtype" not in skip:  # what the lower precision buys; int8's
             fp32 = _worker_run(args.model, ["--dtype", "float32"], [top], rounds,  # reference
-                               args.max_tokens, logs, args.ready_timeout, "fp32", progress)
+                               args.max_tokens, logs, args.ready_timeout, "fp32", progress,
+                               device)
         int8 = None
         if "int8" not in skip:
             int8 = _worker_run(args.model, ["--quantize", "int8"], [top], rounds,
@@ -558,15 +601,16 @@ def measure(args: argparse.Namespace, progress: Progress) -> BenchResult:
         if folder is None:
             notes.append(f"no local folder for --model {args.model}: baselines not run")
         else:
-            progress(f"transformers baselines in {dtype} on {top} requests (own process)")
+            progress(f"transformers baselines in {dtype} on {top} requests (own process, "
+                     f"{device})")
             base = run_baseline(folder, _prompts(top), args.max_tokens, rounds=rounds,
-                                dtype=dtype, progress=progress)
-    for part in sorted(skip):
+                                dtype=dtype, device=device, progress=progress)
+    for part in sorted(skip & set(args.skip)):
         notes.append(f"--skip {part}: its figures are not measured"
                      + (" (and int8 has no fp32 reference)" if part == "dtype"
                         and dtype != "float32" else ""))
-    return _result(args, levels, rounds, _DefaultRun(ours, fp32, int8, cold, base, limits),
-                   folder, notes)
+    return _result(args, levels, rounds,
+                   _DefaultRun(ours, fp32, int8, cold, base, limits, gpu), folder, notes)
 
 # -- --vs-transformers-serve -------------------------------------------------------------------
 

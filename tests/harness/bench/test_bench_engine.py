@@ -84,7 +84,7 @@ def test_bench_engine_tiny_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     assert data["config"]["dtype"] == "bfloat16"
     assert set(data["details"]["ours"]["rounds"]) == {str(c) for c in LEVELS}
     assert set(data["details"]["fp32"]["rounds"]) == {str(LEVELS[-1])}
-    assert "loaded" in captured.err and "(bfloat16)" in captured.err  # the baselines' dtype
+    assert "loaded" in captured.err and "(bfloat16, cpu)" in captured.err  # baselines
 
     # the printed throughput table: one bf16 row per concurrency level, fp32 at the top level,
     # and the baselines in bf16
@@ -278,6 +278,69 @@ def test_vs_transformers_serve_states_the_goal_against_the_compute_bound(
     rows = dict(table.rows)
     assert rows["matmul rate (GFLOP/s, float32)"] == pytest.approx(100)
     assert rows["share of the bound the 3x goal asks of ours"] == pytest.approx(0.375)
+
+
+def test_device_cuda_without_a_gpu_is_refused_before_any_work(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Asked of a child's torch: no CUDA device here, so a usage error naming what to change,
+    before limits, workers or baselines; and the comparison with transformers serve is CPU
+    only."""
+    assert main(["bench", "engine", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "torch.cuda.is_available() is False" in err and "leave --device out" in err
+    assert main(["bench", "engine", "--device", "cuda", "--vs-transformers-serve"]) == 2
+    assert "compares on the CPU only" in capsys.readouterr().err
+
+
+def test_device_cuda_runs_workers_baselines_and_limits_on_the_gpu(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """With a GPU (its name faked; the suite needs none): every worker, the baselines and the
+    limits get cuda, int8 (CPU kernels) is left out with a note, and the tables and the JSON
+    name the GPU."""
+    seen: dict[str, list[str]] = {"workers": [], "cold": [], "baseline": [], "limits": []}
+    runs = {n: [_batch(n, v, 0.1)] for n, v in {1: 150.0, 4: 500.0, 16: 1800.0}.items()}
+
+    def worker_run(model: str, extra: list[str], levels: list[int], *rest: object) -> object:
+        seen["workers"].append(str(rest[-1]))
+        fmt = "fp32" if extra == ["--dtype", "float32"] else "bf16"
+        dtype = "float32" if fmt == "fp32" else "bfloat16"
+        return engine._WorkerRun(2.0, {n: runs[n] for n in levels},
+                                 tuple(f"text {i}" for i in range(16)), dtype, fmt,
+                                 weight_bytes=270_000_000, macs=134_000_000)
+
+    def cold_starts(*args: object) -> list[float]:
+        seen["cold"].append(str(args[-1]))
+        return [4.0]
+
+    def baseline(*args: object, **kwargs: object) -> dict[str, BaselineRun]:
+        seen["baseline"].append(str(kwargs["device"]))
+        return {}
+
+    def measured(progress: object, device: str = "cpu") -> Limits:
+        seen["limits"].append(device)
+        return Limits(copy=3e12, read=2.5e12, rates={"bfloat16": 7e14}, device=device)
+
+    monkeypatch.setattr(engine, "_cuda_name", lambda: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(engine, "_model_folder", lambda model: tmp_path)
+    monkeypatch.setattr(engine, "_worker_run", worker_run)
+    monkeypatch.setattr(engine, "_cold_starts", cold_starts)
+    monkeypatch.setattr(engine, "run_baseline", baseline)
+    monkeypatch.setattr(engine, "measure_limits", measured)
+    out = tmp_path / "cuda.json"
+    assert main(["bench", "engine", "--device", "cuda", "--json", str(out)]) == 0
+    assert seen == {"workers": ["cuda", "cuda"], "cold": ["cuda"], "baseline": ["cuda"],
+                    "limits": ["cuda"]}
+    data = json.loads(out.read_text())
+    assert data["config"]["device"] == "cuda"
+    assert data["config"]["gpu"] == "NVIDIA H100 80GB HBM3"
+    assert "int8 runs torch's CPU kernels: not measured on cuda" in data["notes"]
+    figures = {f["name"]: f["value"] for f in data["figures"]}
+    assert figures["int8.streams_16.output_tokens_per_s"] is None
+    # the device's 3 TB/s copy over 270 MB a token: one stream's bound, 11111 tokens/s
+    assert figures["ours.bound_tokens_per_s"] == pytest.approx(3e12 / 270e6)
+    printed = capsys.readouterr().out
+    assert "output tokens/s: smollm2, CUDA (NVIDIA H100 80GB HBM3), bf16" in printed
 
 
 def test_default_run_in_float32_is_its_own_int8_reference(

@@ -54,3 +54,25 @@ def test_a_measurement_that_runs_out_of_time_keeps_what_it_timed(
     monkeypatch.setattr(limits.subprocess, "run", overrun)
     assert limits.matmul_rates() == {"float32": 190e9}
     assert limits.read_bandwidth() is None
+
+
+def test_limits_on_a_gpu_that_is_not_there_are_not_measured() -> None:
+    """`--device cuda` on a machine whose torch sees no GPU: every child fails, and each limit
+    is reported as not measured, none invented, and said so in the progress lines."""
+    lines: list[str] = []
+    measured = limits.measure_limits(lines.append, "cuda")
+    assert measured == limits.Limits(device="cuda")
+    assert any("the copy did not run" in line for line in lines)
+    assert any("did not run" in line for line in lines if line.startswith("read bandwidth"))
+    assert "matmul rate: not measured" in lines
+
+
+def test_gpu_limits_are_described_as_the_gpus() -> None:
+    on_gpu = limits.machine_figures(limits.Limits(copy=6e12, read=3e12, rates={"bfloat16": 8e14},
+                                                  device="cuda"), ["bfloat16"])
+    described = {f.name: f.description for f in on_gpu}
+    assert "on cuda, device to device" in described["machine.copy_bandwidth_bytes_per_s"]
+    assert "8192-square matrices on cuda" in described["machine.bfloat16_matmul_flops_per_s"]
+    on_cpu = limits.machine_figures(limits.Limits(copy=2e10, read_threads=2), ["float32"])
+    assert "one thread's memcpy" in on_cpu[0].description
+    assert "default threads (2)" in on_cpu[1].description

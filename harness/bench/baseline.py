@@ -1,8 +1,8 @@
 """Reference lines from transformers itself, measured in their own process.
 
 `python -m harness.bench.baseline --request IN.json --out OUT.json` loads a local Hugging Face
-folder (in the request's dtype, float32 unless it says otherwise) and times, on the same chat
-prompts the worker gets (same template, same token ids):
+folder (in the request's dtype and on its device: float32 and the CPU unless it says otherwise)
+and times, on the same chat prompts the worker gets (same template, same token ids):
 - `generate_batch`: transformers' continuous batching with paged attention, every prompt
   submitted at once, EOS disabled so each request makes exactly `max_new_tokens`;
 - `static_generate`: `model.generate` on one left-padded batch, EOS suppressed by

@@ -438,24 +438,16 @@ def _limit_figures(limits: Limits | None, ours: _WorkerRun, fp32: _WorkerRun | N
     bound = copy / ours.weight_bytes if copy and ours.weight_bytes else None
     fp32_bytes = fp32.weight_bytes if fp32 else None
     fp32_bound = copy / fp32_bytes if copy and fp32_bytes else None
-    ceiling = compute_bound(rate, ours.macs)
     return [
-        *machine_figures(limits, [ours.dtype]),
+        *_compute_figures(limits, ours.dtype, ours.macs, ours_top, top),
         Figure("ours.weight_bytes_per_token", ours.weight_bytes, "bytes",
                "bytes of weights one decode step of one stream reads (/debug/engine)"),
-        Figure("ours.macs_per_token", ours.macs, "multiply-adds",
-               "multiply-adds of weights a token costs (/debug/engine)"),
         Figure("ours.bound_tokens_per_s", bound, "tokens/s",
                "copy bandwidth / bytes of weights a token reads: one stream's bound"),
         Figure("ours.fraction_of_bound", _ratio(ours_low, bound), "fraction",
                f"tokens/s at {_streams(low)} over that bound"),
         Figure("ours.vs_fp32_bound", _ratio(ours_low, fp32_bound), "x",
                f"tokens/s at {_streams(low)} over the float32 weights' bound"),
-        Figure("ours.compute_bound_tokens_per_s", ceiling, "tokens/s",
-               f"the {ours.dtype} matmul rate / (2 x multiply-adds a token): many streams' "
-               "bound"),
-        Figure("ours.fraction_of_compute_bound", _ratio(ours_top, ceiling), "fraction",
-               f"tokens/s at {_streams(top)} over that bound"),
         Figure("ours.scaling_at_bounds",
                scaling_at_bounds(top, copy, ours.weight_bytes, rate, ours.macs, low), "x",
                f"{_streams(top)} over {_streams(low)} for an engine at both bounds (copy "
@@ -464,6 +456,23 @@ def _limit_figures(limits: Limits | None, ours: _WorkerRun, fp32: _WorkerRun | N
         Figure("ours.scaling_at_read_bounds",
                scaling_at_bounds(top, read, ours.weight_bytes, rate, ours.macs, low), "x",
                "the same with the read bandwidth"),
+    ]
+
+
+def _compute_figures(limits: Limits, dtype: str, macs: int | None, tokens_per_s: float | None,
+                     level: int) -> list[Figure]:
+    """The machine's measured limits, and ours (computing in `dtype`) against its compute
+    bound at `level` streams: what both the default run and --vs-transformers-serve report."""
+    ceiling = compute_bound(limits.rates.get(dtype), macs)
+    return [
+        *machine_figures(limits, [dtype]),
+        Figure("ours.macs_per_token", macs, "multiply-adds",
+               "multiply-adds of weights a token costs (/debug/engine)"),
+        Figure("ours.compute_bound_tokens_per_s", ceiling, "tokens/s",
+               f"the {dtype} matmul rate / (2 x multiply-adds a token): many streams' bound "
+               f"for an engine computing in {dtype}"),
+        Figure("ours.fraction_of_compute_bound", _ratio(tokens_per_s, ceiling), "fraction",
+               f"ours' tokens/s at {_streams(level)} over that bound"),
     ]
 
 
@@ -889,14 +898,7 @@ def _vs_limit_figures(run: _VsRun, ours: float | None, theirs: float | None,
     ceiling = compute_bound(limits.rates.get(run.dtype), run.macs)
     needed = VS_SERVE_GOAL * theirs if theirs else None
     return [
-        *machine_figures(limits, [run.dtype]),
-        Figure("ours.macs_per_token", run.macs, "multiply-adds",
-               "multiply-adds of weights a token costs (/debug/engine)"),
-        Figure("ours.compute_bound_tokens_per_s", ceiling, "tokens/s",
-               f"the {run.dtype} matmul rate / (2 x multiply-adds a token): many streams' "
-               "bound for an engine computing in ours' dtype"),
-        Figure("ours.fraction_of_compute_bound", _ratio(ours, ceiling), "fraction",
-               f"ours' tokens/s at {_streams(level)} over that bound"),
+        *_compute_figures(limits, run.dtype, run.macs, ours, level),
         Figure("vs_transformers_serve.at_compute_bound", _ratio(ceiling, theirs), "x",
                f"that bound over transformers serve's tokens/s at {_streams(level)}: the most "
                "ours / theirs an engine computing in ours' dtype reaches here"),
